@@ -1,0 +1,144 @@
+//! A sharded LRU of hot rendered responses, in front of the dataset.
+//!
+//! `lru::LruCache::get` reorders the list, so even a read needs `&mut`: each shard is
+//! a `Mutex`. Splitting keys over many shards keeps two requests from waiting on the
+//! same lock unless they land on the same shard. These are std mutexes, not Tokio
+//! ones, because nothing awaits while one is held.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use lru::LruCache;
+
+/// A fixed-capacity LRU keyed by the 128-bit key. Capacity 0 disables it: every
+/// lookup is a miss and nothing is stored, at the cost of one branch.
+pub struct Cache {
+    shards: Box<[Mutex<LruCache<u128, Bytes>>]>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl Cache {
+    /// `capacity` is the total number of entries, spread evenly over the shards.
+    pub fn new(capacity: usize) -> Self {
+        let shard_count = if capacity == 0 {
+            0
+        } else {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores * 4)
+                .next_power_of_two()
+                .clamp(1, 64)
+                .min(capacity.next_power_of_two())
+        };
+        let per_shard = capacity.div_ceil(shard_count.max(1));
+        let shards = (0..shard_count)
+            .filter_map(|_| NonZeroUsize::new(per_shard))
+            .map(|cap| Mutex::new(LruCache::new(cap)))
+            .collect();
+        Self {
+            shards,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, key: u128) -> Option<&Mutex<LruCache<u128, Bytes>>> {
+        if self.shards.is_empty() {
+            return None;
+        }
+        // Fold and multiply so that keys which differ only in a few bits (sequential
+        // or time-based UUIDs) still spread over the shards.
+        let folded = (key as u64 ^ (key >> 64) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        Some(&self.shards[(folded >> 32) as usize & (self.shards.len() - 1)])
+    }
+
+    /// Returns the cached entry, counting a hit or a miss.
+    pub fn get(&self, key: u128) -> Option<Bytes> {
+        let found = self
+            .shard(key)
+            .and_then(|shard| lock(shard).get(&key).cloned());
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    pub fn insert(&self, key: u128, value: Bytes) {
+        if let Some(shard) = self.shard(key) {
+            lock(shard).put(key, value);
+        }
+    }
+
+    /// Empties every shard (after a reload, or on an operator's request).
+    pub fn purge(&self) {
+        for shard in self.shards.iter() {
+            lock(shard).clear();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|shard| lock(shard).len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| lock(shard).cap().get())
+            .sum()
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
+    }
+}
+
+/// A panic while a shard was locked cannot leave an `LruCache` half-updated in a way
+/// that matters to us (worst case a stale entry), so a poisoned lock is used as is.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hits_misses_and_eviction() {
+        let cache = Cache::new(4);
+        assert!(cache.capacity() >= 4);
+        assert_eq!(cache.get(1), None);
+        cache.insert(1, Bytes::from_static(b"one"));
+        assert_eq!(cache.get(1), Some(Bytes::from_static(b"one")));
+        assert_eq!((cache.hits(), cache.misses()), (1, 1));
+        for key in 0..1000u128 {
+            cache.insert(key << 64 | key, Bytes::new());
+        }
+        assert!(cache.len() <= cache.capacity());
+        cache.purge();
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn zero_capacity_stores_nothing() {
+        let cache = Cache::new(0);
+        cache.insert(1, Bytes::from_static(b"one"));
+        assert_eq!(cache.get(1), None);
+        assert_eq!(cache.capacity(), 0);
+        assert_eq!(cache.misses(), 1);
+    }
+}

@@ -1,0 +1,215 @@
+//! Command-line interface. Every flag has a `KVSERVE_*` environment twin so the same
+//! binary is configured by flags on a laptop and by env in a container.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::dataset::{LoadOptions, OnDuplicate, Storage, MAX_VALUE_LEN};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kvserve",
+    version,
+    about = "Serve UUID → text pairs from one immutable data file over HTTP",
+    long_about = "Serve UUID → text pairs from one immutable data file over HTTP.\n\n\
+                  Without a subcommand, `kvserve` runs `serve`.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    /// Log filter in RUST_LOG syntax, e.g. `info` or `kvserve=debug,poem=warn`.
+    #[arg(long, global = true, env = "KVSERVE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the data file and serve it (the default).
+    Serve(ServeArgs),
+    /// Check a data file offline (format, duplicates, checksum) and print a summary.
+    Verify(VerifyArgs),
+    /// Write a valid data file of random records.
+    Gen(GenArgs),
+    /// Print the OpenAPI document of the API listener.
+    Openapi,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The data file to serve.
+    #[arg(long, env = "KVSERVE_DATA", default_value = "data/sample.data")]
+    pub data: PathBuf,
+
+    /// Address of the API listener (`/v1`, `/get_value`, `/docs`, `/openapi.json`).
+    #[arg(long, env = "KVSERVE_ADDR", default_value = "127.0.0.1:8000")]
+    pub addr: String,
+
+    /// Address of the admin listener (`/livez`, `/readyz`).
+    #[arg(long, env = "KVSERVE_ADMIN_ADDR", default_value = "127.0.0.1:9000")]
+    pub admin_addr: String,
+
+    #[command(flatten)]
+    pub load: LoadArgs,
+
+    /// Entries in the LRU of rendered responses; 0 turns the cache off.
+    #[arg(long, env = "KVSERVE_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: usize,
+
+    /// `max-age` of the `Cache-Control` header on found keys (e.g. `60s`, `5m`).
+    #[arg(long, env = "KVSERVE_CACHE_MAX_AGE", default_value = "60s", value_parser = parse_duration)]
+    pub cache_max_age: Duration,
+
+    /// Most keys one `POST /v1/keys/batch` may ask for.
+    #[arg(long, env = "KVSERVE_MAX_BATCH", default_value_t = 1000)]
+    pub max_batch: usize,
+
+    /// Largest request body accepted (bytes or `1MiB`-style); larger gets 413.
+    #[arg(long, env = "KVSERVE_MAX_BODY_BYTES", default_value = "1MiB", value_parser = parse_size)]
+    pub max_body_bytes: usize,
+
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "KVSERVE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// How a data file is read and checked; shared by `serve` and `verify`.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Where values live: `memory` reads the file into one buffer.
+    #[arg(long, env = "KVSERVE_STORAGE", value_enum, default_value_t = Storage::Memory)]
+    pub storage: Storage,
+
+    /// A line longer than this is malformed (bytes or `1MiB`-style; at most 16MiB-1).
+    #[arg(long, env = "KVSERVE_MAX_LINE_BYTES", default_value = "1MiB", value_parser = parse_line_limit)]
+    pub max_line_bytes: usize,
+
+    /// Skip and count malformed lines instead of refusing the file.
+    #[arg(long, env = "KVSERVE_SKIP_INVALID")]
+    pub skip_invalid: bool,
+
+    /// What a key on two lines means: `error` refuses the file, `first`/`last` keep one.
+    #[arg(long, env = "KVSERVE_ON_DUPLICATE", value_enum, default_value_t = OnDuplicate::Error)]
+    pub on_duplicate: OnDuplicate,
+
+    /// How long to wait for a publisher's exclusive lock on the file before failing.
+    #[arg(long, env = "KVSERVE_LOCK_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+
+    /// Expected SHA-256 of the file (hex). Without it, `<file>.sha256` is used if present.
+    #[arg(long, env = "KVSERVE_SHA256")]
+    pub sha256: Option<String>,
+
+    /// Accept a file with no records (by default an empty file is refused).
+    #[arg(long, env = "KVSERVE_ALLOW_EMPTY")]
+    pub allow_empty: bool,
+
+    /// Parser threads; 0 uses one per core.
+    #[arg(long, env = "KVSERVE_LOAD_THREADS", default_value_t = 0)]
+    pub load_threads: usize,
+}
+
+impl LoadArgs {
+    pub fn options(&self) -> LoadOptions {
+        LoadOptions {
+            max_line_bytes: self.max_line_bytes,
+            skip_invalid: self.skip_invalid,
+            on_duplicate: self.on_duplicate,
+            lock_timeout: self.lock_timeout,
+            sha256: self.sha256.clone(),
+            allow_empty: self.allow_empty,
+            storage: self.storage,
+            threads: self.load_threads,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// The data file to check.
+    pub file: PathBuf,
+
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenArgs {
+    /// Number of records to write.
+    #[arg(long, env = "KVSERVE_GEN_LINES")]
+    pub lines: u64,
+
+    /// The file to write (replaced if it exists).
+    #[arg(long, env = "KVSERVE_GEN_OUT")]
+    pub out: PathBuf,
+
+    /// Seed of the random generator: the same seed writes the same file.
+    #[arg(long, env = "KVSERVE_GEN_SEED", default_value_t = 0)]
+    pub seed: u64,
+
+    /// Also write `<out>.sha256`, which `serve` and `verify` then check.
+    #[arg(long, env = "KVSERVE_GEN_CHECKSUM")]
+    pub checksum: bool,
+}
+
+/// A duration in humantime form (`30s`, `500ms`, `2m`) or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(secs) = text.trim().parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text.trim())
+        .map_err(|err| format!("`{text}` is not a duration like 30s, 500ms or 2m: {err}"))
+}
+
+/// A size in bytes, plain or with a suffix (`1MiB`, `64KiB`, `2MB`).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    parse_size::parse_size(text.trim())
+        .map_err(|err| format!("`{text}` is not a size like 1048576 or 1MiB: {err}"))
+        .and_then(|n| usize::try_from(n).map_err(|_| format!("`{text}` is too large")))
+}
+
+fn parse_line_limit(text: &str) -> Result<usize, String> {
+    let n = parse_size(text)?;
+    if n == 0 || n > MAX_VALUE_LEN {
+        return Err(format!("must be between 1 and {MAX_VALUE_LEN} bytes"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_line_limit("32MiB").is_err());
+    }
+
+    #[test]
+    fn serve_is_the_default() {
+        let cli = Cli::try_parse_from(["kvserve", "--addr", "127.0.0.1:1"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.addr, "127.0.0.1:1");
+        let cli = Cli::try_parse_from(["kvserve", "verify", "x.data", "--skip-invalid"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Verify(ref v)) if v.load.skip_invalid));
+    }
+}

@@ -1,0 +1,216 @@
+//! The line grammar of a data file (DESIGN.md section 2).
+//!
+//! A record is `<uuid> <value>`: a 36-character hyphenated UUID in any case, one ASCII
+//! space, then the rest of the line as the value (possibly empty). This module only
+//! looks at one line at a time; splitting the file into lines, UTF-8 validation and
+//! error positions (file, line number) belong to the loader, which sees the whole file.
+
+use std::fmt::Write as _;
+
+/// Length of the hyphenated UUID form, the only key form a data file may use.
+pub const KEY_LEN: usize = 36;
+
+/// Why one line of a data file is not a record.
+///
+/// The variants carry enough to tell a publisher what to fix; the loader adds the file
+/// name, the 1-based line number and an excerpt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("line is {len} bytes, longer than the limit of {max} bytes (--max-line-bytes)")]
+    TooLong { len: usize, max: usize },
+    #[error("no space after the key: a record is `<uuid> <value>`")]
+    MissingSeparator,
+    #[error("the key must be a 36-character hyphenated UUID, found {len} characters before the first space")]
+    KeyLength { len: usize },
+    #[error("the key is not a UUID: {what} at character {column}")]
+    KeySyntax { what: &'static str, column: usize },
+    #[error("the line is not valid UTF-8")]
+    InvalidUtf8,
+}
+
+/// A parsed record: the key and where the value sits inside the line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    pub key: u128,
+    /// Byte offset of the value from the start of the line.
+    pub value_start: usize,
+    /// Length of the value in bytes (without a trailing CR).
+    pub value_len: usize,
+}
+
+/// Parses one line (without its `\n`). `Ok(None)` is a blank line, which is skipped.
+///
+/// UTF-8 is not checked here: the loader validates whole chunks at once, which is
+/// several times faster than validating line by line.
+pub fn parse_line(line: &[u8], max_line_bytes: usize) -> Result<Option<Record>, LineError> {
+    if line.len() > max_line_bytes {
+        return Err(LineError::TooLong {
+            len: line.len(),
+            max: max_line_bytes,
+        });
+    }
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        return Ok(None);
+    }
+    if line.len() <= KEY_LEN || line[KEY_LEN] != b' ' {
+        return Err(match memchr::memchr(b' ', line) {
+            None => LineError::MissingSeparator,
+            Some(len) => LineError::KeyLength { len },
+        });
+    }
+    let key = parse_hyphenated(&line[..KEY_LEN])?;
+    Ok(Some(Record {
+        key,
+        value_start: KEY_LEN + 1,
+        value_len: line.len() - KEY_LEN - 1,
+    }))
+}
+
+/// Positions of the hyphens in `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+const HYPHENS: [usize; 4] = [8, 13, 18, 23];
+
+/// Parses the 36-byte hyphenated form into its 128-bit value.
+///
+/// Hand-written rather than `uuid::Uuid::try_parse_ascii` because it runs once per line
+/// of a file with millions of lines, and because a publisher is better served by
+/// "expected `-` at character 9" than by a message about the other UUID forms.
+pub fn parse_hyphenated(text: &[u8]) -> Result<u128, LineError> {
+    debug_assert_eq!(text.len(), KEY_LEN);
+    let mut value: u128 = 0;
+    for (i, &byte) in text.iter().enumerate() {
+        if HYPHENS.contains(&i) {
+            if byte != b'-' {
+                return Err(LineError::KeySyntax {
+                    what: "expected `-`",
+                    column: i + 1,
+                });
+            }
+            continue;
+        }
+        let digit = match byte {
+            b'0'..=b'9' => byte - b'0',
+            b'a'..=b'f' => byte - b'a' + 10,
+            b'A'..=b'F' => byte - b'A' + 10,
+            _ => {
+                return Err(LineError::KeySyntax {
+                    what: "expected a hexadecimal digit",
+                    column: i + 1,
+                })
+            }
+        };
+        value = (value << 4) | u128::from(digit);
+    }
+    Ok(value)
+}
+
+/// A short, printable excerpt of a bad line for error messages: at most `max_chars`
+/// characters, invalid UTF-8 replaced, control characters escaped, so that an error
+/// message stays one readable line whatever the file holds.
+pub fn excerpt(line: &[u8], max_chars: usize) -> String {
+    let text = String::from_utf8_lossy(line);
+    let mut out = String::with_capacity(max_chars + 8);
+    out.push('"');
+    for (n, ch) in text.chars().enumerate() {
+        if n == max_chars {
+            out.push('…');
+            break;
+        }
+        if ch.is_control() {
+            let _ = write!(out, "{}", ch.escape_default());
+        } else {
+            out.push(ch);
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "72cf48f7-d604-4423-b012-4e2329f5117b";
+
+    fn parse(line: &str) -> Result<Option<Record>, LineError> {
+        parse_line(line.as_bytes(), 1 << 20)
+    }
+
+    #[test]
+    fn record_with_spaces_in_value() {
+        let line = format!("{KEY} zsda pl focnygogk");
+        let rec = parse(&line).unwrap().unwrap();
+        assert_eq!(rec.key, 0x72cf48f7_d604_4423_b012_4e2329f5117b);
+        assert_eq!(
+            &line[rec.value_start..rec.value_start + rec.value_len],
+            "zsda pl focnygogk"
+        );
+    }
+
+    #[test]
+    fn uppercase_key_is_the_same_key() {
+        let upper = parse(&format!("{} v", KEY.to_uppercase()))
+            .unwrap()
+            .unwrap();
+        let lower = parse(&format!("{KEY} v")).unwrap().unwrap();
+        assert_eq!(upper.key, lower.key);
+    }
+
+    #[test]
+    fn empty_value_and_crlf() {
+        let rec = parse(&format!("{KEY} ")).unwrap().unwrap();
+        assert_eq!(rec.value_len, 0);
+        let rec = parse(&format!("{KEY} abc\r")).unwrap().unwrap();
+        assert_eq!(rec.value_len, 3);
+    }
+
+    #[test]
+    fn blank_lines() {
+        assert_eq!(parse(""), Ok(None));
+        assert_eq!(parse("\r"), Ok(None));
+    }
+
+    #[test]
+    fn bad_lines_say_why() {
+        assert_eq!(parse("hello"), Err(LineError::MissingSeparator));
+        assert_eq!(parse(KEY), Err(LineError::MissingSeparator));
+        assert_eq!(parse("abc value"), Err(LineError::KeyLength { len: 3 }));
+        let bad_hex = KEY.replacen('7', "g", 1);
+        assert_eq!(
+            parse(&format!("{bad_hex} v")),
+            Err(LineError::KeySyntax {
+                what: "expected a hexadecimal digit",
+                column: 1
+            })
+        );
+        let no_hyphen = KEY.replacen('-', "0", 1);
+        assert_eq!(
+            parse(&format!("{no_hyphen} v")),
+            Err(LineError::KeySyntax {
+                what: "expected `-`",
+                column: 9
+            })
+        );
+        let simple = KEY.replace('-', "");
+        assert_eq!(
+            parse(&format!("{simple} v")),
+            Err(LineError::KeyLength { len: 32 })
+        );
+    }
+
+    #[test]
+    fn too_long_counts_the_raw_line() {
+        let line = format!("{KEY} {}", "x".repeat(100));
+        assert_eq!(
+            parse_line(line.as_bytes(), 50),
+            Err(LineError::TooLong { len: 137, max: 50 })
+        );
+    }
+
+    #[test]
+    fn excerpt_is_short_and_printable() {
+        assert_eq!(excerpt(b"ab\tc", 10), "\"ab\\tc\"");
+        assert_eq!(excerpt(b"abcdef", 3), "\"abc…\"");
+        assert_eq!(excerpt(b"a\xffb", 10), "\"a\u{fffd}b\"");
+    }
+}

@@ -1,0 +1,202 @@
+//! The integrity steps of a load (DESIGN.md section 2): a shared advisory lock so a
+//! publisher holding an exclusive lock is never read half-written, a stat before and
+//! after so a file changed under us is refused, and the SHA-256 check.
+
+use std::fs::{File, TryLockError};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use super::LoadError;
+
+/// How often a blocked lock is retried. Short enough that a publisher releasing its lock
+/// is noticed quickly, long enough not to spin.
+const LOCK_POLL: Duration = Duration::from_millis(20);
+
+/// Takes a shared `flock` on `file`, waiting up to `timeout` for an exclusive holder.
+///
+/// std's `try_lock_shared` is polled rather than calling the blocking `lock_shared`,
+/// because a blocking `flock` cannot be given a deadline.
+pub fn lock_shared(file: &File, path: &Path, timeout: Duration) -> Result<(), LoadError> {
+    let start = Instant::now();
+    loop {
+        match file.try_lock_shared() {
+            Ok(()) => return Ok(()),
+            Err(TryLockError::WouldBlock) if start.elapsed() < timeout => {
+                std::thread::sleep(LOCK_POLL.min(timeout.saturating_sub(start.elapsed())));
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(LoadError::Locked {
+                    path: path.to_path_buf(),
+                    waited: start.elapsed().into(),
+                })
+            }
+            Err(TryLockError::Error(source)) => {
+                return Err(LoadError::Lock {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// What identifies one version of a file on disk: if any of these differ between the
+/// start and the end of a load, what was read may mix two versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub len: u64,
+    pub modified: Option<SystemTime>,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileStamp {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+
+    /// Names the first difference, for the error message.
+    pub fn difference(&self, after: &FileStamp) -> Option<String> {
+        if self.dev != after.dev || self.ino != after.ino {
+            Some("the path now points to another file".to_owned())
+        } else if self.len != after.len {
+            Some(format!(
+                "size went from {} to {} bytes",
+                self.len, after.len
+            ))
+        } else if self.modified != after.modified {
+            Some("modification time changed".to_owned())
+        } else {
+            None
+        }
+    }
+}
+
+/// Checks the file handle and the path itself against the stamp taken before reading.
+pub fn check_unchanged(file: &File, path: &Path, before: &FileStamp) -> Result<(), LoadError> {
+    let changed = |what: String| LoadError::Changed {
+        path: path.to_path_buf(),
+        what,
+    };
+    let by_handle = file.metadata().map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if let Some(what) = before.difference(&FileStamp::of(&by_handle)) {
+        return Err(changed(what));
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) => match before.difference(&FileStamp::of(&meta)) {
+            Some(what) => Err(changed(what)),
+            None => Ok(()),
+        },
+        Err(err) => Err(changed(format!("the path can no longer be read: {err}"))),
+    }
+}
+
+/// Where the expected SHA-256 came from, so a mismatch can say which one to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChecksumSource {
+    Flag,
+    Sidecar(PathBuf),
+}
+
+impl std::fmt::Display for ChecksumSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChecksumSource::Flag => f.write_str("--sha256"),
+            ChecksumSource::Sidecar(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// The sidecar path `sha256sum` users expect: `<file>.sha256`.
+pub fn sidecar_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
+/// Finds the expected digest: the `--sha256` flag wins, else the sidecar if present.
+pub fn expected_sha256(
+    path: &Path,
+    flag: Option<&str>,
+) -> Result<Option<(String, ChecksumSource)>, LoadError> {
+    if let Some(hex) = flag {
+        let hex = normalize_hex(hex).ok_or_else(|| LoadError::ChecksumFormat {
+            source_desc: ChecksumSource::Flag.to_string(),
+            reason: "expected 64 hexadecimal characters".to_owned(),
+        })?;
+        return Ok(Some((hex, ChecksumSource::Flag)));
+    }
+    let sidecar = sidecar_path(path);
+    let text = match std::fs::read_to_string(&sidecar) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(LoadError::ChecksumFile {
+                path: sidecar,
+                source,
+            })
+        }
+    };
+    let hex = parse_sidecar(&text).ok_or_else(|| LoadError::ChecksumFormat {
+        source_desc: sidecar.display().to_string(),
+        reason: "expected `<64 hex characters>  <file name>` as `sha256sum` writes it".to_owned(),
+    })?;
+    Ok(Some((hex, ChecksumSource::Sidecar(sidecar))))
+}
+
+/// Reads the first line of a `sha256sum` output file: the digest is the first word.
+fn parse_sidecar(text: &str) -> Option<String> {
+    let first = text.lines().find(|line| !line.trim().is_empty())?;
+    normalize_hex(first.split_whitespace().next()?)
+}
+
+fn normalize_hex(hex: &str) -> Option<String> {
+    let hex = hex.trim();
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| hex.to_ascii_lowercase())
+}
+
+/// SHA-256 of the whole file, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecar_formats() {
+        let hex = "a".repeat(64);
+        assert_eq!(
+            parse_sidecar(&format!("{hex}  data.txt\n")),
+            Some(hex.clone())
+        );
+        assert_eq!(
+            parse_sidecar(&format!("{}\n", hex.to_uppercase())),
+            Some(hex.clone())
+        );
+        assert_eq!(parse_sidecar(&format!("\n{hex} *data.txt")), Some(hex));
+        assert_eq!(parse_sidecar("abc  data.txt"), None);
+        assert_eq!(parse_sidecar(""), None);
+    }
+
+    #[test]
+    fn sidecar_is_next_to_the_file() {
+        assert_eq!(
+            sidecar_path(Path::new("/d/x.data")),
+            PathBuf::from("/d/x.data.sha256")
+        );
+    }
+}

@@ -1,0 +1,472 @@
+//! The parallel loader: read the file once, check it, then let several threads parse
+//! line-aligned chunks and insert into one shared `DashMap` index.
+//!
+//! Errors are reported in file order whatever the thread timing: every thread records
+//! the earliest error it sees (by byte offset) and a shared minimum tells the others
+//! when nothing they could still find would come first.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use dashmap::{mapref::entry::Entry, DashMap};
+
+use super::format::{self, LineError, Record, KEY_LEN};
+use super::integrity::{self, FileStamp};
+use super::{Dataset, DatasetInfo, LoadError, LoadOptions, Loc, OnDuplicate, MAX_FILE_LEN};
+
+type Index = DashMap<u128, Loc, ahash::RandomState>;
+
+/// Files at least this big get progress logs; smaller ones load in well under a second.
+const PROGRESS_MIN_BYTES: usize = 64 << 20;
+/// Below this a single thread is faster than spawning several.
+const PARALLEL_MIN_BYTES: usize = 1 << 20;
+/// Chunks per thread: more chunks than threads evens out chunks of uneven cost.
+const CHUNKS_PER_THREAD: usize = 8;
+/// How many skipped lines are logged one by one before only the count is reported.
+const SKIPPED_SAMPLES: usize = 10;
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Loads and checks a data file (DESIGN.md section 2). Either the whole file is valid
+/// and a `Dataset` is returned, or nothing is: there is no partially loaded state.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset, LoadError> {
+    let started = Instant::now();
+    let span = tracing::info_span!("load", path = %path.display());
+    let _enter = span.enter();
+
+    let file = File::open(path).map_err(|source| LoadError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let read_err = |source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !file.metadata().map_err(read_err)?.is_file() {
+        return Err(LoadError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    integrity::lock_shared(&file, path, opts.lock_timeout)?;
+    let before = FileStamp::of(&file.metadata().map_err(read_err)?);
+    if before.len >= MAX_FILE_LEN {
+        return Err(LoadError::TooLarge {
+            path: path.to_path_buf(),
+            len: before.len,
+        });
+    }
+    let mut buf = Vec::with_capacity(before.len as usize + 1);
+    (&file).read_to_end(&mut buf).map_err(read_err)?;
+    integrity::check_unchanged(&file, path, &before)?;
+    // Memory storage has its own copy now; the publisher may take its lock.
+    drop(file);
+
+    let sha256 = match integrity::expected_sha256(path, opts.sha256.as_deref())? {
+        Some((expected, source)) => {
+            let actual = integrity::sha256_hex(&buf);
+            if actual != expected {
+                return Err(LoadError::ChecksumMismatch {
+                    path: path.to_path_buf(),
+                    expected,
+                    actual,
+                    source_desc: source.to_string(),
+                });
+            }
+            Some(actual)
+        }
+        None => None,
+    };
+    let version = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&buf));
+
+    let parsed = parse(&buf, path, opts)?;
+    if parsed.index.is_empty() && !opts.allow_empty {
+        return Err(LoadError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    let info = DatasetInfo {
+        path: path.to_path_buf(),
+        bytes: buf.len() as u64,
+        keys: parsed.index.len() as u64,
+        etag: format!("\"{}\"", &version[..16]),
+        version,
+        sha256,
+        loaded_at: SystemTime::now(),
+        load_seconds: started.elapsed().as_secs_f64(),
+        skipped_lines: parsed.skipped,
+        duplicate_lines: parsed.duplicates,
+        generation: 0,
+    };
+    tracing::info!(
+        keys = info.keys,
+        bytes = info.bytes,
+        skipped_lines = info.skipped_lines,
+        duplicate_lines = info.duplicate_lines,
+        version = %info.version,
+        seconds = info.load_seconds,
+        "data file loaded"
+    );
+    Ok(Dataset {
+        bytes: Bytes::from(buf),
+        index: parsed.index,
+        info,
+    })
+}
+
+struct Parsed {
+    index: Index,
+    skipped: u64,
+    duplicates: u64,
+}
+
+/// What went wrong at one byte offset; turned into a `LoadError` once the earliest
+/// one is known, because only then is it worth counting lines for the line number.
+#[derive(Debug, Clone)]
+enum Failure {
+    Line(LineError),
+    Duplicate { first_offset: usize, key: u128 },
+}
+
+#[derive(Default)]
+struct ChunkResult {
+    /// Line start offset and what was wrong with that line.
+    first_error: Option<(usize, Failure)>,
+    skipped: u64,
+    skipped_samples: Vec<(usize, LineError)>,
+    duplicates: u64,
+}
+
+impl ChunkResult {
+    fn record_error(&mut self, offset: usize, failure: Failure, shared: &Shared<'_>) {
+        if self.first_error.as_ref().is_none_or(|(at, _)| offset < *at) {
+            self.first_error = Some((offset, failure));
+        }
+        shared.earliest_error.fetch_min(offset, Ordering::Relaxed);
+    }
+}
+
+/// State every parser thread sees.
+struct Shared<'a> {
+    bytes: &'a [u8],
+    index: &'a Index,
+    opts: &'a LoadOptions,
+    /// Offset of the earliest error found so far by any thread (`usize::MAX`: none).
+    earliest_error: AtomicUsize,
+    bytes_done: AtomicU64,
+    lines_done: AtomicU64,
+}
+
+fn parse(bytes: &[u8], path: &Path, opts: &LoadOptions) -> Result<Parsed, LoadError> {
+    let body_start = if bytes.starts_with(UTF8_BOM) {
+        UTF8_BOM.len()
+    } else {
+        0
+    };
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let threads = if bytes.len() < PARALLEL_MIN_BYTES {
+        1
+    } else {
+        threads
+    };
+    let chunks = split_lines(bytes, body_start, threads * CHUNKS_PER_THREAD);
+    let index = Index::with_capacity_and_hasher(
+        estimate_lines(&bytes[body_start..]),
+        ahash::RandomState::new(),
+    );
+    let shared = Shared {
+        bytes,
+        index: &index,
+        opts,
+        earliest_error: AtomicUsize::new(usize::MAX),
+        bytes_done: AtomicU64::new(0),
+        lines_done: AtomicU64::new(0),
+    };
+    let next_chunk = AtomicUsize::new(0);
+
+    let results: Vec<ChunkResult> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut results = Vec::new();
+                    loop {
+                        let i = next_chunk.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(start, end)) = chunks.get(i) else {
+                            break;
+                        };
+                        results.push(parse_chunk(&shared, start, end));
+                    }
+                    results
+                })
+            })
+            .collect();
+        if bytes.len() >= PROGRESS_MIN_BYTES {
+            report_progress(&shared, || workers.iter().all(|w| w.is_finished()));
+        }
+        workers
+            .into_iter()
+            .flat_map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+
+    let mut skipped = 0;
+    let mut duplicates = 0;
+    let mut first_error: Option<(usize, Failure)> = None;
+    let mut samples = Vec::new();
+    for result in results {
+        skipped += result.skipped;
+        duplicates += result.duplicates;
+        samples.extend(result.skipped_samples);
+        if let Some((at, failure)) = result.first_error {
+            if first_error.as_ref().is_none_or(|(best, _)| at < *best) {
+                first_error = Some((at, failure));
+            }
+        }
+    }
+    if let Some((offset, failure)) = first_error {
+        return Err(to_load_error(bytes, path, offset, failure));
+    }
+    log_skipped(bytes, path, samples, skipped);
+    Ok(Parsed {
+        index,
+        skipped,
+        duplicates,
+    })
+}
+
+/// Parses the lines in `bytes[start..end]` (both line boundaries).
+fn parse_chunk(shared: &Shared<'_>, start: usize, end: usize) -> ChunkResult {
+    let bytes = shared.bytes;
+    let opts = shared.opts;
+    let mut result = ChunkResult::default();
+    let mut bad_utf8_at = first_invalid_utf8(bytes, start, end);
+    let mut line_start = start;
+    let mut lines_since_report = 0u64;
+    let mut reported_at = start;
+
+    while line_start < end {
+        if line_start > shared.earliest_error.load(Ordering::Relaxed) {
+            break; // an earlier error exists; nothing found here could be reported
+        }
+        let line_end =
+            memchr::memchr(b'\n', &bytes[line_start..end]).map_or(end, |n| line_start + n);
+        let next = (line_end + 1).min(end);
+        let line = &bytes[line_start..line_end];
+
+        let parsed = if line_end > bad_utf8_at {
+            bad_utf8_at = first_invalid_utf8(bytes, next, end);
+            Err(LineError::InvalidUtf8)
+        } else {
+            format::parse_line(line, opts.max_line_bytes.min(super::MAX_VALUE_LEN))
+        };
+        match parsed {
+            Ok(None) => {}
+            Ok(Some(record)) => insert(shared, &mut result, line_start, record),
+            Err(err) if opts.skip_invalid => {
+                result.skipped += 1;
+                if result.skipped_samples.len() < SKIPPED_SAMPLES {
+                    result.skipped_samples.push((line_start, err));
+                }
+            }
+            Err(err) => {
+                result.record_error(line_start, Failure::Line(err), shared);
+                break;
+            }
+        }
+
+        lines_since_report += 1;
+        if next - reported_at >= 1 << 20 {
+            shared
+                .bytes_done
+                .fetch_add((next - reported_at) as u64, Ordering::Relaxed);
+            shared
+                .lines_done
+                .fetch_add(lines_since_report, Ordering::Relaxed);
+            reported_at = next;
+            lines_since_report = 0;
+        }
+        line_start = next;
+    }
+    shared.bytes_done.fetch_add(
+        (line_start.max(reported_at) - reported_at) as u64,
+        Ordering::Relaxed,
+    );
+    shared
+        .lines_done
+        .fetch_add(lines_since_report, Ordering::Relaxed);
+    result
+}
+
+fn insert(shared: &Shared<'_>, result: &mut ChunkResult, line_start: usize, record: Record) {
+    let loc = Loc::new(line_start + record.value_start, record.value_len);
+    match shared.index.entry(record.key) {
+        Entry::Vacant(slot) => {
+            slot.insert(loc);
+        }
+        Entry::Occupied(mut slot) => {
+            let existing = *slot.get();
+            let (earlier, later) = if existing.offset() < loc.offset() {
+                (existing, loc)
+            } else {
+                (loc, existing)
+            };
+            match shared.opts.on_duplicate {
+                OnDuplicate::Error => {
+                    drop(slot);
+                    result.record_error(
+                        later.offset() - KEY_LEN - 1,
+                        Failure::Duplicate {
+                            first_offset: earlier.offset() - KEY_LEN - 1,
+                            key: record.key,
+                        },
+                        shared,
+                    );
+                }
+                OnDuplicate::First => {
+                    slot.insert(earlier);
+                }
+                OnDuplicate::Last => {
+                    slot.insert(later);
+                }
+            }
+            result.duplicates += 1;
+        }
+    }
+}
+
+/// Offset of the first byte of `bytes[from..end]` that is not valid UTF-8, or `usize::MAX`.
+fn first_invalid_utf8(bytes: &[u8], from: usize, end: usize) -> usize {
+    match std::str::from_utf8(&bytes[from..end]) {
+        Ok(_) => usize::MAX,
+        Err(err) => from + err.valid_up_to(),
+    }
+}
+
+/// Splits `bytes[start..]` into about `pieces` ranges that each begin at a line start.
+fn split_lines(bytes: &[u8], start: usize, pieces: usize) -> Vec<(usize, usize)> {
+    let len = bytes.len();
+    let step = ((len - start) / pieces.max(1)).max(1);
+    let mut ranges = Vec::with_capacity(pieces);
+    let mut from = start;
+    while from < len {
+        let nominal = from.saturating_add(step).min(len);
+        let to = match memchr::memchr(b'\n', &bytes[nominal.saturating_sub(1).max(from)..]) {
+            Some(n) => nominal.saturating_sub(1).max(from) + n + 1,
+            None => len,
+        };
+        ranges.push((from, to));
+        from = to;
+    }
+    ranges
+}
+
+/// Guesses the number of lines from the first 1 MiB so the index is allocated once
+/// instead of doubling (and rehashing) its way up.
+fn estimate_lines(body: &[u8]) -> usize {
+    let sample = &body[..body.len().min(1 << 20)];
+    let lines = memchr::memchr_iter(b'\n', sample).count().max(1);
+    let estimate = body.len() as u128 * lines as u128 / sample.len().max(1) as u128;
+    (estimate as usize).saturating_add(estimate as usize / 20)
+}
+
+/// 1-based number of the line that contains `offset`.
+fn line_number(bytes: &[u8], offset: usize) -> u64 {
+    memchr::memchr_iter(b'\n', &bytes[..offset]).count() as u64 + 1
+}
+
+fn line_at(bytes: &[u8], offset: usize) -> &[u8] {
+    let end = memchr::memchr(b'\n', &bytes[offset..]).map_or(bytes.len(), |n| offset + n);
+    &bytes[offset..end]
+}
+
+fn to_load_error(bytes: &[u8], path: &Path, offset: usize, failure: Failure) -> LoadError {
+    match failure {
+        Failure::Line(reason) => LoadError::Malformed {
+            path: path.to_path_buf(),
+            line: line_number(bytes, offset),
+            reason,
+            excerpt: format::excerpt(line_at(bytes, offset), 60),
+        },
+        Failure::Duplicate { first_offset, key } => LoadError::Duplicate {
+            path: path.to_path_buf(),
+            line: line_number(bytes, offset),
+            first_line: line_number(bytes, first_offset),
+            key: uuid::Uuid::from_u128(key),
+        },
+    }
+}
+
+fn log_skipped(bytes: &[u8], path: &Path, mut samples: Vec<(usize, LineError)>, total: u64) {
+    if total == 0 {
+        return;
+    }
+    samples.sort_by_key(|(offset, _)| *offset);
+    for (offset, reason) in samples.into_iter().take(SKIPPED_SAMPLES) {
+        tracing::warn!(
+            file = %path.display(),
+            line = line_number(bytes, offset),
+            %reason,
+            excerpt = %format::excerpt(line_at(bytes, offset), 60),
+            "skipped invalid line (--skip-invalid)"
+        );
+    }
+    tracing::warn!(file = %path.display(), skipped_lines = total, "skipped invalid lines");
+}
+
+/// Logs at every 10 % of the file, with the parse rate, until `done()` says so.
+fn report_progress(shared: &Shared<'_>, done: impl Fn() -> bool) {
+    let total = shared.bytes.len() as u64;
+    let started = Instant::now();
+    let mut next_tenth = 1;
+    while !done() {
+        std::thread::sleep(Duration::from_millis(50));
+        let bytes = shared.bytes_done.load(Ordering::Relaxed);
+        let tenth = bytes * 10 / total.max(1);
+        if tenth >= next_tenth && tenth < 10 {
+            let lines = shared.lines_done.load(Ordering::Relaxed);
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            tracing::info!(
+                percent = tenth * 10,
+                lines,
+                lines_per_second = (lines as f64 / secs) as u64,
+                "loading data file"
+            );
+            next_tenth = tenth + 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_start_at_line_starts_and_cover_everything() {
+        let text = b"aaa\nbb\n\nccccc\nd";
+        for pieces in 1..10 {
+            let ranges = split_lines(text, 0, pieces);
+            assert_eq!(ranges.first().unwrap().0, 0);
+            assert_eq!(ranges.last().unwrap().1, text.len());
+            for w in ranges.windows(2) {
+                assert_eq!(w[0].1, w[1].0);
+                assert_eq!(text[w[1].0 - 1], b'\n');
+            }
+        }
+    }
+
+    #[test]
+    fn line_numbers_are_one_based() {
+        let text = b"a\nb\nc";
+        assert_eq!(line_number(text, 0), 1);
+        assert_eq!(line_number(text, 2), 2);
+        assert_eq!(line_number(text, 4), 3);
+    }
+}

@@ -1,0 +1,259 @@
+//! The data file and the in-memory `Dataset` built from it.
+//!
+//! Design goal: answer `get(key)` with one hash lookup and no allocation, from an index
+//! that several threads build at once. The cost: the whole file stays in memory (the
+//! value buffer *is* the file's bytes, so values are never copied), plus about 30–40
+//! bytes of index per key.
+
+pub mod format;
+pub mod gen;
+pub mod integrity;
+mod load;
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+
+pub use format::LineError;
+pub use load::load;
+
+/// The largest value the packed index can address (16 MiB - 1); `--max-line-bytes`
+/// is capped below it.
+pub const MAX_VALUE_LEN: usize = (1 << Loc::LEN_BITS) - 1;
+
+/// The largest data file the packed index can address (1 TiB).
+pub const MAX_FILE_LEN: u64 = 1 << Loc::OFFSET_BITS;
+
+/// What to do when a key appears on two lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDuplicate {
+    /// Refuse the file: two values for one key means a corrupt data file.
+    #[default]
+    Error,
+    /// Keep the value from the earliest line.
+    First,
+    /// Keep the value from the latest line.
+    Last,
+}
+
+/// Where the values live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// The file is read into one contiguous buffer that holds every value.
+    #[default]
+    Memory,
+}
+
+/// How a load treats the file; see the `serve` flags of the same names.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub max_line_bytes: usize,
+    pub skip_invalid: bool,
+    pub on_duplicate: OnDuplicate,
+    pub lock_timeout: std::time::Duration,
+    /// Expected SHA-256 (hex); when `None` a `<file>.sha256` sidecar is used if present.
+    pub sha256: Option<String>,
+    pub allow_empty: bool,
+    pub storage: Storage,
+    /// Parser threads; 0 means one per available core.
+    pub threads: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            max_line_bytes: 1 << 20,
+            skip_invalid: false,
+            on_duplicate: OnDuplicate::Error,
+            lock_timeout: std::time::Duration::from_secs(30),
+            sha256: None,
+            allow_empty: false,
+            storage: Storage::Memory,
+            threads: 0,
+        }
+    }
+}
+
+/// Why a load failed. Every variant names the file; line errors also the 1-based line
+/// number and an excerpt, so a publisher can fix the file without guessing.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot open data file {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data file {} is not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+    #[error("data file {} is {len} bytes, more than the {max} bytes the index can address", path.display(), max = MAX_FILE_LEN)]
+    TooLarge { path: PathBuf, len: u64 },
+    #[error("data file {} is locked exclusively by another process (a publisher still writing it?); gave up after {waited} (--lock-timeout)", path.display())]
+    Locked {
+        path: PathBuf,
+        waited: humantime::Duration,
+    },
+    #[error("cannot lock data file {}: {source}", path.display())]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read data file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data file {} changed while loading ({what}); load it again once it is complete", path.display())]
+    Changed { path: PathBuf, what: String },
+    #[error("cannot read checksum file {}: {source}", path.display())]
+    ChecksumFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad checksum in {source_desc}: {reason}")]
+    ChecksumFormat { source_desc: String, reason: String },
+    #[error("SHA-256 of {} is {actual}, but {source_desc} expects {expected}", path.display())]
+    ChecksumMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+        source_desc: String,
+    },
+    #[error("{}:{line}: {reason}: {excerpt}", path.display())]
+    Malformed {
+        path: PathBuf,
+        line: u64,
+        reason: LineError,
+        excerpt: String,
+    },
+    #[error("{}:{line}: duplicate key {key} (first on line {first_line}); --on-duplicate first|last accepts duplicates", path.display())]
+    Duplicate {
+        path: PathBuf,
+        line: u64,
+        first_line: u64,
+        key: uuid::Uuid,
+    },
+    #[error("data file {} holds no records (--allow-empty serves an empty dataset)", path.display())]
+    Empty { path: PathBuf },
+}
+
+/// Where one value sits in the buffer, packed into 8 bytes (40-bit offset, 24-bit
+/// length) because the index holds one per key and 10M keys × 8 bytes saved is 80 MB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc(u64);
+
+impl Loc {
+    const LEN_BITS: u32 = 24;
+    const OFFSET_BITS: u32 = 40;
+
+    /// Callers guarantee `offset < MAX_FILE_LEN` and `len <= MAX_VALUE_LEN` (the loader
+    /// checks the file size and the line length first).
+    fn new(offset: usize, len: usize) -> Self {
+        debug_assert!((offset as u64) < MAX_FILE_LEN && len <= MAX_VALUE_LEN);
+        Loc(((offset as u64) << Self::LEN_BITS) | len as u64)
+    }
+
+    fn offset(self) -> usize {
+        (self.0 >> Self::LEN_BITS) as usize
+    }
+
+    fn len(self) -> usize {
+        (self.0 & ((1 << Self::LEN_BITS) - 1)) as usize
+    }
+}
+
+/// Facts about a loaded dataset, for logs and `/admin/dataset`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DatasetInfo {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub keys: u64,
+    /// xxh3-128 of the file's bytes, lowercase hex: cheap enough to compute on every
+    /// load, and what ETags are made from.
+    pub version: String,
+    /// The quoted `ETag` value, computed once per load rather than per response.
+    #[serde(skip)]
+    pub etag: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(with = "humantime_serde_rfc3339")]
+    pub loaded_at: SystemTime,
+    pub load_seconds: f64,
+    pub skipped_lines: u64,
+    /// Lines whose key was already present, resolved by `--on-duplicate first|last`.
+    pub duplicate_lines: u64,
+    /// How many datasets the process has installed, this one included (0 until
+    /// installed).
+    pub generation: u64,
+}
+
+mod humantime_serde_rfc3339 {
+    pub fn serialize<S: serde::Serializer>(
+        time: &std::time::SystemTime,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_rfc3339_millis(*time))
+    }
+}
+
+/// An immutable, fully loaded data file.
+pub struct Dataset {
+    bytes: Bytes,
+    index: DashMap<u128, Loc, ahash::RandomState>,
+    info: DatasetInfo,
+}
+
+impl Dataset {
+    /// The value for `key`, as a zero-copy slice of the buffer (a reference count
+    /// increment, no allocation), so it can become a response body directly.
+    pub fn get(&self, key: u128) -> Option<Bytes> {
+        let loc = *self.index.get(&key)?;
+        Some(self.bytes.slice(loc.offset()..loc.offset() + loc.len()))
+    }
+
+    /// The value as text. The loader validated the whole file as UTF-8, so this cannot
+    /// fail for a value the index points to.
+    pub fn get_str(&self, key: u128) -> Option<&str> {
+        let loc = *self.index.get(&key)?;
+        std::str::from_utf8(&self.bytes[loc.offset()..loc.offset() + loc.len()]).ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn info(&self) -> &DatasetInfo {
+        &self.info
+    }
+
+    pub(crate) fn set_generation(&mut self, generation: u64) {
+        self.info.generation = generation;
+    }
+
+    /// The `ETag` of every value of this dataset: 64 bits of the version hash are
+    /// plenty to tell two data files apart.
+    pub fn etag(&self) -> &str {
+        &self.info.etag
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loc_packs_both_ends() {
+        let loc = Loc::new((MAX_FILE_LEN - 1) as usize, MAX_VALUE_LEN);
+        assert_eq!(loc.offset() as u64, MAX_FILE_LEN - 1);
+        assert_eq!(loc.len(), MAX_VALUE_LEN);
+        let loc = Loc::new(0, 0);
+        assert_eq!((loc.offset(), loc.len()), (0, 0));
+    }
+}

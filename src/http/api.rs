@@ -1,0 +1,235 @@
+//! The `/v1` API: single-key lookups (JSON or raw value) and batch lookups.
+
+use std::sync::Arc;
+
+use poem_openapi::param::{Header, Path};
+use poem_openapi::payload::Payload;
+use poem_openapi::types::Example;
+use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use uuid::Uuid;
+
+use super::batch::{self, BatchBody, BatchResult};
+use super::key::{render_key_value, KeyParam, EXAMPLE_KEY};
+use super::payload::{ProblemJson, RawJson, TextValue};
+use super::problem::{Problem, NOT_LOADED_RETRY_AFTER_SECS};
+use super::AppState;
+use crate::dataset::Dataset;
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Look up values by key.
+    Keys,
+    /// The old service's route, kept byte-compatible for old clients. Deprecated.
+    Legacy,
+}
+
+/// A key in canonical form (lowercase, hyphenated) and its value.
+#[derive(Object)]
+#[oai(example)]
+pub struct KeyValue {
+    pub key: Uuid,
+    pub value: String,
+}
+
+impl Example for KeyValue {
+    fn example() -> Self {
+        Self {
+            key: Uuid::parse_str(EXAMPLE_KEY).unwrap_or_default(),
+            value: "zsda pl focnygogk x cjuu cmwrolqrmu wgdwxr".to_owned(),
+        }
+    }
+}
+
+/// The answers of a single-key lookup; `T` is the body of a hit.
+#[derive(ApiResponse)]
+pub enum KeyResponse<T: Payload + poem::IntoResponse + Send> {
+    /// The key exists. `ETag` changes whenever the data file does.
+    #[oai(status = 200)]
+    Ok(
+        T,
+        #[oai(header = "ETag")] String,
+        #[oai(header = "Cache-Control")] String,
+    ),
+    /// The client's copy is current (`If-None-Match` matched the `ETag`).
+    #[oai(status = 304)]
+    NotModified(
+        #[oai(header = "ETag")] String,
+        #[oai(header = "Cache-Control")] String,
+    ),
+    /// The key is not a UUID.
+    #[oai(status = 400)]
+    BadRequest(ProblemJson),
+    /// No value for this key.
+    #[oai(status = 404)]
+    NotFound(ProblemJson),
+    /// The data file is still loading.
+    #[oai(status = 503)]
+    NotLoaded(ProblemJson, #[oai(header = "Retry-After")] u32),
+}
+
+/// The answers of a batch lookup.
+#[derive(ApiResponse)]
+pub enum BatchResponse {
+    /// Values of the keys found, and the keys not found.
+    #[oai(status = 200)]
+    Ok(RawJson<BatchResult>),
+    /// The body is not JSON, lacks `keys`, holds a non-UUID or too many keys.
+    #[oai(status = 400)]
+    BadRequest(ProblemJson),
+    /// The body is larger than the limit (1 MiB by default).
+    #[oai(status = 413)]
+    TooLarge(ProblemJson),
+    /// The body is not `application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(ProblemJson),
+    /// The data file is still loading.
+    #[oai(status = 503)]
+    NotLoaded(ProblemJson, #[oai(header = "Retry-After")] u32),
+}
+
+pub struct KeysApi {
+    state: Arc<AppState>,
+}
+
+#[OpenApi(prefix_path = "/v1", tag = "ApiTags::Keys")]
+impl KeysApi {
+    /// Look up one key
+    ///
+    /// Returns the key in canonical form and its value. Conditional requests with
+    /// `If-None-Match` get `304 Not Modified` while the data file is unchanged.
+    #[oai(path = "/keys/:key", method = "get", operation_id = "getKey")]
+    async fn get_key(
+        &self,
+        /// The key to look up.
+        key: Path<KeyParam>,
+        /// An `ETag` from an earlier answer; a match gives 304.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> KeyResponse<RawJson<KeyValue>> {
+        self.lookup(&key, if_none_match.as_deref(), |state, _, key, value| {
+            if let Some(body) = state.cache.get(key.as_u128()) {
+                return RawJson::new(body);
+            }
+            let body = render_key_value(key, value);
+            state.cache.insert(key.as_u128(), body.clone());
+            RawJson::new(body)
+        })
+    }
+
+    /// Check one key
+    ///
+    /// The same status and headers as `GET`, without a body.
+    #[oai(path = "/keys/:key", method = "head", operation_id = "headKey")]
+    async fn head_key(
+        &self,
+        /// The key to look up.
+        key: Path<KeyParam>,
+        /// An `ETag` from an earlier answer; a match gives 304.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> KeyResponse<RawJson<KeyValue>> {
+        self.get_key(key, if_none_match).await
+    }
+
+    /// Get one raw value
+    ///
+    /// The value alone as `text/plain; charset=utf-8`, exactly as in the data file.
+    #[oai(path = "/keys/:key/value", method = "get", operation_id = "getValue")]
+    async fn get_value(
+        &self,
+        /// The key to look up.
+        key: Path<KeyParam>,
+        /// An `ETag` from an earlier answer; a match gives 304.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> KeyResponse<TextValue> {
+        self.lookup(&key, if_none_match.as_deref(), |_, dataset, key, _| {
+            TextValue(dataset.get(key.as_u128()).unwrap_or_default())
+        })
+    }
+
+    /// Look up many keys
+    ///
+    /// Keys may be in any UUID form; the answer shows them canonical, with duplicates
+    /// folded. At most 1000 keys (`--max-batch`) and 1 MiB of body.
+    #[oai(path = "/keys/batch", method = "post", operation_id = "batchGet")]
+    async fn batch(&self, body: BatchBody) -> BatchResponse {
+        let keys = match batch::parse_keys(&body.0, self.state.settings.max_batch) {
+            Ok(keys) => keys,
+            Err(problem) => return BatchResponse::BadRequest(problem.into()),
+        };
+        let guard = self.state.dataset.load();
+        let Some(dataset) = guard.as_ref() else {
+            return BatchResponse::NotLoaded(
+                Problem::not_loaded().into(),
+                NOT_LOADED_RETRY_AFTER_SECS,
+            );
+        };
+        BatchResponse::Ok(RawJson::new(batch::render(dataset, &keys)))
+    }
+}
+
+impl KeysApi {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+
+    /// The part every single-key route shares: parse the key, find the dataset and the
+    /// value, answer 304 when the client's copy is current; `body` renders a hit.
+    fn lookup<T: Payload + poem::IntoResponse + Send>(
+        &self,
+        key: &KeyParam,
+        if_none_match: Option<&str>,
+        body: impl FnOnce(&AppState, &Dataset, Uuid, &str) -> T,
+    ) -> KeyResponse<T> {
+        let key = match key.parse() {
+            Ok(key) => key,
+            Err(err) => return KeyResponse::BadRequest(Problem::invalid_key("key", &err).into()),
+        };
+        let guard = self.state.dataset.load();
+        let Some(dataset) = guard.as_ref() else {
+            return KeyResponse::NotLoaded(
+                Problem::not_loaded().into(),
+                NOT_LOADED_RETRY_AFTER_SECS,
+            );
+        };
+        let Some(value) = dataset.get_str(key.as_u128()) else {
+            return KeyResponse::NotFound(Problem::key_not_found(key).into());
+        };
+        let etag = dataset.etag();
+        let cache_control = self.state.settings.cache_control.clone();
+        if if_none_match.is_some_and(|header| etag_matches(header, etag)) {
+            return KeyResponse::NotModified(etag.to_owned(), cache_control);
+        }
+        KeyResponse::Ok(
+            body(&self.state, dataset, key, value),
+            etag.to_owned(),
+            cache_control,
+        )
+    }
+}
+
+/// `If-None-Match` uses the weak comparison (RFC 9110 §13.1.2): `W/` prefixes are
+/// ignored, a list matches if any member does, and `*` matches any existing value.
+fn etag_matches(header: &str, etag: &str) -> bool {
+    header.split(',').map(str::trim).any(|candidate| {
+        candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == etag
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::etag_matches;
+
+    #[test]
+    fn if_none_match_forms() {
+        let etag = "\"abc\"";
+        assert!(etag_matches("\"abc\"", etag));
+        assert!(etag_matches("W/\"abc\"", etag));
+        assert!(etag_matches("\"x\", \"abc\"", etag));
+        assert!(etag_matches("*", etag));
+        assert!(!etag_matches("\"abcd\"", etag));
+        assert!(!etag_matches("abc", etag));
+        assert!(!etag_matches("", etag));
+    }
+}

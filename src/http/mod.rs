@@ -1,0 +1,106 @@
+//! The two HTTP listeners: the API (`/v1`, the legacy route, docs) and the admin
+//! listener (probes). This module wires endpoints together; each route family lives in
+//! its own file.
+
+pub mod admin;
+pub mod api;
+mod batch;
+pub mod key;
+pub mod legacy;
+pub mod payload;
+pub mod problem;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use poem::{Endpoint, EndpointExt, Response, Route};
+use poem_openapi::OpenApiService;
+
+use crate::cache::Cache;
+use crate::reload::DatasetSlot;
+
+/// Settings of the API listener that handlers read on every request.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// The whole `Cache-Control` value, built once from `--cache-max-age`.
+    pub cache_control: String,
+    pub max_batch: usize,
+    pub max_body_bytes: usize,
+}
+
+/// Everything the handlers of both listeners share.
+pub struct AppState {
+    pub dataset: DatasetSlot,
+    pub cache: Cache,
+    pub settings: HttpSettings,
+    shutting_down: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(cache: Cache, settings: HttpSettings) -> Self {
+        Self {
+            dataset: DatasetSlot::default(),
+            cache,
+            settings,
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// Ready means: a dataset is loaded and the process is not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.dataset.is_loaded() && !self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+pub type ApiService = OpenApiService<(api::KeysApi, legacy::LegacyApi), ()>;
+
+/// The OpenAPI description of the API listener; also what `openapi/openapi.json` holds.
+pub fn api_service(state: Arc<AppState>) -> ApiService {
+    OpenApiService::new(
+        (
+            api::KeysApi::new(state.clone()),
+            legacy::LegacyApi::new(state),
+        ),
+        "kvserve",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Read-only UUID → text lookups from one immutable data file. Every error on `/v1` \
+         is RFC 9457 `application/problem+json`; the legacy `/get_value/{key}` route keeps \
+         the old service's exact responses.",
+    )
+}
+
+/// The OpenAPI document as JSON, without a running server (for `kvserve openapi` and
+/// the test that keeps `openapi/openapi.json` in sync).
+pub fn openapi_json() -> String {
+    let settings = HttpSettings {
+        cache_control: String::new(),
+        max_batch: 0,
+        max_body_bytes: 0,
+    };
+    api_service(Arc::new(AppState::new(Cache::new(0), settings))).spec()
+}
+
+/// The API listener's endpoint: the OpenAPI routes, Swagger UI at `/docs`, the spec at
+/// `/openapi.json`, and problem+json for every error, including unknown routes.
+pub fn api_endpoint(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
+    let service = api_service(state.clone());
+    let docs = service.swagger_ui();
+    let spec = service.spec_endpoint();
+    problem::with_problems(
+        Route::new()
+            .nest("/docs", docs)
+            .at("/openapi.json", spec)
+            .nest("/", service)
+            .data(state),
+    )
+}

@@ -1,0 +1,103 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use kvserve::cli::{Cli, Command, GenArgs, ServeArgs, VerifyArgs};
+use kvserve::{dataset, http, telemetry, App};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(err) = telemetry::init_logging(&cli.log_level) {
+        eprintln!("error: {err}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Verify(args)) => verify(&args),
+        Some(Command::Gen(args)) => generate(&args),
+        Some(Command::Openapi) => {
+            println!("{}", http::openapi_json());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let app = App::bind(&args).await?;
+        app.run(shutdown_signal()).await
+    })?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM (what orchestrators send) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+fn verify(args: &VerifyArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let dataset = dataset::load(&args.file, &args.load.options())?;
+    let info = dataset.info();
+    println!("ok: {}", info.path.display());
+    println!("  keys:            {}", info.keys);
+    println!("  bytes:           {}", info.bytes);
+    println!("  version:         {}", info.version);
+    println!(
+        "  sha256:          {}",
+        info.sha256.as_deref().unwrap_or("(no checksum given)")
+    );
+    println!("  skipped lines:   {}", info.skipped_lines);
+    println!("  duplicate lines: {}", info.duplicate_lines);
+    println!("  load time:       {:.3}s", info.load_seconds);
+    Ok(())
+}
+
+fn generate(args: &GenArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let bar = ProgressBar::new(args.lines).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} lines ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    dataset::gen::generate(&args.out, args.lines, args.seed, |n| bar.set_position(n))?;
+    bar.finish_and_clear();
+    if args.checksum {
+        let bytes = std::fs::read(&args.out)?;
+        let name = args
+            .out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let sidecar = dataset::integrity::sidecar_path(&args.out);
+        std::fs::write(
+            &sidecar,
+            format!("{}  {name}\n", dataset::integrity::sha256_hex(&bytes)),
+        )?;
+    }
+    eprintln!("wrote {} lines to {}", args.lines, args.out.display());
+    Ok(())
+}
