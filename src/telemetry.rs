@@ -1,6 +1,8 @@
 //! Logging set-up. Logs go to stderr so stdout stays free for command output
 //! (`verify` summaries, `openapi`).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +21,8 @@ pub fn init_logging(filter: &str) -> Result<(), LogFilterError> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for people: log files and collectors get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
     Ok(())
 }

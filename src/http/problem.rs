@@ -22,6 +22,7 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProblemKind {
     InvalidKey,
+    InvalidPath,
     KeyNotFound,
     InvalidBody,
     TooManyKeys,
@@ -38,9 +39,11 @@ pub enum ProblemKind {
 impl ProblemKind {
     pub fn status(self) -> StatusCode {
         match self {
-            Self::InvalidKey | Self::InvalidBody | Self::TooManyKeys | Self::InvalidHeader => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidKey
+            | Self::InvalidPath
+            | Self::InvalidBody
+            | Self::TooManyKeys
+            | Self::InvalidHeader => StatusCode::BAD_REQUEST,
             Self::KeyNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -53,6 +56,7 @@ impl ProblemKind {
     fn slug(self) -> &'static str {
         match self {
             Self::InvalidKey => "invalid-key",
+            Self::InvalidPath => "invalid-path",
             Self::KeyNotFound => "key-not-found",
             Self::InvalidBody => "invalid-body",
             Self::TooManyKeys => "too-many-keys",
@@ -70,6 +74,7 @@ impl ProblemKind {
     fn title(self) -> &'static str {
         match self {
             Self::InvalidKey => "Invalid key",
+            Self::InvalidPath => "Invalid path",
             Self::KeyNotFound => "Key not found",
             Self::InvalidBody => "Invalid request body",
             Self::TooManyKeys => "Too many keys",
@@ -181,6 +186,11 @@ pub fn into_problem_response(err: poem::Error, method: &str, path: &str) -> Resp
         Problem::new(
             ProblemKind::RouteNotFound,
             format!("no route matches {path}"),
+        )
+    } else if err.is::<poem::error::ParsePathError>() {
+        Problem::new(
+            ProblemKind::InvalidPath,
+            format!("the path {path} is not valid UTF-8 once percent-decoded"),
         )
     } else if err.is::<MethodNotAllowedError>() {
         Problem::new(

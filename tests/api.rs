@@ -1,0 +1,406 @@
+//! The HTTP contract of DESIGN.md section 4, through a real server on 127.0.0.1:0.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+async fn server() -> (tempfile::TempDir, TestServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "test.data", sample_lines());
+    let server = TestServer::start(&data, &[]).await;
+    (dir, server)
+}
+
+#[tokio::test]
+async fn get_key_returns_canonical_key_value_etag_and_cache_control() {
+    let (_dir, s) = server().await;
+    for form in [
+        KEY.to_owned(),
+        KEY.to_uppercase(),
+        KEY.replace('-', ""),
+        format!("{{{KEY}}}"),
+        format!("urn:uuid:{KEY}"),
+    ] {
+        let resp = s.get(&format!("/v1/keys/{form}")).await;
+        assert_eq!(resp.status(), 200, "{form}");
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        assert_eq!(resp.headers()["cache-control"], "public, max-age=60");
+        assert!(resp.headers()["etag"].to_str().unwrap().starts_with('"'));
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body, json!({"key": KEY, "value": VALUE}));
+    }
+    let body: Value = s
+        .get("/v1/keys/aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body,
+        json!({"key": "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee", "value": "upper"})
+    );
+    let body: Value = s
+        .get("/v1/keys/11111111-1111-4111-8111-111111111111")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["value"], "");
+}
+
+#[tokio::test]
+async fn non_ascii_and_quotes_round_trip() {
+    let (_dir, s) = server().await;
+    let body: Value = s
+        .get(&format!("/v1/keys/{KEY2}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["value"], VALUE2);
+    let raw = s.get(&format!("/v1/keys/{KEY2}/value")).await;
+    assert_eq!(raw.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(raw.text().await.unwrap(), VALUE2);
+}
+
+#[tokio::test]
+async fn if_none_match_gives_304_with_the_same_etag() {
+    let (_dir, s) = server().await;
+    let first = s.get(&format!("/v1/keys/{KEY}")).await;
+    let etag = first.headers()["etag"].clone();
+    for path in [format!("/v1/keys/{KEY}"), format!("/v1/keys/{KEY}/value")] {
+        let resp = s
+            .client
+            .get(s.url(&path))
+            .header("If-None-Match", etag.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 304, "{path}");
+        assert_eq!(resp.headers()["etag"], etag);
+        assert_eq!(resp.headers()["cache-control"], "public, max-age=60");
+        assert!(resp.bytes().await.unwrap().is_empty());
+    }
+    let weak = format!("\"nope\", W/{}", etag.to_str().unwrap());
+    let resp = s
+        .client
+        .get(s.url(&format!("/v1/keys/{KEY}")))
+        .header("If-None-Match", weak)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 304);
+    let resp = s
+        .client
+        .get(s.url(&format!("/v1/keys/{KEY}")))
+        .header("If-None-Match", "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // A conditional request for a missing key is still a 404, never a 304.
+    let resp = s
+        .client
+        .get(s.url(&format!("/v1/keys/{MISSING}")))
+        .header("If-None-Match", "*")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test]
+async fn head_has_get_headers_and_no_body() {
+    let (_dir, s) = server().await;
+    let get = s.get(&format!("/v1/keys/{KEY}")).await;
+    let head = s
+        .client
+        .head(s.url(&format!("/v1/keys/{KEY}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    for name in ["etag", "cache-control", "content-type", "content-length"] {
+        assert_eq!(head.headers()[name], get.headers()[name], "{name}");
+    }
+    assert!(head.bytes().await.unwrap().is_empty());
+    let head = s
+        .client
+        .head(s.url(&format!("/v1/keys/{MISSING}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 404);
+}
+
+#[tokio::test]
+async fn unknown_keys_are_404_problems() {
+    let (_dir, s) = server().await;
+    for path in [
+        format!("/v1/keys/{MISSING}"),
+        format!("/v1/keys/{MISSING}/value"),
+    ] {
+        let body = problem(s.get(&path).await, 404).await;
+        assert_eq!(body["type"], "urn:kvserve:problem:key-not-found");
+        assert!(body["detail"].as_str().unwrap().contains(MISSING));
+    }
+}
+
+/// Malformed keys of every kind, on every route that takes a key in the path.
+#[tokio::test]
+async fn malformed_keys_are_400_problems_naming_the_parameter() {
+    let (_dir, s) = server().await;
+    let long = "a".repeat(10 * 1024);
+    let bad = [
+        "abc",
+        "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz",
+        "%00%2F..%20",
+        "%E2%98%83",
+        "72cf48f7-d604-4423-b012-4e2329f5117",
+        long.as_str(),
+    ];
+    for key in bad {
+        for path in [format!("/v1/keys/{key}"), format!("/v1/keys/{key}/value")] {
+            let body = problem(s.get(&path).await, 400).await;
+            assert_eq!(body["type"], "urn:kvserve:problem:invalid-key");
+            assert!(body["detail"].as_str().unwrap().contains("`key`"), "{body}");
+        }
+    }
+    // Percent-encoding that decodes to invalid UTF-8 is refused before routing.
+    for path in [
+        "/v1/keys/%ff%fe",
+        "/v1/keys/%C3%28/value",
+        "/get_value/%80",
+        "/nope/%ff",
+    ] {
+        let body = problem(s.get(path).await, 400).await;
+        assert_eq!(body["type"], "urn:kvserve:problem:invalid-path");
+    }
+    // An empty key: before `/value` it is an empty parameter, at the end no route.
+    let body = problem(s.get("/v1/keys//value").await, 400).await;
+    assert_eq!(body["type"], "urn:kvserve:problem:invalid-key");
+    problem(s.get("/v1/keys/").await, 404).await;
+}
+
+#[tokio::test]
+async fn unknown_paths_and_wrong_methods_are_problems() {
+    let (_dir, s) = server().await;
+    for path in ["/", "/v2/keys/x", "/v1", "/get_value", "/nope/%20"] {
+        let body = problem(s.get(path).await, 404).await;
+        assert_eq!(body["type"], "urn:kvserve:problem:route-not-found");
+    }
+    let key_path = s.url(&format!("/v1/keys/{KEY}"));
+    for req in [
+        s.client.post(&key_path),
+        s.client.delete(&key_path),
+        s.client.put(s.url(&format!("/get_value/{KEY}"))),
+        s.client.get(s.url("/v1/keys/batch")),
+    ] {
+        let resp = req.send().await.unwrap();
+        let allow = resp.headers()["allow"].to_str().unwrap().to_owned();
+        assert!(!allow.is_empty());
+        problem(resp, 405).await;
+    }
+}
+
+#[tokio::test]
+async fn batch_returns_values_and_missing_with_duplicates_folded() {
+    let (_dir, s) = server().await;
+    let resp = s
+        .client
+        .post(s.url("/v1/keys/batch"))
+        .json(&json!({"keys": [KEY, MISSING, KEY.to_uppercase(), KEY2, MISSING.replace('-', "")]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"values": {KEY: VALUE, KEY2: VALUE2}, "missing": [MISSING]})
+    );
+    let resp = s
+        .client
+        .post(s.url("/v1/keys/batch"))
+        .json(&json!({"keys": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!({"values": {}, "missing": []})
+    );
+}
+
+#[tokio::test]
+async fn bad_batch_bodies_are_problems_naming_the_field() {
+    let (_dir, s) = server().await;
+    let post = |body: Vec<u8>| {
+        s.client
+            .post(s.url("/v1/keys/batch"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let many: Vec<String> = (0..1001)
+        .map(|i| format!("00000000-0000-0000-0000-{i:012}"))
+        .collect();
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"not json".to_vec(), 400, "not valid JSON"),
+        (b"".to_vec(), 400, "not valid JSON"),
+        (b"[1, 2]".to_vec(), 400, "JSON object"),
+        (b"{}".to_vec(), 400, "`keys` is missing"),
+        (
+            br#"{"keys": "abc"}"#.to_vec(),
+            400,
+            "`keys` must be an array",
+        ),
+        (
+            br#"{"keys": [1]}"#.to_vec(),
+            400,
+            "`keys[0]` must be a string",
+        ),
+        (
+            br#"{"keys": [null]}"#.to_vec(),
+            400,
+            "`keys[0]` must be a string",
+        ),
+        (
+            format!(r#"{{"keys": ["{KEY}", "nope"]}}"#).into_bytes(),
+            400,
+            "`keys[1]` is not a UUID",
+        ),
+        (
+            json!({"keys": many}).to_string().into_bytes(),
+            400,
+            "at most 1000",
+        ),
+        (vec![b' '; 2 << 20], 413, "larger than"),
+    ];
+    for (body, status, needle) in cases {
+        let resp = post(body).await.unwrap();
+        let p = problem(resp, status).await;
+        assert!(
+            p["detail"].as_str().unwrap().contains(needle),
+            "{p} should mention {needle}"
+        );
+    }
+    let resp = s
+        .client
+        .post(s.url("/v1/keys/batch"))
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 415).await;
+}
+
+#[tokio::test]
+async fn legacy_route_keeps_the_old_bodies_and_points_to_v1() {
+    let (_dir, s) = server().await;
+    let resp = s.get(&format!("/get_value/{}", KEY.to_uppercase())).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    assert_eq!(resp.headers()["deprecation"], "true");
+    assert_eq!(
+        resp.headers()["link"],
+        format!("</v1/keys/{KEY}>; rel=\"successor-version\"")
+    );
+    assert_eq!(
+        resp.text().await.unwrap(),
+        format!(r#"{{"key":"{KEY}","value":"{VALUE}"}}"#)
+    );
+
+    let resp = s.get(&format!("/get_value/{KEY2}")).await;
+    assert_eq!(
+        resp.text().await.unwrap(),
+        format!(r#"{{"key":"{KEY2}","value":"héllo \"quoted\" wörld"}}"#)
+    );
+
+    let resp = s.get(&format!("/get_value/{MISSING}")).await;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.text().await.unwrap(), r#"{"detail":"Key not found"}"#);
+
+    let resp = s.get("/get_value/abc").await;
+    assert_eq!(resp.status(), 422);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    assert_eq!(
+        resp.text().await.unwrap(),
+        r#"{"detail":[{"type":"uuid_parsing","loc":["path","key"],"msg":"Input should be a valid UUID, invalid length: expected length 32 for simple format, found 3","input":"abc","ctx":{"error":"invalid length: expected length 32 for simple format, found 3"}}]}"#
+    );
+    let resp = s
+        .get("/get_value/zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz")
+        .await;
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["detail"][0]["ctx"]["error"],
+        "invalid character: found `z` at 1"
+    );
+}
+
+#[tokio::test]
+async fn cache_serves_repeated_lookups_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "test.data", sample_lines());
+    for capacity in ["0", "1", "1000"] {
+        let s = TestServer::start(&data, &["--cache-capacity", capacity]).await;
+        for _ in 0..3 {
+            for key in [KEY, KEY2] {
+                let v1: Value = s
+                    .get(&format!("/v1/keys/{key}"))
+                    .await
+                    .json()
+                    .await
+                    .unwrap();
+                let legacy: Value = s
+                    .get(&format!("/get_value/{key}"))
+                    .await
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(v1, legacy);
+            }
+        }
+        s.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn docs_and_spec_are_served() {
+    let (_dir, s) = server().await;
+    let docs = s.get("/docs").await;
+    assert_eq!(docs.status(), 200);
+    let html = docs.text().await.unwrap();
+    assert!(html.contains("swagger-ui"));
+    for remote in [
+        "src=\"http",
+        "href=\"http",
+        "src='http",
+        "href='http",
+        "url(http",
+    ] {
+        assert!(
+            !html.contains(remote),
+            "Swagger UI must work offline, found {remote}"
+        );
+    }
+    let spec: Value = s.get("/openapi.json").await.json().await.unwrap();
+    assert!(spec["paths"]["/v1/keys/{key}"]["get"].is_object());
+}
+
+#[tokio::test]
+async fn admin_probes() {
+    let (_dir, s) = server().await;
+    let live = s.client.get(s.admin_url("/livez")).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    let ready = s.client.get(s.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    problem(
+        s.client.get(s.admin_url("/nope")).send().await.unwrap(),
+        404,
+    )
+    .await;
+    s.stop().await.unwrap();
+}

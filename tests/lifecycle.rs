@@ -1,0 +1,238 @@
+//! Start-up and shutdown: 503 until the data is loaded, readiness, and a graceful
+//! SIGTERM through the real binary.
+
+mod common;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Holding the publisher's exclusive lock keeps the loader waiting, so the server is
+/// observably up but not loaded, for as long as the test wants.
+#[tokio::test]
+async fn data_routes_answer_503_with_retry_after_until_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "slow.data", sample_lines());
+    let publisher = File::open(&path).unwrap();
+    publisher.lock().unwrap();
+    let s = TestServer::spawn(&path, &["--lock-timeout", "30s"]).await;
+
+    for path in [
+        format!("/v1/keys/{KEY}"),
+        format!("/v1/keys/{KEY}/value"),
+        format!("/get_value/{KEY}"),
+    ] {
+        let resp = s.get(&path).await;
+        assert_eq!(resp.headers()["retry-after"], "1", "{path}");
+        let body = problem(resp, 503).await;
+        assert_eq!(body["type"], "urn:kvserve:problem:not-loaded");
+    }
+    let batch = s
+        .client
+        .post(s.url("/v1/keys/batch"))
+        .json(&serde_json::json!({"keys": [KEY]}))
+        .send()
+        .await
+        .unwrap();
+    problem(batch, 503).await;
+    let ready = s.client.get(s.admin_url("/readyz")).send().await.unwrap();
+    problem(ready, 503).await;
+    let live = s.client.get(s.admin_url("/livez")).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    // Docs work before the data does.
+    assert_eq!(s.get("/openapi.json").await.status(), 200);
+
+    publisher.unlock().unwrap();
+    s.wait_ready().await;
+    assert_eq!(s.get(&format!("/v1/keys/{KEY}")).await.status(), 200);
+    s.stop().await.unwrap();
+}
+
+struct Process {
+    child: Child,
+    api: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// Starts the real binary on port 0 and reads the bound addresses from its log.
+fn spawn_binary(data: &std::path::Path, extra: &[&str]) -> Process {
+    let mut child = Command::new(binary())
+        .args([
+            "--data",
+            data.to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kvserve");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let field = |line: &str, name: &str| -> SocketAddr {
+        let start = line.find(name).unwrap() + name.len();
+        line[start..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let line = lines
+        .by_ref()
+        .map(|l| l.unwrap())
+        .find(|l| l.contains("listening") && l.contains("api="))
+        .expect("kvserve logs its addresses");
+    let (api, admin) = (field(&line, "api="), field(&line, "admin="));
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Process { child, api, admin }
+}
+
+fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kvserve did not exit in {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM while a request is half sent: readiness turns 503 at once, new connections
+/// are refused, the in-flight request still gets its full answer, and the exit is 0.
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "t.data", sample_lines());
+    let mut p = spawn_binary(&path, &["--shutdown-timeout", "20s"]);
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+
+    let body = format!(r#"{{"keys": ["{KEY}"]}}"#);
+    let mut in_flight = TcpStream::connect(p.api).unwrap();
+    in_flight
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        in_flight,
+        "POST /v1/keys/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        body.len(),
+        &body[..5]
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // the server is now reading the body
+
+    sigterm(&p.child);
+    wait_until("readiness to turn 503", || {
+        http_status(p.admin, "/readyz") == Some(503)
+    });
+    wait_until("the API listener to close", || {
+        TcpStream::connect(p.api).is_err()
+    });
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "must wait for the in-flight request"
+    );
+
+    in_flight.write_all(body[5..].as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&response).contains(VALUE) {
+        let n = in_flight.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "connection closed before the answer: {}",
+            String::from_utf8_lossy(&response)
+        );
+        response.extend_from_slice(&buf[..n]);
+    }
+    let response = String::from_utf8(response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    let status = wait_exit(&mut p.child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+}
+
+/// A request that never completes cannot hold the process past --shutdown-timeout.
+#[test]
+fn shutdown_timeout_bounds_the_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "t.data", sample_lines());
+    let mut p = spawn_binary(&path, &["--shutdown-timeout", "500ms"]);
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let mut stuck = TcpStream::connect(p.api).unwrap();
+    write!(
+        stuck,
+        "POST /v1/keys/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    sigterm(&p.child);
+    let status = wait_exit(&mut p.child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "the drain waited for the request"
+    );
+}
+
+/// SIGINT (Ctrl-C) stops the server the same way.
+#[test]
+fn sigint_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "t.data", sample_lines());
+    let mut p = spawn_binary(&path, &[]);
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    assert_eq!(http_status(p.api, &format!("/v1/keys/{KEY}")), Some(200));
+    Command::new("kill")
+        .args(["-INT", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(
+        wait_exit(&mut p.child, Duration::from_secs(10)).code(),
+        Some(0)
+    );
+}

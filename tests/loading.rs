@@ -1,0 +1,446 @@
+//! Data files good and bad (DESIGN.md section 2), through the real binary's `verify`
+//! and `serve`, and through the same `App` builder for what is served.
+
+mod common;
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run kvserve")
+}
+
+/// Runs `kvserve verify` and returns (success, stdout + stderr).
+fn verify(path: &Path, extra: &[&str]) -> (bool, String) {
+    let path = path.display().to_string();
+    let mut args = vec!["verify", path.as_str()];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn refused(path: &Path, extra: &[&str], needles: &[&str]) {
+    let (ok, text) = verify(path, extra);
+    assert!(!ok, "verify should fail:\n{text}");
+    for needle in needles {
+        assert!(text.contains(needle), "expected `{needle}` in:\n{text}");
+    }
+    assert!(!text.contains("panicked"), "{text}");
+}
+
+#[test]
+fn a_good_file_verifies_with_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "good.data", sample_lines());
+    let (ok, text) = verify(&path, &[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("keys:            4"), "{text}");
+}
+
+#[test]
+fn empty_file_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "empty.data", "");
+    refused(&path, &[], &["empty.data", "no records"]);
+    let blank = write_file(dir.path(), "blank.data", "\n\r\n\n");
+    refused(&blank, &[], &["no records"]);
+    assert!(verify(&path, &["--allow-empty"]).0);
+}
+
+#[test]
+fn missing_file_and_directory_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    refused(
+        &dir.path().join("nope.data"),
+        &[],
+        &["cannot open data file", "nope.data", "No such file"],
+    );
+    refused(dir.path(), &[], &["is not a regular file"]);
+}
+
+#[test]
+fn unreadable_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "secret.data", sample_lines());
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    // Root reads anything, so as root the check runs as `nobody`, in a folder nobody
+    // may enter, which is what an unreadable file looks like to a service account.
+    let out = if unsafe_is_root() {
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(binary())
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .expect("setpriv")
+    } else {
+        run(&["verify", path.to_str().unwrap()])
+    };
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("cannot open data file") && text.contains("Permission denied"),
+        "{text}"
+    );
+}
+
+fn unsafe_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn malformed_lines_name_file_line_reason_and_excerpt() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(&str, Vec<u8>, Vec<&str>)> = vec![
+        (
+            "nospace.data",
+            format!("{KEY} a\n\nhello-world\n").into_bytes(),
+            vec![":3:", "no space after the key", "\"hello-world\""],
+        ),
+        (
+            "badkey.data",
+            format!("{KEY} a\nzzcf48f7-d604-4423-b012-4e2329f5117b v\n").into_bytes(),
+            vec![":2:", "not a UUID", "character 1"],
+        ),
+        (
+            "shortkey.data",
+            b"72cf48f7 value\n".to_vec(),
+            vec![":1:", "36-character", "found 8"],
+        ),
+        (
+            "utf8.data",
+            [
+                format!("{KEY} ok\n").as_bytes(),
+                b"0d9c6e4e-5c39-4f76-9a57-2f0b7e4c1a11 bad \xff\xfe\n",
+            ]
+            .concat(),
+            vec![":2:", "not valid UTF-8"],
+        ),
+        (
+            "keyonly.data",
+            format!("{KEY}\n").into_bytes(),
+            vec![":1:", "no space"],
+        ),
+    ];
+    for (name, contents, needles) in cases {
+        let path = write_file(dir.path(), name, contents);
+        let mut needles = needles;
+        needles.push(name);
+        refused(&path, &[], &needles);
+    }
+}
+
+#[test]
+fn long_lines_are_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        dir.path(),
+        "long.data",
+        format!("{KEY} {}\n", "x".repeat(100)),
+    );
+    refused(
+        &path,
+        &["--max-line-bytes", "64"],
+        &[":1:", "137 bytes", "--max-line-bytes"],
+    );
+    assert!(verify(&path, &["--max-line-bytes", "1KiB"]).0);
+    let (ok, text) = verify(&path, &["--max-line-bytes", "32MiB"]);
+    assert!(!ok && text.contains("--max-line-bytes"), "{text}");
+}
+
+#[test]
+fn skip_invalid_counts_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        dir.path(),
+        "mixed.data",
+        format!("{KEY} a\nbroken\n{KEY2} b\nalso broken\n"),
+    );
+    refused(&path, &[], &[":2:"]);
+    let (ok, text) = verify(&path, &["--skip-invalid"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("keys:            2") && text.contains("skipped lines:   2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("line=2") && text.contains("line=4"),
+        "skipped lines are logged with their numbers:\n{text}"
+    );
+}
+
+#[test]
+fn duplicates_are_refused_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        dir.path(),
+        "dup.data",
+        format!("{KEY} first\n{KEY2} x\n{} last\n", KEY.to_uppercase()),
+    );
+    refused(
+        &path,
+        &[],
+        &[
+            ":3:",
+            "duplicate key",
+            KEY,
+            "first on line 1",
+            "--on-duplicate",
+        ],
+    );
+    assert!(verify(&path, &["--on-duplicate", "first"]).0);
+}
+
+#[tokio::test]
+async fn on_duplicate_first_and_last_keep_the_right_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        dir.path(),
+        "dup.data",
+        format!("{KEY} first\n{KEY2} x\n{} last\n", KEY.to_uppercase()),
+    );
+    for (policy, expected) in [("first", "first"), ("last", "last")] {
+        let s = TestServer::start(&path, &["--on-duplicate", policy]).await;
+        let body: Value = s
+            .get(&format!("/v1/keys/{KEY}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["value"], expected);
+        s.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn crlf_bom_and_missing_final_newline_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let contents = [
+        b"\xEF\xBB\xBF".as_slice(),
+        format!("{KEY} crlf value\r\n\r\n{KEY2} last, no newline").as_bytes(),
+    ]
+    .concat();
+    let path = write_file(dir.path(), "dos.data", contents);
+    let s = TestServer::start(&path, &[]).await;
+    assert_eq!(
+        s.get(&format!("/v1/keys/{KEY}/value"))
+            .await
+            .text()
+            .await
+            .unwrap(),
+        "crlf value"
+    );
+    assert_eq!(
+        s.get(&format!("/v1/keys/{KEY2}/value"))
+            .await
+            .text()
+            .await
+            .unwrap(),
+        "last, no newline"
+    );
+    s.stop().await.unwrap();
+}
+
+/// A file big enough to be split over several parser threads, with errors in several
+/// chunks: the one reported must be the first in the file, whatever the thread timing.
+#[test]
+fn parallel_load_reports_the_first_error_in_file_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    let bad_lines = [150_001, 90_001, 170_001];
+    for n in 1..=200_000u32 {
+        if bad_lines.contains(&n) {
+            text.push_str("not a record\n");
+        } else {
+            text.push_str(&format!("{:08x}-0000-4000-8000-{:012x} value {n}\n", n, n));
+        }
+    }
+    let path = write_file(dir.path(), "big.data", &text);
+    for _ in 0..3 {
+        refused(&path, &["--load-threads", "4"], &["big.data:90001:"]);
+    }
+    // And a duplicate far from its first occurrence, in another chunk.
+    let dup = text.replacen(
+        "not a record",
+        "00000001-0000-4000-8000-000000000001 again",
+        1,
+    );
+    let path = write_file(dir.path(), "dup-big.data", dup);
+    refused(
+        &path,
+        &["--load-threads", "4"],
+        &["dup-big.data:90001:", "first on line 1"],
+    );
+    let clean = write_file(
+        dir.path(),
+        "clean-big.data",
+        text.replace("not a record\n", ""),
+    );
+    let (ok, out) = verify(&clean, &["--load-threads", "4"]);
+    assert!(ok && out.contains("keys:            199997"), "{out}");
+}
+
+#[test]
+fn checksum_sidecar_and_flag_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "sum.data", sample_lines());
+    let right = kvserve::dataset::integrity::sha256_hex(sample_lines().as_bytes());
+    let wrong = "0".repeat(64);
+    write_file(
+        dir.path(),
+        "sum.data.sha256",
+        format!("{right}  sum.data\n"),
+    );
+    let (ok, text) = verify(&path, &[]);
+    assert!(ok && text.contains(&right), "{text}");
+    write_file(
+        dir.path(),
+        "sum.data.sha256",
+        format!("{wrong}  sum.data\n"),
+    );
+    refused(
+        &path,
+        &[],
+        &["SHA-256 of", &right, "sum.data.sha256", &wrong],
+    );
+    write_file(dir.path(), "sum.data.sha256", "garbage\n");
+    refused(&path, &[], &["sum.data.sha256", "sha256sum"]);
+    // The flag wins over the sidecar.
+    assert!(verify(&path, &["--sha256", &right.to_uppercase()]).0);
+    refused(&path, &["--sha256", &wrong], &["--sha256 expects"]);
+    refused(&path, &["--sha256", "xyz"], &["--sha256", "64 hexadecimal"]);
+}
+
+#[test]
+fn generated_files_carry_a_checksum_that_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("gen.data");
+    let status = run(&[
+        "gen",
+        "--lines",
+        "2000",
+        "--out",
+        out.to_str().unwrap(),
+        "--seed",
+        "3",
+        "--checksum",
+    ]);
+    assert!(status.status.success());
+    let (ok, text) = verify(&out, &[]);
+    assert!(ok && text.contains("keys:            2000"), "{text}");
+    let mut file = std::fs::OpenOptions::new().append(true).open(&out).unwrap();
+    file.write_all(format!("{KEY} tampered\n").as_bytes())
+        .unwrap();
+    refused(&out, &[], &["SHA-256"]);
+}
+
+#[test]
+fn an_exclusive_lock_is_waited_for_then_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "locked.data", sample_lines());
+    let publisher = File::open(&path).unwrap();
+    publisher.lock().unwrap();
+    refused(
+        &path,
+        &["--lock-timeout", "300ms"],
+        &["locked exclusively", "--lock-timeout"],
+    );
+
+    // Released while the loader waits: the load goes ahead.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        publisher.unlock().unwrap();
+    });
+    let (ok, text) = verify(&path, &["--lock-timeout", "10s"]);
+    release.join().unwrap();
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn a_file_that_grows_while_loading_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::with_capacity(40 << 20);
+    for n in 0..500_000u32 {
+        text.push_str(&format!(
+            "{:08x}-0000-4000-8000-{:012x} value number {n}\n",
+            n, n
+        ));
+    }
+    let path = write_file(dir.path(), "growing.data", &text);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appender = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                writeln!(file, "ffffffff-0000-4000-8000-{n:012x} appended").unwrap();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let (ok, text) = verify(&path, &[]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    appender.join().unwrap();
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("changed while loading") && text.contains("size went from"),
+        "{text}"
+    );
+}
+
+#[test]
+fn serve_exits_non_zero_on_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "bad.data", "garbage\n");
+    let out = run(&[
+        "--data",
+        path.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error: ") && stderr.contains("bad.data:1:"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_load_serves_nothing_and_ends_run_with_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "bad.data", format!("{KEY} fine\nbroken\n"));
+    let s = TestServer::spawn(&path, &[]).await;
+    let err = s.finished().await.unwrap_err();
+    assert!(matches!(err, kvserve::AppError::Load(_)), "{err}");
+    assert!(err.to_string().contains("bad.data:2:"));
+}

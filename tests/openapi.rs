@@ -1,0 +1,93 @@
+//! The OpenAPI document: checked in, generated from the code, and complete.
+
+use serde_json::Value;
+
+const CHECKED_IN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
+
+fn spec() -> Value {
+    serde_json::from_str(&kvserve::http::openapi_json()).unwrap()
+}
+
+/// Fails when the code changed the API but `openapi/openapi.json` was not regenerated.
+/// `KVSERVE_UPDATE_OPENAPI=1 cargo test --test openapi` rewrites it.
+#[test]
+fn checked_in_spec_is_up_to_date() {
+    let generated = format!("{}\n", kvserve::http::openapi_json());
+    if std::env::var_os("KVSERVE_UPDATE_OPENAPI").is_some() {
+        std::fs::write(CHECKED_IN, &generated).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(CHECKED_IN).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "openapi/openapi.json is out of date: run `KVSERVE_UPDATE_OPENAPI=1 cargo test --test openapi` and commit it"
+    );
+}
+
+#[test]
+fn every_route_and_status_is_documented() {
+    let spec = spec();
+    let expected: &[(&str, &str, &[&str])] = &[
+        (
+            "/v1/keys/{key}",
+            "get",
+            &["200", "304", "400", "404", "503"],
+        ),
+        (
+            "/v1/keys/{key}",
+            "head",
+            &["200", "304", "400", "404", "503"],
+        ),
+        (
+            "/v1/keys/{key}/value",
+            "get",
+            &["200", "304", "400", "404", "503"],
+        ),
+        (
+            "/v1/keys/batch",
+            "post",
+            &["200", "400", "413", "415", "503"],
+        ),
+        ("/get_value/{key}", "get", &["200", "404", "422", "503"]),
+    ];
+    for (path, method, statuses) in expected {
+        let op = &spec["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} missing");
+        let mut documented: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
+        documented.sort();
+        assert_eq!(documented, *statuses, "{method} {path}");
+        for (status, response) in op["responses"].as_object().unwrap() {
+            if status.starts_with('4') || status.starts_with('5') {
+                let content = response["content"].as_object().unwrap();
+                let legacy = path.starts_with("/get_value") && status != "503";
+                let want = if legacy {
+                    "application/json"
+                } else {
+                    "application/problem+json"
+                };
+                assert!(
+                    content.contains_key(want),
+                    "{method} {path} {status} should be {want}"
+                );
+            }
+        }
+    }
+    assert_eq!(spec["paths"]["/get_value/{key}"]["get"]["deprecated"], true);
+    let text = spec.to_string();
+    assert!(!text.contains("param0"));
+}
+
+#[test]
+fn key_parameters_carry_an_example_from_the_sample_data() {
+    let spec = spec();
+    let sample =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/sample.data")).unwrap();
+    for path in ["/v1/keys/{key}", "/v1/keys/{key}/value", "/get_value/{key}"] {
+        let param = &spec["paths"][path]["get"]["parameters"][0];
+        assert_eq!(param["name"], "key");
+        let example = param["schema"]["example"].as_str().unwrap();
+        assert!(
+            sample.contains(example),
+            "the example key of {path} must exist in data/sample.data"
+        );
+    }
+}
