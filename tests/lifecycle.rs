@@ -176,7 +176,7 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
         "must wait for the in-flight request"
     );
 
-    in_flight.write_all(body[5..].as_bytes()).unwrap();
+    in_flight.write_all(&body.as_bytes()[5..]).unwrap();
     let mut response = Vec::new();
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&response).contains(VALUE) {
