@@ -156,11 +156,8 @@ pub fn parse_keys(body: &[u8], max_batch: usize) -> Result<Vec<Uuid>, Problem> {
             "the request body must be a JSON object: {\"keys\": [\"<uuid>\", ...]}".to_owned(),
         ));
     };
-    if let Some(unknown) = fields.keys().find(|name| *name != "keys") {
-        return Err(invalid(format!(
-            "unknown field `{unknown}`; the only field is `keys`"
-        )));
-    }
+    // Other fields are ignored, as the schema allows: a client may send more than
+    // this version reads.
     let Some(keys) = fields.remove("keys") else {
         return Err(invalid("field `keys` is missing".to_owned()));
     };
@@ -281,7 +278,7 @@ mod tests {
         assert!(detail(r#"{"keys": [1]}"#).contains("`keys[0]` must be a string, found a number"));
         assert!(detail(r#"{"keys": ["nope"]}"#).contains("`keys[0]` is not a UUID"));
         assert!(detail(r#"{"keys": ["a", "b", "c"]}"#).contains("at most 2"));
-        assert!(detail(r#"{"keys": [], "x": 1}"#).contains("unknown field `x`"));
+        assert!(parse_keys(br#"{"keys": [], "x": 1}"#, 2).is_ok());
     }
 
     #[test]

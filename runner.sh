@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# kvserve's one entry point for people and CI.
+#
+#   ./runner.sh            build, run every test, then serve data/sample.data
+#   ./runner.sh test       install what the tests need (if missing), then run every test
+#   ./runner.sh serve      build in release mode and serve (extra args go to kvserve)
+#   ./runner.sh setup      only install the test tools
+#
+# Everything it installs comes from the package registries: Rust crates (cargo),
+# Debian packages (apt-get), Python packages (pip, into target/pyenv) and npm packages
+# (into tests/external/browser/node_modules).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+PYENV=target/pyenv
+
+need_apt() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if ((${#missing[@]})); then
+    log "apt-get install ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+setup() {
+  command -v cargo >/dev/null || { echo "cargo is required: install Rust from rustup.rs" >&2; exit 1; }
+  rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
+  need_apt util-linux chromium
+  command -v npm >/dev/null || need_apt nodejs npm
+  if [ ! -x "$PYENV/bin/python" ]; then
+    log "creating $PYENV"
+    python3 -m venv "$PYENV" || { need_apt python3-venv; python3 -m venv "$PYENV"; }
+  fi
+  # Reinstall only when the requirements changed since the last install.
+  local stamp="$PYENV/.requirements"
+  if ! cmp -s tests/external/requirements.txt "$stamp"; then
+    log "pip install -r tests/external/requirements.txt"
+    "$PYENV/bin/pip" install -q --disable-pip-version-check -r tests/external/requirements.txt
+    cp tests/external/requirements.txt "$stamp"
+  fi
+  if [ ! -d tests/external/browser/node_modules/playwright-core ]; then
+    log "npm ci (playwright-core, driving Debian's chromium)"
+    (cd tests/external/browser && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+
+run_tests() {
+  setup
+  log "cargo fmt --check"
+  cargo fmt --all -- --check
+  log "cargo clippy --all-targets -- -D warnings"
+  cargo clippy --all-targets --quiet -- -D warnings
+  log "cargo test"
+  cargo test --all-targets
+  log "external checks (tests/external)"
+  cargo build --quiet
+  PATH="$PWD/$PYENV/bin:$PATH" "$PYENV/bin/python" tests/external/run.py target/debug/kvserve
+}
+
+serve() {
+  cargo build --release --quiet
+  exec target/release/kvserve serve "$@"
+}
+
+case "${1:-all}" in
+  setup) setup ;;
+  test) run_tests ;;
+  serve) shift; serve "$@" ;;
+  all) run_tests; serve ;;
+  *) echo "usage: $0 [test|serve|setup]" >&2; exit 2 ;;
+esac
