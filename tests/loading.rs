@@ -444,3 +444,42 @@ async fn a_failed_load_serves_nothing_and_ends_run_with_the_error() {
     assert!(matches!(err, kvserve::AppError::Load(_)), "{err}");
     assert!(err.to_string().contains("bad.data:2:"));
 }
+
+#[test]
+fn big_files_log_progress_with_a_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.data");
+    let mut out = std::io::BufWriter::new(File::create(&path).unwrap());
+    for n in 0..1_000_000u64 {
+        writeln!(
+            out,
+            "{:08x}-0000-4000-8000-{n:012x} some words for value number {n}",
+            n as u32
+        )
+        .unwrap();
+    }
+    out.into_inner().unwrap().sync_all().unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() > 64 << 20);
+    let (ok, text) = verify(&path, &["--load-threads", "2"]);
+    assert!(ok, "{text}");
+    let percents: Vec<u64> = text
+        .lines()
+        .filter(|line| line.contains("loading data file"))
+        .map(|line| {
+            assert!(line.contains("lines_per_second="), "{line}");
+            let at = line.find("percent=").unwrap() + "percent=".len();
+            line[at..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(!percents.is_empty(), "no progress logged:\n{text}");
+    assert!(
+        percents.windows(2).all(|w| w[0] < w[1])
+            && percents.iter().all(|p| p % 10 == 0 && *p < 100),
+        "{percents:?}"
+    );
+}

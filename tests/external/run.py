@@ -127,7 +127,7 @@ def schemathesis(binary: str) -> None:
         subprocess.run(
             ["schemathesis", "run", str(ROOT / "openapi" / "openapi.json"), "--url", server.url,
              "--checks", "all", "--max-examples", "100", "--seed", "1", "--workers", "1",
-             "--max-time", "120"],
+             "--max-time", "60"],
             check=True,
         )
 
