@@ -74,6 +74,14 @@ pub struct ServeArgs {
     #[arg(long, env = "KVSERVE_MAX_BODY_BYTES", default_value = "1MiB", value_parser = parse_size)]
     pub max_body_bytes: usize,
 
+    /// Reload by itself when the data file or its `.sha256` changes.
+    #[arg(long, env = "KVSERVE_WATCH")]
+    pub watch: bool,
+
+    /// With `--watch`: how long the folder must be quiet before reloading.
+    #[arg(long, env = "KVSERVE_WATCH_DEBOUNCE", default_value = "500ms", value_parser = parse_duration)]
+    pub watch_debounce: Duration,
+
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "KVSERVE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

@@ -12,24 +12,26 @@ pub mod cache;
 pub mod cli;
 pub mod dataset;
 pub mod http;
+pub mod metrics;
 pub mod reload;
 pub mod telemetry;
+pub mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use poem::listener::TcpAcceptor;
 use poem::Server;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch as signal_channel;
 
 use crate::cache::Cache;
 use crate::cli::ServeArgs;
-use crate::dataset::{Dataset, LoadError, LoadOptions};
+use crate::dataset::LoadError;
 use crate::http::{AppState, HttpSettings};
+use crate::reload::{ReloadError, Reloader, Trigger};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -41,8 +43,12 @@ pub enum AppError {
     },
     #[error(transparent)]
     Load(#[from] LoadError),
-    #[error("the loader thread panicked; see the log above")]
-    LoaderPanicked,
+    #[error("the first load failed: {0}")]
+    FirstLoad(ReloadError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
+    #[error(transparent)]
+    Watch(#[from] watch::WatchError),
     #[error("the {listener} listener failed: {source}")]
     Serve {
         listener: &'static str,
@@ -58,9 +64,8 @@ pub struct App {
     api_addr: SocketAddr,
     admin_addr: SocketAddr,
     state: Arc<AppState>,
-    data: PathBuf,
-    load: LoadOptions,
     shutdown_timeout: Duration,
+    watch: Option<Duration>,
 }
 
 impl App {
@@ -72,15 +77,16 @@ impl App {
             max_batch: args.max_batch,
             max_body_bytes: args.max_body_bytes,
         };
+        let reloader = Reloader::new(args.data.clone(), args.load.options());
+        let state = AppState::new(Cache::new(args.cache_capacity), settings, reloader)?;
         Ok(Self {
             api,
             admin,
             api_addr,
             admin_addr,
-            state: Arc::new(AppState::new(Cache::new(args.cache_capacity), settings)),
-            data: args.data.clone(),
-            load: args.load.options(),
+            state: Arc::new(state),
             shutdown_timeout: args.shutdown_timeout,
+            watch: args.watch.then_some(args.watch_debounce),
         })
     }
 
@@ -92,6 +98,11 @@ impl App {
         self.admin_addr
     }
 
+    /// The shared state, for tests that look inside (the dataset slot, the metrics).
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
     /// Serves until `shutdown` resolves, loading the data file in the background
     /// meanwhile (data routes answer 503 until it is in). Returns an error if the load
     /// fails: a process that cannot serve its data should not pretend to be healthy.
@@ -100,9 +111,10 @@ impl App {
     /// in-flight requests (bounded by `--shutdown-timeout`), then the admin listener
     /// stops, so probes see "not ready" for the whole drain.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-        tracing::info!(api = %self.api_addr, admin = %self.admin_addr, data = %self.data.display(), "listening");
-        let (stop_api_tx, stop_api) = watch::channel(false);
-        let (stop_admin_tx, stop_admin) = watch::channel(false);
+        let data = self.state.reloader.current_path();
+        tracing::info!(api = %self.api_addr, admin = %self.admin_addr, data = %data.display(), "listening");
+        let (stop_api_tx, stop_api) = signal_channel::channel(false);
+        let (stop_admin_tx, stop_admin) = signal_channel::channel(false);
         let timeout = Some(self.shutdown_timeout);
         let api = tokio::spawn(
             Server::new_with_acceptor(acceptor("api", self.api)?)
@@ -123,11 +135,10 @@ impl App {
                 ),
         );
 
-        let loaded = spawn_loader(self.data, self.load);
         let state = self.state.clone();
         let outcome = tokio::select! {
             () = shutdown => Ok(()),
-            failure = install_then_wait(loaded, &state) => Err(failure),
+            failure = serve_dataset(state.clone(), self.watch) => Err(failure),
         };
 
         tracing::info!("shutting down: readiness is now 503, draining in-flight requests");
@@ -138,6 +149,42 @@ impl App {
         join("admin", admin).await?;
         tracing::info!("shutdown complete");
         outcome
+    }
+}
+
+/// Loads the data file, then keeps it current (SIGHUP, `--watch`) until cancelled.
+/// Returns only if the service cannot go on: the first load or the watch set-up failed.
+async fn serve_dataset(state: Arc<AppState>, watch_debounce: Option<Duration>) -> AppError {
+    if let Err(err) = reload::reload(&state, None, Trigger::Startup, true).await {
+        tracing::error!(error = %err, "data file refused; nothing will be served");
+        return match err {
+            ReloadError::Load(err) => AppError::Load(err),
+            other => AppError::FirstLoad(other),
+        };
+    }
+    tracing::info!("ready");
+    let _watcher = match watch_debounce {
+        Some(debounce) => match watch::spawn(state.clone(), debounce) {
+            Ok(watcher) => Some(watcher),
+            Err(err) => return AppError::Watch(err),
+        },
+        None => None,
+    };
+    reload_on_sighup(&state).await;
+    std::future::pending().await
+}
+
+/// SIGHUP asks for a reload of the current file, as daemons conventionally do.
+async fn reload_on_sighup(state: &AppState) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => signal,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGHUP; reload with POST /admin/reload");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        let _ = reload::reload(state, None, Trigger::Signal, true).await;
     }
 }
 
@@ -156,7 +203,7 @@ fn acceptor(listener: &'static str, socket: TcpListener) -> Result<TcpAcceptor, 
     TcpAcceptor::from_tokio(socket).map_err(|source| AppError::Serve { listener, source })
 }
 
-async fn stopped(mut stop: watch::Receiver<bool>) {
+async fn stopped(mut stop: signal_channel::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
@@ -170,41 +217,5 @@ async fn join(
             listener,
             source: std::io::Error::other(join.to_string()),
         }),
-    }
-}
-
-/// Loads on a plain thread, not `spawn_blocking`: if shutdown comes mid-load, the
-/// process can exit without waiting for the runtime's blocking pool to finish it.
-fn spawn_loader(path: PathBuf, opts: LoadOptions) -> oneshot::Receiver<Result<Dataset, LoadError>> {
-    let (tx, rx) = oneshot::channel();
-    std::thread::Builder::new()
-        .name("kvserve-load".to_owned())
-        .spawn(move || {
-            let _ = tx.send(dataset::load(&path, &opts));
-        })
-        .map_or_else(
-            |err| tracing::error!(error = %err, "cannot start the loader thread"),
-            drop,
-        );
-    rx
-}
-
-/// Installs the loaded dataset, then waits forever; returns only if the load failed.
-async fn install_then_wait(
-    loaded: oneshot::Receiver<Result<Dataset, LoadError>>,
-    state: &AppState,
-) -> AppError {
-    match loaded.await {
-        Ok(Ok(dataset)) => {
-            let keys = dataset.len();
-            let generation = state.dataset.install(dataset);
-            tracing::info!(keys, generation, "dataset installed; ready");
-            std::future::pending().await
-        }
-        Ok(Err(err)) => {
-            tracing::error!(error = %err, "data file refused; nothing will be served");
-            AppError::Load(err)
-        }
-        Err(_) => AppError::LoaderPanicked,
     }
 }

@@ -1,16 +1,22 @@
-//! The holder of the current `Dataset`.
+//! The current `Dataset` and how it is replaced: at start-up, on SIGHUP, on
+//! `POST /admin/reload` and, with `--watch`, when the file changes.
 //!
-//! Readers take a snapshot with one atomic load (`arc-swap`) and keep using it for the
-//! whole request, so a dataset swapped in mid-request never mixes two versions. Until
-//! the first load finishes the slot is empty and data routes answer 503.
+//! Readers take a snapshot with one atomic load (`arc-swap`) and keep it for the whole
+//! request, so a swap never mixes two versions in one answer and requests in flight
+//! finish on the dataset they started with. A reload builds the new dataset completely
+//! before the swap; a failed one leaves the old dataset serving.
 
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwapOption, Guard};
+use tokio::sync::oneshot;
 
-use crate::dataset::Dataset;
+use crate::dataset::{self, Dataset, DatasetInfo, LoadError, LoadOptions};
+use crate::http::AppState;
 
+/// The slot every request reads the dataset from; empty until the first load.
 #[derive(Default)]
 pub struct DatasetSlot {
     current: ArcSwapOption<Dataset>,
@@ -30,10 +36,200 @@ impl DatasetSlot {
 
     /// Makes `dataset` the one every new request sees, numbering it with the next
     /// generation (1 for the first load).
-    pub fn install(&self, mut dataset: Dataset) -> u64 {
+    pub fn install(&self, mut dataset: Dataset) -> Arc<Dataset> {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         dataset.set_generation(generation);
-        self.current.store(Some(Arc::new(dataset)));
-        generation
+        let dataset = Arc::new(dataset);
+        self.current.store(Some(dataset.clone()));
+        dataset
+    }
+}
+
+/// What asked for a load; logged, and the start-up load is not counted as a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Startup,
+    Signal,
+    Request,
+    Watch,
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Trigger::Startup => "start-up",
+            Trigger::Signal => "SIGHUP",
+            Trigger::Request => "POST /admin/reload",
+            Trigger::Watch => "file change (--watch)",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("a reload is already running; try again when it has finished")]
+    Busy,
+    #[error("reload path `{path}` is not allowed: {reason}")]
+    PathNotAllowed { path: String, reason: String },
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("the loader thread panicked; see the log")]
+    Panicked,
+    #[error("cannot start the loader thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Where and how to load, and the lock that keeps loads one at a time.
+pub struct Reloader {
+    /// The configured data file; reload paths must stay inside its folder.
+    configured: PathBuf,
+    /// The file being served: the configured one, or the last one a reload named.
+    current: Mutex<PathBuf>,
+    options: LoadOptions,
+    /// A Tokio mutex because it is held across the (awaited) load.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(data: PathBuf, options: LoadOptions) -> Self {
+        Self {
+            current: Mutex::new(data.clone()),
+            configured: data,
+            options,
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The file being served (or about to be).
+    pub fn current_path(&self) -> PathBuf {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The folder reload paths must stay in.
+    pub fn folder(&self) -> PathBuf {
+        match self.configured.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// Resolves a path given to `POST /admin/reload`: relative to the data file's
+    /// folder, no `..`, and after following symlinks still inside that folder.
+    pub fn resolve(&self, requested: &str) -> Result<PathBuf, ReloadError> {
+        let refuse = |reason: String| ReloadError::PathNotAllowed {
+            path: requested.to_owned(),
+            reason,
+        };
+        if requested.is_empty() {
+            return Err(refuse("it is empty".to_owned()));
+        }
+        let path = Path::new(requested);
+        if path.components().any(|c| c == Component::ParentDir) {
+            return Err(refuse("`..` is not allowed".to_owned()));
+        }
+        let folder = self.folder();
+        let joined = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            folder.join(path)
+        };
+        let open_err = |source| LoadError::Open {
+            path: joined.clone(),
+            source,
+        };
+        let canonical_folder = folder.canonicalize().map_err(|source| LoadError::Open {
+            path: folder.clone(),
+            source,
+        })?;
+        let canonical = joined.canonicalize().map_err(open_err)?;
+        if !canonical.starts_with(&canonical_folder) {
+            return Err(refuse(format!(
+                "it resolves outside the data file's folder {}",
+                folder.display()
+            )));
+        }
+        Ok(joined)
+    }
+}
+
+/// Loads `requested` (or the current file) and swaps it in. With `wait` false a
+/// second concurrent call fails with `Busy` instead of queueing (the HTTP route's
+/// 409); signals and file watching queue.
+pub async fn reload(
+    state: &AppState,
+    requested: Option<&str>,
+    trigger: Trigger,
+    wait: bool,
+) -> Result<Arc<Dataset>, ReloadError> {
+    let reloader = &state.reloader;
+    let _running = if wait {
+        reloader.running.lock().await
+    } else {
+        reloader.running.try_lock().map_err(|_| ReloadError::Busy)?
+    };
+    let result = async {
+        let path = match requested {
+            Some(requested) => reloader.resolve(requested)?,
+            None => reloader.current_path(),
+        };
+        tracing::info!(path = %path.display(), %trigger, "loading data file");
+        let dataset = load_on_thread(path.clone(), reloader.options.clone()).await?;
+        Ok::<_, ReloadError>((path, dataset))
+    }
+    .await;
+    let counted = trigger != Trigger::Startup;
+    match result {
+        Ok((path, dataset)) => {
+            let dataset = state.dataset.install(dataset);
+            // Rendered answers of the old dataset must not outlive it.
+            state.cache.purge();
+            *reloader.current.lock().unwrap_or_else(|p| p.into_inner()) = path;
+            let info: &DatasetInfo = dataset.info();
+            state.metrics.record_dataset(info);
+            if counted {
+                state.metrics.record_reload(true);
+            }
+            tracing::info!(
+                %trigger,
+                path = %info.path.display(),
+                keys = info.keys,
+                generation = info.generation,
+                version = %info.version,
+                seconds = info.load_seconds,
+                "dataset installed"
+            );
+            Ok(dataset)
+        }
+        // A refused request (busy, path not allowed) is not a failed reload: nothing
+        // was loaded.
+        Err(err @ (ReloadError::Busy | ReloadError::PathNotAllowed { .. })) => Err(err),
+        Err(err) => {
+            if counted {
+                state.metrics.record_reload(false);
+                tracing::error!(%trigger, error = %err, "reload failed; the previous dataset stays in service");
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Loads on a plain thread, not `spawn_blocking`: if shutdown comes mid-load, the
+/// process can exit without waiting for the runtime's blocking pool to finish it.
+async fn load_on_thread(path: PathBuf, options: LoadOptions) -> Result<Dataset, ReloadError> {
+    let (tx, rx) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("kvserve-load".to_owned())
+        .spawn(move || {
+            let _ = tx.send(dataset::load(&path, &options));
+        });
+    if let Err(err) = spawned {
+        return Err(ReloadError::Spawn(err));
+    }
+    match rx.await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(ReloadError::Panicked),
     }
 }

@@ -1,13 +1,16 @@
-//! The admin listener: probes for orchestrators. Kept off the API listener so that a
-//! flood of API traffic or an API-side auth policy never hides the process's health.
+//! The admin listener: probes, metrics and operations. Kept off the API listener so
+//! that a flood of API traffic or an API-side policy never hides the process's health,
+//! and so that it can be bound to a private address.
 
 use std::sync::Arc;
 
+use poem::http::header;
 use poem::web::{Data, Json};
-use poem::{get, handler, Endpoint, EndpointExt, IntoResponse, Response, Route};
+use poem::{get, handler, post, Body, Endpoint, EndpointExt, IntoResponse, Response, Route};
 
 use super::problem::{self, Problem, ProblemKind};
 use super::AppState;
+use crate::reload::{self, ReloadError, Trigger};
 
 /// `GET /livez`: the process is up and its runtime answers.
 #[handler]
@@ -30,11 +33,87 @@ fn readyz(Data(state): Data<&Arc<AppState>>) -> Response {
     problem.into_response()
 }
 
+/// `GET /metrics`: Prometheus text format.
+#[handler]
+fn metrics(Data(state): Data<&Arc<AppState>>) -> Response {
+    Response::builder()
+        .header(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .body(state.metrics.render(&state.cache))
+}
+
+/// `GET /admin/dataset`: what is being served.
+#[handler]
+fn dataset_info(Data(state): Data<&Arc<AppState>>) -> Response {
+    match state.dataset.load().as_ref() {
+        Some(dataset) => Json(dataset.info()).into_response(),
+        None => Problem::not_loaded().into_response(),
+    }
+}
+
+/// `POST /admin/reload` with an optional `{"path": "<file in the data folder>"}`.
+#[handler]
+async fn reload_dataset(Data(state): Data<&Arc<AppState>>, body: Body) -> Response {
+    let requested = match reload_path(body).await {
+        Ok(path) => path,
+        Err(problem) => return problem.into_response(),
+    };
+    match reload::reload(state, requested.as_deref(), Trigger::Request, false).await {
+        Ok(dataset) => Json(dataset.info()).into_response(),
+        Err(err) => {
+            let kind = match err {
+                ReloadError::Busy => ProblemKind::ReloadInProgress,
+                ReloadError::PathNotAllowed { .. } => ProblemKind::InvalidReloadPath,
+                ReloadError::Load(_) => ProblemKind::ReloadFailed,
+                ReloadError::Panicked | ReloadError::Spawn(_) => ProblemKind::Internal,
+            };
+            Problem::new(kind, err.to_string()).into_response()
+        }
+    }
+}
+
+/// Reads the optional body: empty, `{}` or `{"path": "..."}`.
+async fn reload_path(body: Body) -> Result<Option<String>, Problem> {
+    let invalid = |detail: String| Problem::new(ProblemKind::InvalidBody, detail);
+    let bytes = body
+        .into_bytes_limit(64 * 1024)
+        .await
+        .map_err(|err| invalid(format!("the request body could not be read: {err}")))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|err| invalid(format!("the request body is not valid JSON: {err}")))?;
+    match value.get("path") {
+        None | Some(serde_json::Value::Null) if value.is_object() => Ok(None),
+        Some(serde_json::Value::String(path)) => Ok(Some(path.clone())),
+        Some(_) => Err(invalid("field `path` must be a string".to_owned())),
+        None => Err(invalid(
+            "the request body must be a JSON object like {\"path\": \"new.data\"}".to_owned(),
+        )),
+    }
+}
+
+/// `POST /admin/cache/purge`: empties the LRU (answers stay correct; they are rendered again).
+#[handler]
+fn purge_cache(Data(state): Data<&Arc<AppState>>) -> Json<serde_json::Value> {
+    let entries = state.cache.len();
+    state.cache.purge();
+    tracing::info!(entries, "cache purged by request");
+    Json(serde_json::json!({"purged": entries}))
+}
+
 pub fn admin_endpoint(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
     problem::with_problems(
         Route::new()
             .at("/livez", get(livez))
             .at("/readyz", get(readyz))
+            .at("/metrics", get(metrics))
+            .at("/admin/dataset", get(dataset_info))
+            .at("/admin/reload", post(reload_dataset))
+            .at("/admin/cache/purge", post(purge_cache))
             .data(state),
     )
 }

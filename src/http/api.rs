@@ -165,7 +165,7 @@ impl KeysApi {
                 NOT_LOADED_RETRY_AFTER_SECS,
             );
         };
-        BatchResponse::Ok(RawJson::new(batch::render(dataset, &keys)))
+        BatchResponse::Ok(RawJson::new(batch::render(&self.state, dataset, &keys)))
     }
 }
 
@@ -193,7 +193,7 @@ impl KeysApi {
                 NOT_LOADED_RETRY_AFTER_SECS,
             );
         };
-        let Some(value) = dataset.get_str(key.as_u128()) else {
+        let Some(value) = self.state.find(dataset, key.as_u128()) else {
             return KeyResponse::NotFound(Problem::key_not_found(key).into());
         };
         let etag = dataset.etag();

@@ -209,11 +209,11 @@ fn json_kind(value: &Value) -> &'static str {
 }
 
 /// `{"values": {...}, "missing": [...]}` with keys in request order.
-pub fn render(dataset: &Dataset, keys: &[Uuid]) -> Vec<u8> {
+pub fn render(state: &AppState, dataset: &Dataset, keys: &[Uuid]) -> Vec<u8> {
     let mut found = Vec::with_capacity(keys.len());
     let mut missing = Vec::new();
     for key in keys {
-        match dataset.get_str(key.as_u128()) {
+        match state.find(dataset, key.as_u128()) {
             Some(value) => found.push((*key, value)),
             None => missing.push(*key),
         }

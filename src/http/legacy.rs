@@ -134,7 +134,7 @@ impl LegacyApi {
             );
         };
         let link = format!("</v1/keys/{}>; rel=\"successor-version\"", key.hyphenated());
-        match dataset.get_str(key.as_u128()) {
+        match self.state.find(dataset, key.as_u128()) {
             Some(value) => {
                 let body = match self.state.cache.get(key.as_u128()) {
                     Some(body) => body,

@@ -9,6 +9,7 @@ pub mod key;
 pub mod legacy;
 pub mod payload;
 pub mod problem;
+pub mod request_log;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,7 +18,9 @@ use poem::{Endpoint, EndpointExt, Response, Route};
 use poem_openapi::OpenApiService;
 
 use crate::cache::Cache;
-use crate::reload::DatasetSlot;
+use crate::dataset::{Dataset, LoadOptions};
+use crate::metrics::{HttpMetrics, Metrics, MetricsError};
+use crate::reload::{DatasetSlot, Reloader};
 
 /// Settings of the API listener that handlers read on every request.
 #[derive(Debug, Clone)]
@@ -33,17 +36,36 @@ pub struct AppState {
     pub dataset: DatasetSlot,
     pub cache: Cache,
     pub settings: HttpSettings,
+    pub metrics: Metrics,
+    pub reloader: Reloader,
     shutting_down: AtomicBool,
 }
 
 impl AppState {
-    pub fn new(cache: Cache, settings: HttpSettings) -> Self {
-        Self {
+    pub fn new(
+        cache: Cache,
+        settings: HttpSettings,
+        reloader: Reloader,
+    ) -> Result<Self, MetricsError> {
+        Ok(Self {
             dataset: DatasetSlot::default(),
+            metrics: Metrics::new(&cache)?,
             cache,
             settings,
+            reloader,
             shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// Looks `key` up in `dataset`, counting the outcome in `kvserve_lookups_total`.
+    pub fn find<'d>(&self, dataset: &'d Dataset, key: u128) -> Option<&'d str> {
+        let found = dataset.get_str(key);
+        if found.is_some() {
+            self.metrics.lookups_found.inc();
+        } else {
+            self.metrics.lookups_missing.inc();
         }
+        found
     }
 
     /// Ready means: a dataset is loaded and the process is not shutting down.
@@ -87,7 +109,11 @@ pub fn openapi_json() -> String {
         max_batch: 0,
         max_body_bytes: 0,
     };
-    api_service(Arc::new(AppState::new(Cache::new(0), settings))).spec()
+    let reloader = Reloader::new(Default::default(), LoadOptions::default());
+    match AppState::new(Cache::new(0), settings, reloader) {
+        Ok(state) => api_service(Arc::new(state)).spec(),
+        Err(err) => panic!("metrics set-up cannot fail with constant names: {err}"),
+    }
 }
 
 /// The API listener's endpoint: the OpenAPI routes, Swagger UI at `/docs`, the spec at
@@ -101,6 +127,8 @@ pub fn api_endpoint(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
             .nest("/docs", docs)
             .at("/openapi.json", spec)
             .nest("/", service)
-            .data(state),
+            .data(state.clone()),
     )
+    .with(HttpMetrics(state))
+    .with(request_log::RequestLog)
 }

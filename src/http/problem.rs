@@ -33,6 +33,9 @@ pub enum ProblemKind {
     ShuttingDown,
     RouteNotFound,
     MethodNotAllowed,
+    ReloadInProgress,
+    InvalidReloadPath,
+    ReloadFailed,
     Internal,
 }
 
@@ -41,6 +44,7 @@ impl ProblemKind {
         match self {
             Self::InvalidKey
             | Self::InvalidPath
+            | Self::InvalidReloadPath
             | Self::InvalidBody
             | Self::TooManyKeys
             | Self::InvalidHeader => StatusCode::BAD_REQUEST,
@@ -49,6 +53,8 @@ impl ProblemKind {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotLoaded | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::ReloadInProgress => StatusCode::CONFLICT,
+            Self::ReloadFailed => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -67,6 +73,9 @@ impl ProblemKind {
             Self::ShuttingDown => "shutting-down",
             Self::RouteNotFound => "route-not-found",
             Self::MethodNotAllowed => "method-not-allowed",
+            Self::ReloadInProgress => "reload-in-progress",
+            Self::InvalidReloadPath => "invalid-reload-path",
+            Self::ReloadFailed => "reload-failed",
             Self::Internal => "internal",
         }
     }
@@ -85,6 +94,9 @@ impl ProblemKind {
             Self::ShuttingDown => "Shutting down",
             Self::RouteNotFound => "No such route",
             Self::MethodNotAllowed => "Method not allowed",
+            Self::ReloadInProgress => "A reload is already running",
+            Self::InvalidReloadPath => "Reload path not allowed",
+            Self::ReloadFailed => "Reload failed; the previous dataset is still served",
             Self::Internal => "Internal error",
         }
     }
@@ -277,7 +289,15 @@ pub fn with_problems(ep: impl Endpoint + 'static) -> impl Endpoint<Output = Resp
         let uri = req.uri().clone();
         Ok(match ep.call(req).await {
             Ok(resp) => resp.into_response(),
-            Err(err) => into_problem_response(err, method.as_str(), uri.path()),
+            Err(err) => {
+                // Keep the matched route for the metrics and access log outside.
+                let pattern = err.data::<poem::PathPattern>().cloned();
+                let mut resp = into_problem_response(err, method.as_str(), uri.path());
+                if let Some(pattern) = pattern {
+                    resp.set_data(pattern);
+                }
+                resp
+            }
         })
     })
 }

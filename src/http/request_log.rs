@@ -1,0 +1,111 @@
+//! The outermost layer of the API listener: a request id for every request (the
+//! caller's `X-Request-Id` when it sends a usable one), echoed in the answer, a tracing
+//! span that every log line of the request carries, and one access-log event.
+//!
+//! Access-log events have the target `kvserve::access`, so an operator can silence
+//! them alone: `--log-level info,kvserve::access=off`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use poem::http::{HeaderName, HeaderValue};
+use poem::{Endpoint, Middleware, Request, Response};
+use tracing::Instrument;
+
+use crate::metrics::route_label;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest caller-supplied request id kept; longer ones are replaced, so a client
+/// cannot inflate every log line.
+const MAX_REQUEST_ID: usize = 128;
+
+pub struct RequestLog;
+
+impl<E: Endpoint<Output = Response>> Middleware<E> for RequestLog {
+    type Output = RequestLogEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        RequestLogEndpoint(ep)
+    }
+}
+
+pub struct RequestLogEndpoint<E>(E);
+
+impl<E: Endpoint<Output = Response>> Endpoint for RequestLogEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        let started = Instant::now();
+        let id = req
+            .headers()
+            .get(&REQUEST_ID)
+            .filter(|v| usable_id(v.as_bytes()))
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        let id_text = id.to_str().unwrap_or_default().to_owned();
+        let method = req.method().clone();
+        let client = req.remote_addr().to_string();
+        let span = tracing::info_span!(
+            "request",
+            request_id = %id_text,
+            method = %method,
+            path = %req.uri().path(),
+            client = %client,
+        );
+        let mut resp = self
+            .0
+            .call(req)
+            .instrument(span.clone())
+            .await
+            .unwrap_or_else(|err| err.into_response());
+        resp.headers_mut().insert(REQUEST_ID, id);
+        tracing::info!(
+            target: "kvserve::access",
+            parent: &span,
+            method = %method,
+            route = route_label(&resp),
+            status = resp.status().as_u16(),
+            duration_us = started.elapsed().as_micros() as u64,
+            request_id = %id_text,
+            client = %client,
+            "request"
+        );
+        Ok(resp)
+    }
+}
+
+/// Visible ASCII only, and not too long: it goes into headers and logs as is.
+fn usable_id(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// A process-unique id: a random prefix chosen at start-up and a counter, which is
+/// cheaper than a random UUID per request and just as unique for correlating logs.
+fn new_request_id() -> HeaderValue {
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(rand::random);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("{prefix:08x}-{n:012x}"))
+        .unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_ids_must_be_short_visible_ascii() {
+        assert!(usable_id(b"abc-123"));
+        assert!(!usable_id(b""));
+        assert!(!usable_id(b"has space"));
+        assert!(!usable_id(&[b'a'; 129]));
+    }
+
+    #[test]
+    fn generated_ids_differ() {
+        assert_ne!(new_request_id(), new_request_id());
+    }
+}

@@ -1,0 +1,85 @@
+//! `--watch`: reload by itself when the data file (or its `.sha256`) is replaced.
+//!
+//! The folder is watched rather than the file, because publishers usually write a new
+//! file and rename it over the old one, which a watch on the old inode would miss.
+//! Events are debounced: a reload starts once the folder has been quiet for the
+//! debounce period, so a publisher writing in several steps causes one reload.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::http::AppState;
+use crate::reload::{self, Trigger};
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot watch {}: {source}", folder.display())]
+pub struct WatchError {
+    folder: std::path::PathBuf,
+    source: notify::Error,
+}
+
+/// Starts watching; the returned watcher must be kept alive for as long as it should
+/// run. Reloads are queued behind any running one, never refused.
+pub fn spawn(
+    state: Arc<AppState>,
+    debounce: Duration,
+) -> Result<notify::RecommendedWatcher, WatchError> {
+    let folder = state.reloader.folder();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<OsString>>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let names = event
+                .paths
+                .iter()
+                .filter_map(|p| p.file_name().map(|n| n.to_owned()))
+                .collect();
+            let _ = tx.send(names);
+        }
+    })
+    .map_err(|source| WatchError {
+        folder: folder.clone(),
+        source,
+    })?;
+    watcher
+        .watch(&folder, RecursiveMode::NonRecursive)
+        .map_err(|source| WatchError {
+            folder: folder.clone(),
+            source,
+        })?;
+    tracing::info!(folder = %folder.display(), debounce = %humantime::format_duration(debounce), "watching the data file");
+
+    tokio::spawn(async move {
+        while let Some(names) = rx.recv().await {
+            if !concerns_data_file(&state, &names) {
+                continue;
+            }
+            // Wait for quiet: every further event about the file restarts the wait.
+            loop {
+                match tokio::time::timeout(debounce, rx.recv()).await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return,
+                    Err(_elapsed) => break,
+                }
+            }
+            let _ = reload::reload(&state, None, Trigger::Watch, true).await;
+        }
+    });
+    Ok(watcher)
+}
+
+/// Whether an event names the file being served or its checksum sidecar.
+fn concerns_data_file(state: &AppState, names: &[OsString]) -> bool {
+    let current = state.reloader.current_path();
+    let Some(file) = current.file_name() else {
+        return false;
+    };
+    let sidecar = crate::dataset::integrity::sidecar_path(Path::new(file));
+    names
+        .iter()
+        .any(|name| name == file || name == sidecar.as_os_str())
+}
