@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::dataset::{LoadOptions, OnDuplicate, Storage, MAX_VALUE_LEN};
+use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,9 +25,14 @@ pub struct Cli {
     #[command(flatten)]
     pub serve: ServeArgs,
 
-    /// Log filter in RUST_LOG syntax, e.g. `info` or `kvserve=debug,poem=warn`.
+    /// Log filter in RUST_LOG syntax, e.g. `info` or `kvserve=debug,poem=warn`;
+    /// `kvserve::access=off` silences the per-request access log alone.
     #[arg(long, global = true, env = "KVSERVE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Log line format: `text` for people, `json` for log collectors.
+    #[arg(long, global = true, env = "KVSERVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]

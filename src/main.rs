@@ -8,7 +8,7 @@ use kvserve::{dataset, http, telemetry, App};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = telemetry::init_logging(&cli.log_level) {
+    if let Err(err) = telemetry::init_logging(&cli.log_level, cli.log_format) {
         eprintln!("error: {err}");
         return ExitCode::from(2);
     }
@@ -35,6 +35,11 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = ?args,
+        "starting kvserve with this configuration"
+    );
     runtime.block_on(async {
         let app = App::bind(&args).await?;
         app.run(shutdown_signal()).await

@@ -5,6 +5,16 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("invalid --log-level `{filter}`: {source}")]
 pub struct LogFilterError {
@@ -12,17 +22,26 @@ pub struct LogFilterError {
     source: tracing_subscriber::filter::ParseError,
 }
 
-pub fn init_logging(filter: &str) -> Result<(), LogFilterError> {
+pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), LogFilterError> {
     let env_filter = EnvFilter::try_new(filter).map_err(|source| LogFilterError {
         filter: filter.to_owned(),
         source,
     })?;
-    // A second initialisation (tests calling this twice) is harmless: keep the first.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for people: log files and collectors get plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests calling this twice) is harmless: keep the first.
+    let _ = match format {
+        LogFormat::Text => builder
+            // Colour codes only for people: log files and collectors get plain text.
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
     Ok(())
 }

@@ -10,7 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::http::AppState;
@@ -32,13 +33,13 @@ pub fn spawn(
     let folder = state.reloader.folder();
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<OsString>>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
+        let Ok(event) = event else { return };
+        if changes_content(&event.kind) {
             let names = event
                 .paths
                 .iter()
-                .filter_map(|p| p.file_name().map(|n| n.to_owned()))
-                .collect();
-            let _ = tx.send(names);
+                .filter_map(|p| p.file_name().map(|n| n.to_owned()));
+            let _ = tx.send(names.collect());
         }
     })
     .map_err(|source| WatchError {
@@ -70,6 +71,19 @@ pub fn spawn(
         }
     });
     Ok(watcher)
+}
+
+/// Whether an event can mean new content. Reads are not: the loader's own reads of
+/// the file would otherwise trigger the next reload, forever.
+fn changes_content(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Create(_)
+            | EventKind::Modify(
+                ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any | ModifyKind::Other
+            )
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    )
 }
 
 /// Whether an event names the file being served or its checksum sidecar.

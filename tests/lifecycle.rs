@@ -4,9 +4,9 @@
 mod common;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -50,95 +50,6 @@ async fn data_routes_answer_503_with_retry_after_until_loaded() {
     s.wait_ready().await;
     assert_eq!(s.get(&format!("/v1/keys/{KEY}")).await.status(), 200);
     s.stop().await.unwrap();
-}
-
-struct Process {
-    child: Child,
-    api: SocketAddr,
-    admin: SocketAddr,
-}
-
-/// Starts the real binary on port 0 and reads the bound addresses from its log.
-fn spawn_binary(data: &std::path::Path, extra: &[&str]) -> Process {
-    let mut child = Command::new(binary())
-        .args([
-            "--data",
-            data.to_str().unwrap(),
-            "--addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kvserve");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let field = |line: &str, name: &str| -> SocketAddr {
-        let start = line.find(name).unwrap() + name.len();
-        line[start..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let line = lines
-        .by_ref()
-        .map(|l| l.unwrap())
-        .find(|l| l.contains("listening") && l.contains("api="))
-        .expect("kvserve logs its addresses");
-    let (api, admin) = (field(&line, "api="), field(&line, "admin="));
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Process { child, api, admin }
-}
-
-fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "kvserve did not exit in {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// SIGTERM while a request is half sent: readiness turns 503 at once, new connections

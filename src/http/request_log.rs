@@ -46,7 +46,10 @@ impl<E: Endpoint<Output = Response>> Endpoint for RequestLogEndpoint<E> {
             .unwrap_or_else(new_request_id);
         let id_text = id.to_str().unwrap_or_default().to_owned();
         let method = req.method().clone();
-        let client = req.remote_addr().to_string();
+        let client = match req.remote_addr().as_socket_addr() {
+            Some(addr) => addr.to_string(),
+            None => req.remote_addr().to_string(),
+        };
         let span = tracing::info_span!(
             "request",
             request_id = %id_text,

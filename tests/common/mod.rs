@@ -2,8 +2,10 @@
 //! same `App` builder and CLI parser as `main`, and small data files.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -153,4 +155,135 @@ pub async fn problem(resp: reqwest::Response, status: u16) -> serde_json::Value 
 /// The kvserve binary Cargo built for these tests.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kvserve"))
+}
+
+pub struct Process {
+    pub child: Child,
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Process {
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+/// Starts the real binary on port 0 and reads the bound addresses from its log.
+pub fn spawn_binary(data: &std::path::Path, extra: &[&str]) -> Process {
+    let mut child = Command::new(binary())
+        .args([
+            "--data",
+            data.to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kvserve");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let field = |line: &str, name: &str| -> SocketAddr {
+        let start = line.find(name).unwrap() + name.len();
+        line[start..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut addresses = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        log.lock().unwrap().push_str(&line);
+        log.lock().unwrap().push('\n');
+        if let Some(found) = listening_addresses(&line, field) {
+            addresses = Some(found);
+            break;
+        }
+    }
+    let (api, admin) = addresses.expect("kvserve logs its addresses");
+    // Keep draining stderr so the child never blocks on a full pipe.
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    Process {
+        child,
+        api,
+        admin,
+        log,
+    }
+}
+
+/// The API and admin addresses from kvserve's "listening" line, text or JSON.
+fn listening_addresses(
+    line: &str,
+    field: impl Fn(&str, &str) -> SocketAddr,
+) -> Option<(SocketAddr, SocketAddr)> {
+    if let Ok(event) = serde_json::from_str::<serde_json::Value>(line) {
+        if event["message"] == "listening" && event["api"].is_string() {
+            let addr = |name: &str| event[name].as_str().unwrap().parse().unwrap();
+            return Some((addr("api"), addr("admin")));
+        }
+        return None;
+    }
+    (line.contains("listening") && line.contains("api="))
+        .then(|| (field(line, "api="), field(line, "admin=")))
+}
+
+pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+pub fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kvserve did not exit in {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

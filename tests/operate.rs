@@ -1,0 +1,564 @@
+//! Operating kvserve (DESIGN.md sections 4–5): metrics, the admin surface, hot reload,
+//! request ids and logs — through a real server on 127.0.0.1:0, and the real binary
+//! where a signal is involved.
+
+mod common;
+
+use std::fs::File;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// The value of one series in Prometheus text format, e.g.
+/// `kvserve_lookups_total{result="found"}`.
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+async fn metrics(s: &TestServer) -> String {
+    let resp = s.client.get(s.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    resp.text().await.unwrap()
+}
+
+async fn admin_post(s: &TestServer, path: &str, body: Option<Value>) -> reqwest::Response {
+    let mut req = s.client.post(s.admin_url(path));
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "m.data", sample_lines());
+    let s = TestServer::start(&data, &[]).await;
+    for _ in 0..3 {
+        s.get(&format!("/v1/keys/{KEY}")).await;
+    }
+    s.get(&format!("/v1/keys/{MISSING}")).await;
+    s.get("/v1/keys/not-a-key").await;
+    s.get(&format!("/v1/keys/{KEY2}/value")).await;
+    s.get(&format!("/get_value/{KEY}")).await;
+    s.get("/some/secret/path/xyz").await;
+    s.client
+        .post(s.url("/v1/keys/batch"))
+        .json(&json!({"keys": [KEY, MISSING]}))
+        .send()
+        .await
+        .unwrap();
+
+    let text = metrics(&s).await;
+    let count = |route: &str, method: &str, status: u16| {
+        series(&text, &format!("kvserve_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}}"))
+    };
+    assert_eq!(count("/v1/keys/{key}", "GET", 200), Some(3.0));
+    assert_eq!(count("/v1/keys/{key}", "GET", 404), Some(1.0));
+    assert_eq!(count("/v1/keys/{key}", "GET", 400), Some(1.0));
+    assert_eq!(count("/v1/keys/{key}/value", "GET", 200), Some(1.0));
+    assert_eq!(count("/get_value/{key}", "GET", 200), Some(1.0));
+    assert_eq!(count("/v1/keys/batch", "POST", 200), Some(1.0));
+    assert_eq!(count("unmatched", "GET", 404), Some(1.0));
+    assert!(
+        !text.contains("secret") && !text.contains(KEY),
+        "raw paths must never become labels"
+    );
+
+    // 3 (v1) + 1 (value) + 1 (legacy) + 1 (batch) found; 1 (v1) + 1 (batch) missing.
+    assert_eq!(
+        series(&text, "kvserve_lookups_total{result=\"found\"}"),
+        Some(6.0)
+    );
+    assert_eq!(
+        series(&text, "kvserve_lookups_total{result=\"missing\"}"),
+        Some(2.0)
+    );
+    // The rendered-answer cache: the first GET of KEY misses, the next two and the
+    // legacy route hit; KEY2's JSON was never asked for.
+    assert_eq!(series(&text, "kvserve_cache_hits_total"), Some(3.0));
+    assert_eq!(series(&text, "kvserve_cache_misses_total"), Some(1.0));
+    assert_eq!(series(&text, "kvserve_cache_entries"), Some(1.0));
+    assert_eq!(series(&text, "kvserve_http_requests_in_flight"), Some(0.0));
+    assert_eq!(series(&text, "kvserve_dataset_keys"), Some(4.0));
+    assert_eq!(series(&text, "kvserve_dataset_generation"), Some(1.0));
+    assert_eq!(
+        series(&text, "kvserve_dataset_bytes"),
+        Some(sample_lines().len() as f64)
+    );
+    assert!(series(&text, "kvserve_dataset_loaded_timestamp_seconds").unwrap() > 1.7e9);
+    assert_eq!(
+        series(&text, "kvserve_dataset_reloads_total{result=\"success\"}"),
+        Some(0.0)
+    );
+    assert_eq!(series(&text, "kvserve_rate_limited_total"), Some(0.0));
+    assert_eq!(
+        series(
+            &text,
+            "kvserve_auth_failures_total{reason=\"invalid_token\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        series(
+            &text,
+            &format!(
+                "kvserve_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        Some(1.0)
+    );
+    assert!(text.contains("kvserve_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/keys/{key}\",le=\"0.00005\"}"));
+    assert!(series(&text, "process_resident_memory_bytes").unwrap() > 0.0);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn admin_dataset_describes_what_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "d.data", sample_lines());
+    let s = TestServer::start(&data, &[]).await;
+    let info: Value = s
+        .client
+        .get(s.admin_url("/admin/dataset"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["path"], data.display().to_string());
+    assert_eq!(info["keys"], 4);
+    assert_eq!(info["bytes"], sample_lines().len());
+    assert_eq!(info["generation"], 1);
+    assert_eq!(info["skipped_lines"], 0);
+    assert_eq!(info["version"].as_str().unwrap().len(), 32);
+    assert!(info["loaded_at"].as_str().unwrap().ends_with('Z'));
+    assert!(info["load_seconds"].as_f64().unwrap() >= 0.0);
+    assert!(info.get("sha256").is_none(), "no checksum was given");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_good_reload_swaps_the_data_and_purges_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "r.data", sample_lines());
+    let s = TestServer::start(&data, &[]).await;
+    let etag_before = s.get(&format!("/v1/keys/{KEY}")).await.headers()["etag"].clone();
+
+    write_file(
+        dir.path(),
+        "r.data",
+        format!("{KEY} new value\n{MISSING} now present\n"),
+    );
+    let resp = admin_post(&s, "/admin/reload", None).await;
+    assert_eq!(resp.status(), 200);
+    let info: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (info["generation"].as_u64(), info["keys"].as_u64()),
+        (Some(2), Some(2))
+    );
+
+    let resp = s.get(&format!("/v1/keys/{KEY}")).await;
+    assert_ne!(
+        resp.headers()["etag"],
+        etag_before,
+        "a new file means new ETags"
+    );
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["value"],
+        "new value",
+        "not the cached old answer"
+    );
+    assert_eq!(s.get(&format!("/v1/keys/{MISSING}")).await.status(), 200);
+    assert_eq!(s.get(&format!("/v1/keys/{KEY2}")).await.status(), 404);
+
+    let text = metrics(&s).await;
+    assert_eq!(
+        series(&text, "kvserve_dataset_reloads_total{result=\"success\"}"),
+        Some(1.0)
+    );
+    assert_eq!(series(&text, "kvserve_dataset_generation"), Some(2.0));
+    assert_eq!(series(&text, "kvserve_dataset_keys"), Some(2.0));
+
+    // A file named in the request, inside the folder, becomes the one served.
+    write_file(dir.path(), "other.data", format!("{KEY2} from other\n"));
+    let resp = admin_post(&s, "/admin/reload", Some(json!({"path": "other.data"}))).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        s.get(&format!("/v1/keys/{KEY2}/value"))
+            .await
+            .text()
+            .await
+            .unwrap(),
+        "from other"
+    );
+    let info: Value = s
+        .client
+        .get(s.admin_url("/admin/dataset"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(info["path"].as_str().unwrap().ends_with("other.data"));
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_corrupt_reload_keeps_the_old_data_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "c.data", sample_lines());
+    let s = TestServer::start(&data, &[]).await;
+    write_file(
+        dir.path(),
+        "c.data",
+        format!("{KEY} fine\nthis line is broken\n"),
+    );
+    let resp = admin_post(&s, "/admin/reload", None).await;
+    let body = problem(resp, 422).await;
+    assert_eq!(body["type"], "urn:kvserve:problem:reload-failed");
+    assert!(
+        body["detail"].as_str().unwrap().contains("c.data:2:"),
+        "{body}"
+    );
+
+    let value: Value = s
+        .get(&format!("/v1/keys/{KEY}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(value["value"], VALUE, "the old dataset is still served");
+    let text = metrics(&s).await;
+    assert_eq!(
+        series(&text, "kvserve_dataset_reloads_total{result=\"failure\"}"),
+        Some(1.0)
+    );
+    assert_eq!(series(&text, "kvserve_dataset_generation"), Some(1.0));
+    // A missing file in the folder is a failed reload too.
+    let resp = admin_post(&s, "/admin/reload", Some(json!({"path": "nope.data"}))).await;
+    assert!(problem(resp, 422).await["detail"]
+        .as_str()
+        .unwrap()
+        .contains("nope.data"));
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_second_reload_while_one_runs_is_409() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "busy.data", sample_lines());
+    let s = TestServer::start(&data, &["--lock-timeout", "30s"]).await;
+    // The publisher's exclusive lock holds the first reload in its lock wait.
+    let publisher = File::open(&data).unwrap();
+    publisher.lock().unwrap();
+    let first = tokio::spawn({
+        let (client, url) = (s.client.clone(), s.admin_url("/admin/reload"));
+        async move { client.post(url).send().await.unwrap().status() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = admin_post(&s, "/admin/reload", None).await;
+    assert_eq!(
+        problem(second, 409).await["type"],
+        "urn:kvserve:problem:reload-in-progress"
+    );
+    publisher.unlock().unwrap();
+    assert_eq!(first.await.unwrap(), 200);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn reload_paths_must_stay_in_the_data_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "p.data", sample_lines());
+    let elsewhere = write_file(outside.path(), "elsewhere.data", sample_lines());
+    std::os::unix::fs::symlink(&elsewhere, dir.path().join("link.data")).unwrap();
+    write_file(dir.path(), "inside.data", sample_lines());
+    std::os::unix::fs::symlink(
+        dir.path().join("inside.data"),
+        dir.path().join("good-link.data"),
+    )
+    .unwrap();
+    let s = TestServer::start(&data, &[]).await;
+
+    for path in [
+        "../p.data".to_owned(),
+        format!("sub/../../{}", elsewhere.display()),
+        elsewhere.display().to_string(),
+        "/etc/hostname".to_owned(),
+        "link.data".to_owned(),
+        String::new(),
+    ] {
+        let resp = admin_post(&s, "/admin/reload", Some(json!({ "path": path }))).await;
+        let body = problem(resp, 400).await;
+        assert_eq!(
+            body["type"], "urn:kvserve:problem:invalid-reload-path",
+            "{path}: {body}"
+        );
+    }
+    // Inside the folder: by name, by absolute path, or through a link that stays inside.
+    for path in [
+        "inside.data".to_owned(),
+        dir.path().join("inside.data").display().to_string(),
+        "good-link.data".to_owned(),
+    ] {
+        assert_eq!(
+            admin_post(&s, "/admin/reload", Some(json!({ "path": path })))
+                .await
+                .status(),
+            200,
+            "{path}"
+        );
+    }
+    for (body, needle) in [
+        ("[1]", "JSON object"),
+        ("{\"path\": 3}", "`path` must be a string"),
+        ("nope", "not valid JSON"),
+    ] {
+        let resp = s
+            .client
+            .post(s.admin_url("/admin/reload"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(problem(resp, 400).await["detail"]
+            .as_str()
+            .unwrap()
+            .contains(needle));
+    }
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn admin_bad_paths_and_methods_are_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "a.data", sample_lines());
+    let s = TestServer::start(&data, &[]).await;
+    for path in ["/admin", "/admin/nope", "/v1/keys/x", "/metricz"] {
+        problem(s.client.get(s.admin_url(path)).send().await.unwrap(), 404).await;
+    }
+    for (method, path) in [
+        ("GET", "/admin/reload"),
+        ("GET", "/admin/cache/purge"),
+        ("POST", "/metrics"),
+        ("DELETE", "/admin/dataset"),
+        ("POST", "/readyz"),
+    ] {
+        let resp = s
+            .client
+            .request(method.parse().unwrap(), s.admin_url(path))
+            .send()
+            .await
+            .unwrap();
+        problem(resp, 405).await;
+    }
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn cache_purge_empties_the_lru() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "cp.data", sample_lines());
+    let s = TestServer::start(&data, &[]).await;
+    s.get(&format!("/v1/keys/{KEY}")).await;
+    s.get(&format!("/v1/keys/{KEY2}")).await;
+    let resp: Value = admin_post(&s, "/admin/cache/purge", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["purged"], 2);
+    assert_eq!(
+        series(&metrics(&s).await, "kvserve_cache_entries"),
+        Some(0.0)
+    );
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "id.data", sample_lines());
+    let s = TestServer::start(&data, &[]).await;
+    let resp = s
+        .client
+        .get(s.url(&format!("/v1/keys/{KEY}")))
+        .header("X-Request-Id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "abc-123");
+    let a = s.get("/nope").await.headers()["x-request-id"].clone();
+    let b = s.get("/nope").await.headers()["x-request-id"].clone();
+    assert_ne!(a, b);
+    let long = "x".repeat(500);
+    let resp = s
+        .client
+        .get(s.url("/docs"))
+        .header("X-Request-Id", long.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(
+        resp.headers()["x-request-id"],
+        long.as_str(),
+        "an oversized id is replaced"
+    );
+    s.stop().await.unwrap();
+}
+
+/// Readers never see a failed request while reloads swap datasets under them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_steady_load_fail_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "load.data", sample_lines());
+    let other = format!("{KEY} other value\n{KEY2} x\n");
+    write_file(dir.path(), "other.data", &other);
+    let s = TestServer::start(&data, &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url) = (s.client.clone(), s.url(&format!("/v1/keys/{KEY}")));
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, 0u32);
+                while Instant::now() < deadline {
+                    match client.get(&url).send().await {
+                        Ok(resp) if resp.status() == 200 => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let mut reloads = 0;
+    while Instant::now() < deadline {
+        let path = if reloads % 2 == 0 {
+            "other.data"
+        } else {
+            "load.data"
+        };
+        let resp = admin_post(&s, "/admin/reload", Some(json!({ "path": path }))).await;
+        assert_eq!(resp.status(), 200);
+        reloads += 1;
+    }
+    let (mut ok, mut failed) = (0, 0);
+    for reader in readers {
+        let (o, f) = reader.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    assert!(reloads >= 3 && ok > 100, "{reloads} reloads, {ok} requests");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during {reloads} reloads",
+        ok + failed
+    );
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn watch_reloads_when_the_file_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "w.data", sample_lines());
+    let s = TestServer::start(&data, &["--watch", "--watch-debounce", "100ms"]).await;
+    // The publisher's way: write a new file, then rename it over the old one.
+    let staged = write_file(dir.path(), "w.data.tmp", format!("{KEY} watched\n"));
+    std::fs::rename(&staged, &data).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let value = s
+            .get(&format!("/v1/keys/{KEY}/value"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        if value == "watched" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replaced file was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // An unrelated file in the folder does not trigger a reload.
+    write_file(dir.path(), "unrelated.txt", "x");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let info: Value = s
+        .client
+        .get(s.admin_url("/admin/dataset"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["generation"], 2);
+    s.stop().await.unwrap();
+}
+
+#[test]
+fn sighup_reloads_the_file_and_logs_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "hup.data", sample_lines());
+    let mut p = spawn_binary(&data, &["--log-format", "json"]);
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    write_file(dir.path(), "hup.data", format!("{MISSING} after hangup\n"));
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_until("the reloaded file to be served", || {
+        http_status(p.api, &format!("/v1/keys/{MISSING}")) == Some(200)
+    });
+    assert_eq!(http_status(p.api, &format!("/v1/keys/{KEY}")), Some(404));
+    sigterm(&p.child);
+    assert_eq!(
+        wait_exit(&mut p.child, Duration::from_secs(10)).code(),
+        Some(0)
+    );
+
+    let log = p.log();
+    let events: Vec<Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    assert!(events.len() > 5, "every log line is JSON:\n{log}");
+    let access: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["target"] == "kvserve::access")
+        .collect();
+    let hit = access
+        .iter()
+        .find(|e| e["route"] == "/v1/keys/{key}" && e["status"] == 200)
+        .expect("an access-log event for the found key");
+    for field in ["method", "duration_us", "request_id", "client"] {
+        assert!(!hit[field].is_null(), "access log lacks {field}: {hit}");
+    }
+    assert!(hit["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(events
+        .iter()
+        .any(|e| e["message"] == "dataset installed" && e["trigger"] == "SIGHUP"));
+    assert!(events
+        .iter()
+        .any(|e| e["message"] == "starting kvserve with this configuration"));
+}
