@@ -8,10 +8,13 @@ use kvserve::{dataset, http, telemetry, App};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = telemetry::init_logging(&cli.log_level, cli.log_format) {
-        eprintln!("error: {err}");
-        return ExitCode::from(2);
-    }
+    let _telemetry = match telemetry::init(&cli.log_level, cli.log_format) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         None => serve(cli.serve),
         Some(Command::Serve(args)) => serve(args),

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwapOption, Guard};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::dataset::{self, Dataset, DatasetInfo, LoadError, LoadOptions};
 use crate::http::AppState;
@@ -170,6 +171,7 @@ pub async fn reload(
     } else {
         reloader.running.try_lock().map_err(|_| ReloadError::Busy)?
     };
+    let span = tracing::info_span!("reload", %trigger);
     let result = async {
         let path = match requested {
             Some(requested) => reloader.resolve(requested)?,
@@ -179,6 +181,7 @@ pub async fn reload(
         let dataset = load_on_thread(path.clone(), reloader.options.clone()).await?;
         Ok::<_, ReloadError>((path, dataset))
     }
+    .instrument(span)
     .await;
     let counted = trigger != Trigger::Startup;
     match result {
@@ -220,10 +223,12 @@ pub async fn reload(
 /// process can exit without waiting for the runtime's blocking pool to finish it.
 async fn load_on_thread(path: PathBuf, options: LoadOptions) -> Result<Dataset, ReloadError> {
     let (tx, rx) = oneshot::channel();
+    // Carry the reload's span into the thread, so the load's span is its child.
+    let span = tracing::Span::current();
     let spawned = std::thread::Builder::new()
         .name("kvserve-load".to_owned())
         .spawn(move || {
-            let _ = tx.send(dataset::load(&path, &options));
+            let _ = tx.send(span.in_scope(|| dataset::load(&path, &options)));
         });
     if let Err(err) = spawned {
         return Err(ReloadError::Spawn(err));

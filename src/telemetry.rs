@@ -1,9 +1,20 @@
-//! Logging set-up. Logs go to stderr so stdout stays free for command output
-//! (`verify` summaries, `openapi`).
+//! Logs and traces. Logs go to stderr (text or JSON) so stdout stays free for command
+//! output. Traces are exported over OTLP/HTTP only when the standard
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` variable is set; otherwise no exporter, no propagator
+//! and no per-request trace work exist.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -16,32 +27,127 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid --log-level `{filter}`: {source}")]
-pub struct LogFilterError {
-    filter: String,
-    source: tracing_subscriber::filter::ParseError,
+pub enum TelemetryError {
+    #[error("invalid --log-level `{filter}`: {source}")]
+    Filter {
+        filter: String,
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("cannot set up the OTLP trace exporter for {endpoint}: {source}")]
+    Exporter {
+        endpoint: String,
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
 }
 
-pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), LogFilterError> {
-    let env_filter = EnvFilter::try_new(filter).map_err(|source| LogFilterError {
+static TRACING_ON: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported, so the request path can skip trace-context work when
+/// they are not.
+pub fn traces_enabled() -> bool {
+    TRACING_ON.load(Ordering::Relaxed)
+}
+
+/// Keeps the trace exporter alive; dropping it flushes the spans not yet sent.
+#[must_use = "dropping the guard stops trace export"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(err) = provider.shutdown() {
+                eprintln!("warning: flushing traces at exit failed: {err}");
+            }
+        }
+    }
+}
+
+pub fn init(filter: &str, format: LogFormat) -> Result<Telemetry, TelemetryError> {
+    let env_filter = EnvFilter::try_new(filter).map_err(|source| TelemetryError::Filter {
         filter: filter.to_owned(),
         source,
     })?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
-        .with_writer(std::io::stderr);
-    // A second initialisation (tests calling this twice) is harmless: keep the first.
-    let _ = match format {
-        LogFormat::Text => builder
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             // Colour codes only for people: log files and collectors get plain text.
             .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        LogFormat::Json => builder
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
+            .boxed(),
     };
-    Ok(())
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|e| !e.trim().is_empty());
+    let provider = match &endpoint {
+        Some(endpoint) => Some(tracer_provider(endpoint)?),
+        None => None,
+    };
+    let traces = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("kvserve")));
+    // A second initialisation (tests calling this twice) is harmless: keep the first.
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .with(env_filter)
+        .try_init();
+    if let Some(endpoint) = endpoint {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        TRACING_ON.store(true, Ordering::Relaxed);
+        tracing::info!(%endpoint, "exporting traces over OTLP/HTTP");
+    }
+    Ok(Telemetry { provider })
+}
+
+/// The exporter reads the standard `OTEL_EXPORTER_OTLP_*` variables itself (endpoint,
+/// headers, timeout); the service name defaults to `kvserve` unless
+/// `OTEL_SERVICE_NAME` says otherwise.
+fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .build()
+        .map_err(|source| TelemetryError::Exporter {
+            endpoint: endpoint.to_owned(),
+            source,
+        })?;
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name("kvserve");
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build())
+}
+
+/// Reads W3C trace context (`traceparent`, `tracestate`) from request headers.
+pub struct HeaderExtractor<'a>(pub &'a poem::http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The caller's trace context, when traces are on and the request carries one.
+pub fn remote_context(headers: &poem::http::HeaderMap) -> Option<opentelemetry::Context> {
+    if !traces_enabled() {
+        return None;
+    }
+    Some(opentelemetry::global::get_text_map_propagator(
+        |propagator| propagator.extract(&HeaderExtractor(headers)),
+    ))
 }

@@ -9,11 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use opentelemetry::trace::TraceContextExt;
 use poem::http::{HeaderName, HeaderValue};
 use poem::{Endpoint, Middleware, Request, Response};
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::metrics::route_label;
+use crate::telemetry;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -56,7 +59,15 @@ impl<E: Endpoint<Output = Response>> Endpoint for RequestLogEndpoint<E> {
             method = %method,
             path = %req.uri().path(),
             client = %client,
+            // OpenTelemetry conventions, exported when traces are on.
+            otel.kind = "server",
+            http.request.method = %method,
+            http.route = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
         );
+        if let Some(parent) = telemetry::remote_context(req.headers()) {
+            let _ = span.set_parent(parent);
+        }
         let mut resp = self
             .0
             .call(req)
@@ -64,11 +75,23 @@ impl<E: Endpoint<Output = Response>> Endpoint for RequestLogEndpoint<E> {
             .await
             .unwrap_or_else(|err| err.into_response());
         resp.headers_mut().insert(REQUEST_ID, id);
+        let route = route_label(&resp);
+        if telemetry::traces_enabled() {
+            // The span started before routing; rename it now the route is known.
+            span.context()
+                .span()
+                .update_name(format!("{method} {route}"));
+            span.record("http.route", route);
+            span.record(
+                "http.response.status_code",
+                i64::from(resp.status().as_u16()),
+            );
+        }
         tracing::info!(
             target: "kvserve::access",
             parent: &span,
             method = %method,
-            route = route_label(&resp),
+            route,
             status = resp.status().as_u16(),
             duration_us = started.elapsed().as_micros() as u64,
             request_id = %id_text,

@@ -173,7 +173,17 @@ impl Process {
 
 /// Starts the real binary on port 0 and reads the bound addresses from its log.
 pub fn spawn_binary(data: &std::path::Path, extra: &[&str]) -> Process {
+    spawn_binary_with_env(data, extra, &[])
+}
+
+/// As `spawn_binary`, with extra environment variables.
+pub fn spawn_binary_with_env(
+    data: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Process {
     let mut child = Command::new(binary())
+        .envs(env.iter().copied())
         .args([
             "--data",
             data.to_str().unwrap(),

@@ -32,6 +32,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -451,7 +452,6 @@ def check(binary: str) -> None:
 
 def _rfc3339(stamp: str) -> float:
     """Seconds since the epoch of Prometheus' lastScrape (RFC 3339 with nanoseconds)."""
-    from datetime import datetime
     m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", stamp)
     if not m:
         raise ValueError(f"unexpected timestamp {stamp!r}")

@@ -1,0 +1,138 @@
+//! OpenTelemetry traces: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, the real binary
+//! exports spans over OTLP/HTTP to a receiver running in this test, which decodes the
+//! protobuf export requests the way a collector would.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use poem::web::Data;
+use poem::{handler, post, Body, EndpointExt, Route, Server};
+use prost::Message;
+
+type Received = Arc<Mutex<Vec<ExportTraceServiceRequest>>>;
+
+#[handler]
+async fn receive(Data(received): Data<&Received>, body: Body) -> poem::Result<Vec<u8>> {
+    let bytes = body.into_bytes().await?;
+    let request = ExportTraceServiceRequest::decode(bytes).map_err(poem::error::BadRequest)?;
+    received.lock().unwrap().push(request);
+    Ok(Vec::new()) // an empty ExportTraceServiceResponse
+}
+
+/// An OTLP/HTTP receiver on 127.0.0.1:0 for the duration of the test.
+fn start_receiver(runtime: &tokio::runtime::Runtime) -> (std::net::SocketAddr, Received) {
+    let received = Received::default();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = poem::listener::TcpAcceptor::from_tokio(listener).unwrap();
+    let app = Route::new()
+        .at("/v1/traces", post(receive))
+        .data(received.clone());
+    runtime.spawn(Server::new_with_acceptor(acceptor).run(app));
+    (addr, received)
+}
+
+fn attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)?
+        .value
+        .as_ref()?
+        .value
+        .as_ref()
+}
+
+fn string_attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    match attr(attributes, key)? {
+        AnyValue::StringValue(s) => Some(s),
+        _ => None,
+    }
+}
+
+#[test]
+fn request_and_load_spans_reach_an_otlp_receiver_with_the_callers_trace() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (receiver, received) = start_receiver(&runtime);
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "t.data", sample_lines());
+    let endpoint = format!("http://{receiver}");
+    let mut p = spawn_binary_with_env(
+        &data,
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let client = reqwest::blocking::Client::new();
+    let resp = client
+        .get(format!("http://{}/v1/keys/{KEY}", p.api))
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    sigterm(&p.child);
+    assert_eq!(
+        wait_exit(&mut p.child, Duration::from_secs(15)).code(),
+        Some(0)
+    );
+
+    let received = received.lock().unwrap();
+    let mut spans: Vec<&Span> = Vec::new();
+    for request in received.iter() {
+        for resource in &request.resource_spans {
+            let attrs = &resource.resource.as_ref().unwrap().attributes;
+            assert_eq!(string_attr(attrs, "service.name"), Some("kvserve"));
+            spans.extend(resource.scope_spans.iter().flat_map(|s| s.spans.iter()));
+        }
+    }
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    let request = spans
+        .iter()
+        .find(|s| string_attr(&s.attributes, "http.route") == Some("/v1/keys/{key}"))
+        .unwrap_or_else(|| panic!("no request span among {names:?}\n{}", p.log()));
+    assert_eq!(request.name, "GET /v1/keys/{key}");
+    assert_eq!(request.kind, SpanKind::Server as i32);
+    assert_eq!(
+        hex(&request.trace_id),
+        trace_id,
+        "the caller's trace continues"
+    );
+    assert_eq!(hex(&request.parent_span_id), caller_span);
+    assert!(
+        matches!(
+            attr(&request.attributes, "http.response.status_code"),
+            Some(AnyValue::IntValue(200))
+        ),
+        "{:?}",
+        request.attributes
+    );
+    assert!(
+        names.contains(&"load") && names.contains(&"reload"),
+        "load spans: {names:?}"
+    );
+    let load = spans.iter().find(|s| s.name == "load").unwrap();
+    let reload = spans.iter().find(|s| s.name == "reload").unwrap();
+    assert_eq!(
+        load.parent_span_id, reload.span_id,
+        "the load is part of its reload"
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
