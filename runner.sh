@@ -8,7 +8,8 @@
 #
 # Everything it installs comes from the package registries: Rust crates (cargo),
 # Debian packages (apt-get), Python packages (pip, into target/pyenv) and npm packages
-# (into tests/external/browser/node_modules).
+# (into tests/external/browser/node_modules). Debian's prometheus package brings the
+# Prometheus server and promtool for the metrics checks.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -33,7 +34,7 @@ need_apt() {
 setup() {
   command -v cargo >/dev/null || { echo "cargo is required: install Rust from rustup.rs" >&2; exit 1; }
   rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
-  need_apt util-linux chromium
+  need_apt util-linux chromium prometheus
   command -v npm >/dev/null || need_apt nodejs npm
   if [ ! -x "$PYENV/bin/python" ]; then
     log "creating $PYENV"

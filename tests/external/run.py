@@ -8,6 +8,10 @@
                   answer must match the spec (status, content type, schema, headers)
   swagger-ui      a real Chromium opens /docs, runs "Try it out" on GET /v1/keys/{key}
                   and sees the value (tests/external/browser/swagger.mjs)
+  promtool        `promtool check metrics` accepts what /metrics serves
+  prometheus      a real Prometheus scrapes kvserve, counts what was sent, and every
+                  PromQL expression of grafana/kvserve.json returns data
+                  (tests/external/prometheus_check.py)
 
 Usage: run.py KVSERVE_BINARY [CHECK ...]   (all checks by default)
 Ends with the line "N passed, N failed" and exits non-zero on any failure.
@@ -23,6 +27,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+import prometheus_check
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -138,7 +144,25 @@ def swagger_ui(binary: str) -> None:
         subprocess.run(["node", str(browser / "swagger.mjs"), server.url, KEY], check=True, cwd=browser)
 
 
-CHECKS = {"legacy-compat": legacy_compat, "schemathesis": schemathesis, "swagger-ui": swagger_ui}
+def promtool(binary: str) -> None:
+    with Kvserve(binary, ROOT / "data" / "sample.data") as server:
+        for path in [f"/v1/keys/{KEY}", "/v1/keys/abc", "/nope", f"/get_value/{KEY}"]:
+            fetch(server.url + path)
+        status, _, body = fetch(f"http://127.0.0.1:{server.admin}/metrics")
+        assert status == 200, f"/metrics answered {status}"
+        result = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True)
+        if result.returncode != 0:
+            raise AssertionError("promtool check metrics:\n" + result.stdout.decode() + result.stderr.decode())
+        print(f"  promtool accepts {len(body.splitlines())} lines of /metrics")
+
+
+CHECKS = {
+    "legacy-compat": legacy_compat,
+    "schemathesis": schemathesis,
+    "swagger-ui": swagger_ui,
+    "promtool": promtool,
+    "prometheus": prometheus_check.check,
+}
 
 
 def main() -> int:
