@@ -38,13 +38,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the data file and serve it (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check a data file offline (format, duplicates, checksum) and print a summary.
     Verify(VerifyArgs),
     /// Write a valid data file of random records.
     Gen(GenArgs),
     /// Print the OpenAPI document of the API listener.
     Openapi,
+    /// Mint an HS256 token for local use (the secret file `serve` verifies with).
+    Token(TokenArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -80,6 +82,12 @@ pub struct ServeArgs {
     #[arg(long, env = "KVSERVE_MAX_BODY_BYTES", default_value = "1MiB", value_parser = parse_size)]
     pub max_body_bytes: usize,
 
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub protect: ProtectArgs,
+
     /// Reload by itself when the data file or its `.sha256` changes.
     #[arg(long, env = "KVSERVE_WATCH")]
     pub watch: bool,
@@ -91,6 +99,125 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "KVSERVE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+/// JWT authentication: on when one key source is given. The HS256 secret may also come
+/// from the `KVSERVE_JWT_HS256_SECRET` environment variable (never from a flag, which
+/// would show in `ps`).
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// File holding the HS256 shared secret.
+    #[arg(long, env = "KVSERVE_JWT_HS256_SECRET_FILE", value_name = "FILE")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+
+    /// PEM public key: RSA (RS256), EC P-256 (ES256) or Ed25519 (EdDSA).
+    #[arg(long, env = "KVSERVE_JWT_PUBLIC_KEY_FILE", value_name = "FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// JWKS document; the token's `kid` selects the key.
+    #[arg(long, env = "KVSERVE_JWT_JWKS_FILE", value_name = "FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+
+    /// Required `iss` claim.
+    #[arg(long, env = "KVSERVE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim.
+    #[arg(long, env = "KVSERVE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[arg(long, env = "KVSERVE_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    pub jwt_leeway: Duration,
+}
+
+impl AuthArgs {
+    pub fn config(&self) -> crate::http::auth::AuthConfig {
+        crate::http::auth::AuthConfig {
+            hs256_secret_file: self.jwt_hs256_secret_file.clone(),
+            hs256_secret: std::env::var("KVSERVE_JWT_HS256_SECRET")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            public_key_file: self.jwt_public_key_file.clone(),
+            jwks_file: self.jwt_jwks_file.clone(),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway: self.jwt_leeway,
+        }
+    }
+}
+
+/// Rate limits, load shedding and connection limits.
+#[derive(Debug, Clone, Args)]
+pub struct ProtectArgs {
+    /// Requests per second per client (off when unset). The client is the token's
+    /// `sub` with auth on, else the peer address.
+    #[arg(long, env = "KVSERVE_RATE_LIMIT", value_name = "N")]
+    pub rate_limit: Option<std::num::NonZeroU32>,
+
+    /// Requests a client may send at once before the rate applies (default: the rate).
+    #[arg(long, env = "KVSERVE_RATE_LIMIT_BURST", value_name = "B")]
+    pub rate_limit_burst: Option<std::num::NonZeroU32>,
+
+    /// Take the client address from the first `X-Forwarded-For` entry. Only behind a
+    /// proxy that sets it: anyone can forge the header.
+    #[arg(long, env = "KVSERVE_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+
+    /// Concurrent API requests; more get 503 at once (off when unset).
+    #[arg(long, env = "KVSERVE_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<usize>,
+
+    /// Longest time to answer one API request; longer gets 503 (off when unset).
+    #[arg(long, env = "KVSERVE_REQUEST_TIMEOUT", value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+
+    /// Time a client has to send a request's headers; slower connections are closed.
+    #[arg(long, env = "KVSERVE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Keep-alive connections idle this long are closed.
+    #[arg(long, env = "KVSERVE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Open connections per listener; more are closed at once.
+    #[arg(long, env = "KVSERVE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Longest request target (path and query) accepted; longer gets 414.
+    #[arg(long, env = "KVSERVE_MAX_URI_BYTES", default_value = "16KiB", value_parser = parse_size)]
+    pub max_uri_bytes: usize,
+
+    /// Allow the admin listener on a non-loopback address without authentication.
+    #[arg(long, env = "KVSERVE_ADMIN_INSECURE")]
+    pub admin_insecure: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The HS256 secret file `serve --jwt-hs256-secret-file` uses.
+    #[arg(long, env = "KVSERVE_JWT_HS256_SECRET_FILE", value_name = "FILE")]
+    pub secret_file: PathBuf,
+
+    /// Space-separated scopes, e.g. "kv:read" or "kv:read kv:admin".
+    #[arg(long, default_value = "kv:read")]
+    pub scope: String,
+
+    /// Lifetime of the token.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+
+    /// The `sub` claim (who the token speaks for; rate limits are per subject).
+    #[arg(long, default_value = "local")]
+    pub sub: String,
+
+    /// The `iss` claim, if the server requires one.
+    #[arg(long, env = "KVSERVE_JWT_ISSUER")]
+    pub issuer: Option<String>,
+
+    /// The `aud` claim, if the server requires one.
+    #[arg(long, env = "KVSERVE_JWT_AUDIENCE")]
+    pub audience: Option<String>,
 }
 
 /// How a data file is read and checked; shared by `serve` and `verify`.

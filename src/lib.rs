@@ -49,6 +49,10 @@ pub enum AppError {
     Metrics(#[from] metrics::MetricsError),
     #[error(transparent)]
     Watch(#[from] watch::WatchError),
+    #[error(transparent)]
+    Auth(#[from] http::auth::AuthConfigError),
+    #[error("refusing to serve the admin listener on {addr} without authentication: bind it to a loopback address, configure a JWT key, or pass --admin-insecure")]
+    InsecureAdmin { addr: SocketAddr },
     #[error("the {listener} listener failed: {source}")]
     Serve {
         listener: &'static str,
@@ -66,19 +70,51 @@ pub struct App {
     state: Arc<AppState>,
     shutdown_timeout: Duration,
     watch: Option<Duration>,
+    connections: ConnectionLimits,
+}
+
+/// Per-listener connection protection (see `http::conn`).
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    max_connections: usize,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl App {
     pub async fn bind(args: &ServeArgs) -> Result<Self, AppError> {
+        let auth = http::auth::Authenticator::from_config(&args.auth.config())?;
         let (api, api_addr) = bind("api", &args.addr).await?;
         let (admin, admin_addr) = bind("admin", &args.admin_addr).await?;
+        let protect = &args.protect;
+        if !admin_addr.ip().is_loopback() && auth.is_none() {
+            if !protect.admin_insecure {
+                return Err(AppError::InsecureAdmin { addr: admin_addr });
+            }
+            tracing::warn!(%admin_addr, "the admin listener (reload, cache purge) is reachable from the network without authentication (--admin-insecure)");
+        }
         let settings = HttpSettings {
             cache_control: format!("public, max-age={}", args.cache_max_age.as_secs()),
             max_batch: args.max_batch,
             max_body_bytes: args.max_body_bytes,
+            limits: http::limits::LimitSettings {
+                max_uri_bytes: protect.max_uri_bytes,
+                max_body_bytes: args.max_body_bytes,
+                max_in_flight: protect.max_in_flight,
+                request_timeout: protect.request_timeout,
+            },
         };
         let reloader = Reloader::new(args.data.clone(), args.load.options());
-        let state = AppState::new(Cache::new(args.cache_capacity), settings, reloader)?;
+        let rate_limit = protect.rate_limit.map(|rate| {
+            http::ratelimit::ClientRateLimit::new(
+                rate,
+                protect.rate_limit_burst,
+                protect.trust_forwarded_for,
+            )
+        });
+        let state = AppState::new(Cache::new(args.cache_capacity), settings, reloader)?
+            .with_auth(auth)
+            .with_rate_limit(rate_limit);
         Ok(Self {
             api,
             admin,
@@ -87,6 +123,11 @@ impl App {
             state: Arc::new(state),
             shutdown_timeout: args.shutdown_timeout,
             watch: args.watch.then_some(args.watch_debounce),
+            connections: ConnectionLimits {
+                max_connections: protect.max_connections,
+                header_read_timeout: protect.header_read_timeout,
+                idle_timeout: protect.idle_timeout,
+            },
         })
     }
 
@@ -116,9 +157,14 @@ impl App {
         let (stop_api_tx, stop_api) = signal_channel::channel(false);
         let (stop_admin_tx, stop_admin) = signal_channel::channel(false);
         let timeout = Some(self.shutdown_timeout);
+        let limits = self.connections;
+        if let Some(limit) = &self.state.rate_limit {
+            http::ratelimit::spawn_pruning(limit);
+        }
         let api = tokio::spawn(
-            Server::new_with_acceptor(acceptor("api", self.api)?)
+            Server::new_with_acceptor(acceptor("api", self.api, limits)?)
                 .name("api")
+                .idle_timeout(limits.idle_timeout)
                 .run_with_graceful_shutdown(
                     http::api_endpoint(self.state.clone()),
                     stopped(stop_api),
@@ -126,8 +172,9 @@ impl App {
                 ),
         );
         let admin = tokio::spawn(
-            Server::new_with_acceptor(acceptor("admin", self.admin)?)
+            Server::new_with_acceptor(acceptor("admin", self.admin, limits)?)
                 .name("admin")
+                .idle_timeout(limits.idle_timeout)
                 .run_with_graceful_shutdown(
                     http::admin::admin_endpoint(self.state.clone()),
                     stopped(stop_admin),
@@ -199,8 +246,18 @@ async fn bind(listener: &'static str, addr: &str) -> Result<(TcpListener, Socket
     Ok((socket, local))
 }
 
-fn acceptor(listener: &'static str, socket: TcpListener) -> Result<TcpAcceptor, AppError> {
-    TcpAcceptor::from_tokio(socket).map_err(|source| AppError::Serve { listener, source })
+fn acceptor(
+    listener: &'static str,
+    socket: TcpListener,
+    limits: ConnectionLimits,
+) -> Result<http::conn::GuardedAcceptor, AppError> {
+    let tcp =
+        TcpAcceptor::from_tokio(socket).map_err(|source| AppError::Serve { listener, source })?;
+    Ok(http::conn::GuardedAcceptor::new(
+        tcp,
+        limits.max_connections,
+        limits.header_read_timeout,
+    ))
 }
 
 async fn stopped(mut stop: signal_channel::Receiver<bool>) {

@@ -3,10 +3,13 @@ use std::process::ExitCode;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use kvserve::cli::{Cli, Command, GenArgs, ServeArgs, VerifyArgs};
+use kvserve::cli::{Cli, Command, GenArgs, ServeArgs, TokenArgs, VerifyArgs};
 use kvserve::{dataset, http, telemetry, App};
 
 fn main() -> ExitCode {
+    // jsonwebtoken 11 has no implicit crypto backend; without this the first token
+    // check would panic.
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
     let cli = Cli::parse();
     let _telemetry = match telemetry::init(&cli.log_level, cli.log_format) {
         Ok(guard) => guard,
@@ -17,13 +20,14 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         None => serve(cli.serve),
-        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Serve(args)) => serve(*args),
         Some(Command::Verify(args)) => verify(&args),
         Some(Command::Gen(args)) => generate(&args),
         Some(Command::Openapi) => {
             println!("{}", http::openapi_json());
             Ok(())
         }
+        Some(Command::Token(args)) => mint_token(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,5 +111,35 @@ fn generate(args: &GenArgs) -> Result<(), Box<dyn std::error::Error>> {
         )?;
     }
     eprintln!("wrote {} lines to {}", args.lines, args.out.display());
+    Ok(())
+}
+
+/// Prints an HS256 token signed with the secret file `serve` verifies with.
+fn mint_token(args: &TokenArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let secret = std::fs::read(&args.secret_file)
+        .map_err(|err| format!("cannot read {}: {err}", args.secret_file.display()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut claims = serde_json::json!({
+        "sub": args.sub,
+        "scope": args.scope,
+        "iat": now,
+        "nbf": now,
+        "exp": now + args.ttl.as_secs(),
+    });
+    if let Some(issuer) = &args.issuer {
+        claims["iss"] = issuer.clone().into();
+    }
+    if let Some(audience) = &args.audience {
+        claims["aud"] = audience.clone().into();
+    }
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.trim_ascii_end());
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &key,
+    )?;
+    println!("{token}");
     Ok(())
 }

@@ -8,6 +8,7 @@ use poem::http::header;
 use poem::web::{Data, Json};
 use poem::{get, handler, post, Body, Endpoint, EndpointExt, IntoResponse, Response, Route};
 
+use super::auth::{RequireScope, SCOPE_ADMIN};
 use super::problem::{self, Problem, ProblemKind};
 use super::AppState;
 use crate::reload::{self, ReloadError, Trigger};
@@ -105,6 +106,8 @@ fn purge_cache(Data(state): Data<&Arc<AppState>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({"purged": entries}))
 }
 
+/// Probes and `/metrics` stay open for orchestrators and Prometheus; `/admin/*` needs
+/// `kv:admin` when authentication is on.
 pub fn admin_endpoint(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
     problem::with_problems(
         Route::new()
@@ -114,6 +117,12 @@ pub fn admin_endpoint(state: Arc<AppState>) -> impl Endpoint<Output = Response> 
             .at("/admin/dataset", get(dataset_info))
             .at("/admin/reload", post(reload_dataset))
             .at("/admin/cache/purge", post(purge_cache))
-            .data(state),
+            .data(state.clone()),
     )
+    .with(RequireScope {
+        state,
+        scope: SCOPE_ADMIN,
+        is_open: |path| !path.starts_with("/admin"),
+    })
+    .with(super::security_headers())
 }

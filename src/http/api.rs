@@ -8,6 +8,7 @@ use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use uuid::Uuid;
 
+use super::auth::BearerAuth;
 use super::batch::{self, BatchBody, BatchResult};
 use super::key::{render_key_value, KeyParam, EXAMPLE_KEY};
 use super::payload::{ProblemJson, RawJson, TextValue};
@@ -62,7 +63,16 @@ pub enum KeyResponse<T: Payload + poem::IntoResponse + Send> {
     /// No value for this key.
     #[oai(status = 404)]
     NotFound(ProblemJson),
-    /// The data file is still loading.
+    /// No valid bearer token (when the server runs with a JWT key).
+    #[oai(status = 401)]
+    Unauthorized(ProblemJson, #[oai(header = "WWW-Authenticate")] String),
+    /// The token lacks the `kv:read` scope.
+    #[oai(status = 403)]
+    Forbidden(ProblemJson, #[oai(header = "WWW-Authenticate")] String),
+    /// Over the client's rate limit (`--rate-limit`).
+    #[oai(status = 429)]
+    TooManyRequests(ProblemJson, #[oai(header = "Retry-After")] u32),
+    /// The data file is still loading, or the server is overloaded.
     #[oai(status = 503)]
     NotLoaded(ProblemJson, #[oai(header = "Retry-After")] u32),
 }
@@ -82,7 +92,16 @@ pub enum BatchResponse {
     /// The body is not `application/json`.
     #[oai(status = 415)]
     UnsupportedMediaType(ProblemJson),
-    /// The data file is still loading.
+    /// No valid bearer token (when the server runs with a JWT key).
+    #[oai(status = 401)]
+    Unauthorized(ProblemJson, #[oai(header = "WWW-Authenticate")] String),
+    /// The token lacks the `kv:read` scope.
+    #[oai(status = 403)]
+    Forbidden(ProblemJson, #[oai(header = "WWW-Authenticate")] String),
+    /// Over the client's rate limit (`--rate-limit`).
+    #[oai(status = 429)]
+    TooManyRequests(ProblemJson, #[oai(header = "Retry-After")] u32),
+    /// The data file is still loading, or the server is overloaded.
     #[oai(status = 503)]
     NotLoaded(ProblemJson, #[oai(header = "Retry-After")] u32),
 }
@@ -102,6 +121,7 @@ impl KeysApi {
         &self,
         /// The key to look up.
         key: Path<KeyParam>,
+        _auth: BearerAuth,
         /// An `ETag` from an earlier answer; a match gives 304.
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
@@ -124,11 +144,12 @@ impl KeysApi {
         &self,
         /// The key to look up.
         key: Path<KeyParam>,
+        _auth: BearerAuth,
         /// An `ETag` from an earlier answer; a match gives 304.
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
     ) -> KeyResponse<RawJson<KeyValue>> {
-        self.get_key(key, if_none_match).await
+        self.get_key(key, _auth, if_none_match).await
     }
 
     /// Get one raw value
@@ -139,6 +160,7 @@ impl KeysApi {
         &self,
         /// The key to look up.
         key: Path<KeyParam>,
+        _auth: BearerAuth,
         /// An `ETag` from an earlier answer; a match gives 304.
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
@@ -153,7 +175,7 @@ impl KeysApi {
     /// Keys may be in any UUID form; the answer shows them canonical, with duplicates
     /// folded. At most 1000 keys (`--max-batch`) and 1 MiB of body.
     #[oai(path = "/keys/batch", method = "post", operation_id = "batchGet")]
-    async fn batch(&self, body: BatchBody) -> BatchResponse {
+    async fn batch(&self, body: BatchBody, _auth: BearerAuth) -> BatchResponse {
         let keys = match batch::parse_keys(&body.0, self.state.settings.max_batch) {
             Ok(keys) => keys,
             Err(problem) => return BatchResponse::BadRequest(problem.into()),

@@ -11,6 +11,7 @@ use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::api::{ApiTags, KeyValue};
+use super::auth::BearerAuth;
 use super::key::{render_key_value, KeyParam};
 use super::payload::{ProblemJson, RawJson};
 use super::problem::{Problem, NOT_LOADED_RETRY_AFTER_SECS};
@@ -83,7 +84,16 @@ pub enum LegacyResponse {
         RawJson<LegacyValidationError>,
         #[oai(header = "Deprecation")] String,
     ),
-    /// The data file is still loading.
+    /// No valid bearer token (when the server runs with a JWT key).
+    #[oai(status = 401)]
+    Unauthorized(ProblemJson, #[oai(header = "WWW-Authenticate")] String),
+    /// The token lacks the `kv:read` scope.
+    #[oai(status = 403)]
+    Forbidden(ProblemJson, #[oai(header = "WWW-Authenticate")] String),
+    /// Over the client's rate limit (`--rate-limit`).
+    #[oai(status = 429)]
+    TooManyRequests(ProblemJson, #[oai(header = "Retry-After")] u32),
+    /// The data file is still loading, or the server is overloaded.
     #[oai(status = 503)]
     NotLoaded(ProblemJson, #[oai(header = "Retry-After")] u32),
 }
@@ -115,6 +125,7 @@ impl LegacyApi {
         &self,
         /// The key to look up.
         key: Path<KeyParam>,
+        _auth: BearerAuth,
     ) -> LegacyResponse {
         let deprecation = || "true".to_owned();
         let key = match key.parse() {

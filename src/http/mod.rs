@@ -4,11 +4,15 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 mod batch;
+pub mod conn;
 pub mod key;
 pub mod legacy;
+pub mod limits;
 pub mod payload;
 pub mod problem;
+pub mod ratelimit;
 pub mod request_log;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +33,7 @@ pub struct HttpSettings {
     pub cache_control: String,
     pub max_batch: usize,
     pub max_body_bytes: usize,
+    pub limits: limits::LimitSettings,
 }
 
 /// Everything the handlers of both listeners share.
@@ -38,6 +43,10 @@ pub struct AppState {
     pub settings: HttpSettings,
     pub metrics: Metrics,
     pub reloader: Reloader,
+    /// `None`: authentication is off.
+    pub auth: Option<auth::Authenticator>,
+    /// `None`: no rate limit.
+    pub rate_limit: Option<Arc<ratelimit::ClientRateLimit>>,
     shutting_down: AtomicBool,
 }
 
@@ -53,8 +62,20 @@ impl AppState {
             cache,
             settings,
             reloader,
+            auth: None,
+            rate_limit: None,
             shutting_down: AtomicBool::new(false),
         })
+    }
+
+    pub fn with_auth(mut self, auth: Option<auth::Authenticator>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    pub fn with_rate_limit(mut self, limit: Option<ratelimit::ClientRateLimit>) -> Self {
+        self.rate_limit = limit.map(Arc::new);
+        self
     }
 
     /// Looks `key` up in `dataset`, counting the outcome in `kvserve_lookups_total`.
@@ -108,6 +129,12 @@ pub fn openapi_json() -> String {
         cache_control: String::new(),
         max_batch: 0,
         max_body_bytes: 0,
+        limits: limits::LimitSettings {
+            max_uri_bytes: 0,
+            max_body_bytes: 0,
+            max_in_flight: None,
+            request_timeout: None,
+        },
     };
     let reloader = Reloader::new(Default::default(), LoadOptions::default());
     match AppState::new(Cache::new(0), settings, reloader) {
@@ -118,6 +145,10 @@ pub fn openapi_json() -> String {
 
 /// The API listener's endpoint: the OpenAPI routes, Swagger UI at `/docs`, the spec at
 /// `/openapi.json`, and problem+json for every error, including unknown routes.
+///
+/// Layers, outermost first: security headers, request id and access log, metrics,
+/// limits and shedding, authentication, rate limit (keyed by the verified subject, so
+/// it runs after authentication), then routing.
 pub fn api_endpoint(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
     let service = api_service(state.clone());
     let docs = service.swagger_ui();
@@ -129,6 +160,20 @@ pub fn api_endpoint(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
             .nest("/", service)
             .data(state.clone()),
     )
+    .with(ratelimit::RateLimit(state.clone()))
+    .with(auth::RequireScope {
+        state: state.clone(),
+        scope: auth::SCOPE_READ,
+        is_open: |path| path == "/openapi.json" || path == "/docs" || path.starts_with("/docs/"),
+    })
+    .with(limits::Limits::new(state.settings.limits.clone()))
     .with(HttpMetrics(state))
     .with(request_log::RequestLog)
+    .with(security_headers())
+}
+
+/// `X-Content-Type-Options: nosniff` on every answer of both listeners.
+pub fn security_headers() -> poem::middleware::SetHeader {
+    poem::middleware::SetHeader::new()
+        .overriding(poem::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")
 }

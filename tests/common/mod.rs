@@ -38,6 +38,8 @@ pub struct TestServer {
     pub api: SocketAddr,
     pub admin: SocketAddr,
     pub client: reqwest::Client,
+    /// The running server's shared state, for the few checks only its inside shows.
+    pub state: std::sync::Arc<kvserve::http::AppState>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), kvserve::AppError>>>,
 }
@@ -57,7 +59,7 @@ impl TestServer {
         args.extend(extra.iter().map(|s| s.to_string()));
         let cli = Cli::try_parse_from(args).expect("valid test arguments");
         let app = App::bind(&cli.serve).await.expect("bind on port 0");
-        let (api, admin) = (app.api_addr(), app.admin_addr());
+        let (api, admin, state) = (app.api_addr(), app.admin_addr(), app.state());
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(app.run(async {
             let _ = stopped.await;
@@ -65,6 +67,7 @@ impl TestServer {
         Self {
             api,
             admin,
+            state,
             client: reqwest::Client::new(),
             stop: Some(stop),
             task: Some(task),

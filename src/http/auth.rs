@@ -1,0 +1,542 @@
+//! Optional JWT bearer authentication with scopes (`kv:read`, `kv:admin`).
+//!
+//! On when a key source is configured. The accepted algorithm is pinned by the key,
+//! never taken from the token: an HS256 secret accepts HS256 only, an RSA key RS256, an
+//! EC P-256 key ES256, an Ed25519 key EdDSA; a JWKS key by its type. So `alg: none`, an
+//! HS256 token signed with the RSA public key as its secret, and any other algorithm
+//! are refused before a signature is checked.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use poem::http::{header, HeaderValue};
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+use poem_openapi::registry::{MetaSecurityScheme, Registry};
+use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
+
+use super::problem::{Problem, ProblemKind};
+use super::AppState;
+
+/// The scope every data route needs.
+pub const SCOPE_READ: &str = "kv:read";
+/// The scope `/admin/*` needs.
+pub const SCOPE_ADMIN: &str = "kv:admin";
+
+/// A longer `Authorization` header is refused before any parsing.
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Where the verification keys come from and what the tokens must say.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    pub hs256_secret_file: Option<PathBuf>,
+    /// The secret itself, from the environment only (never a flag: flags show in `ps`).
+    pub hs256_secret: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+    pub jwks_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("give one JWT key source, not several: {0}")]
+    SeveralSources(String),
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the HS256 secret is empty")]
+    EmptySecret,
+    #[error("{} is not a PEM public key of a supported type (RSA, EC P-256, Ed25519)", path.display())]
+    UnsupportedKey { path: PathBuf },
+    #[error("{} is not a JWKS document: {source}", path.display())]
+    Jwks {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{}: key {index} of the JWKS {reason}", path.display())]
+    JwksKey {
+        path: PathBuf,
+        index: usize,
+        reason: String,
+    },
+}
+
+/// One verification key and the one algorithm it accepts.
+struct VerifyingKey {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+enum Keys {
+    Single(Box<VerifyingKey>),
+    ByKid(HashMap<String, VerifyingKey>),
+}
+
+fn single(key: VerifyingKey) -> Keys {
+    Keys::Single(Box::new(key))
+}
+
+pub struct Authenticator {
+    keys: Keys,
+}
+
+/// Who a verified token speaks for.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub subject: Option<String>,
+    scopes: Vec<String>,
+}
+
+impl Principal {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    scope: Option<String>,
+    scp: Option<Vec<String>>,
+}
+
+/// Why a request was refused; the label is the `reason` of `kvserve_auth_failures_total`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    Invalid(String),
+    Expired,
+    InsufficientScope(&'static str),
+}
+
+impl AuthFailure {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing_token",
+            AuthFailure::Invalid(_) => "invalid_token",
+            AuthFailure::Expired => "expired",
+            AuthFailure::InsufficientScope(_) => "insufficient_scope",
+        }
+    }
+
+    /// 401 or 403 problem+json with the RFC 6750 `WWW-Authenticate` header.
+    pub fn into_response(self) -> Response {
+        let (kind, detail, challenge) = match &self {
+            AuthFailure::Missing => (
+                ProblemKind::Unauthorized,
+                "this route needs a bearer token: send `Authorization: Bearer <token>`".to_owned(),
+                r#"Bearer realm="kvserve""#.to_owned(),
+            ),
+            AuthFailure::Invalid(why) => (
+                ProblemKind::Unauthorized,
+                format!("the bearer token was refused: {why}"),
+                format!(r#"Bearer realm="kvserve", error="invalid_token", error_description="{}""#, quote_safe(why)),
+            ),
+            AuthFailure::Expired => (
+                ProblemKind::Unauthorized,
+                "the bearer token has expired".to_owned(),
+                r#"Bearer realm="kvserve", error="invalid_token", error_description="the token has expired""#.to_owned(),
+            ),
+            AuthFailure::InsufficientScope(scope) => (
+                ProblemKind::Forbidden,
+                format!("the bearer token lacks the scope `{scope}`"),
+                format!(r#"Bearer realm="kvserve", error="insufficient_scope", scope="{scope}""#),
+            ),
+        };
+        let mut resp = Problem::new(kind, detail).into_response();
+        if let Ok(value) = HeaderValue::from_str(&challenge) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        }
+        resp
+    }
+}
+
+/// `error_description` is a quoted string: keep it to printable ASCII without quotes.
+fn quote_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+impl Authenticator {
+    /// `None` when no key source is configured: authentication is off.
+    pub fn from_config(config: &AuthConfig) -> Result<Option<Self>, AuthConfigError> {
+        let sources: Vec<&str> = [
+            (
+                config.hs256_secret_file.is_some(),
+                "--jwt-hs256-secret-file",
+            ),
+            (config.hs256_secret.is_some(), "KVSERVE_JWT_HS256_SECRET"),
+            (config.public_key_file.is_some(), "--jwt-public-key-file"),
+            (config.jwks_file.is_some(), "--jwt-jwks-file"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if sources.len() > 1 {
+            return Err(AuthConfigError::SeveralSources(sources.join(", ")));
+        }
+        if sources.is_empty() {
+            return Ok(None);
+        }
+        // jsonwebtoken 11 has no implicit crypto backend; without one installed the
+        // first verification would panic. Installing twice is harmless.
+        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+        let validation = |alg: Algorithm| validation(config, alg);
+        let keys = if let Some(path) = &config.hs256_secret_file {
+            let secret = read(path, "the HS256 secret file")?;
+            single(hs256_key(
+                secret.trim_ascii_end(),
+                validation(Algorithm::HS256),
+            )?)
+        } else if let Some(secret) = &config.hs256_secret {
+            single(hs256_key(secret.as_bytes(), validation(Algorithm::HS256))?)
+        } else if let Some(path) = &config.public_key_file {
+            let pem = read(path, "the public key file")?;
+            let (key, alg) = pem_key(&pem)
+                .ok_or_else(|| AuthConfigError::UnsupportedKey { path: path.clone() })?;
+            single(VerifyingKey {
+                key,
+                validation: validation(alg),
+            })
+        } else if let Some(path) = &config.jwks_file {
+            Keys::ByKid(jwks_keys(path, &read(path, "the JWKS file")?, validation)?)
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(Self { keys }))
+    }
+
+    /// Verifies the request's bearer token (signature, `exp`, `nbf`, issuer, audience)
+    /// and returns who it speaks for.
+    pub fn authenticate(&self, req: &Request) -> Result<Principal, AuthFailure> {
+        if req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.starts_with("access_token=")))
+        {
+            return Err(AuthFailure::Invalid(
+                "tokens in the query string are not accepted (they end up in logs); use the Authorization header".to_owned(),
+            ));
+        }
+        let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+            return Err(AuthFailure::Missing);
+        };
+        if value.len() > MAX_TOKEN_BYTES {
+            return Err(AuthFailure::Invalid(format!(
+                "the token is longer than {MAX_TOKEN_BYTES} bytes"
+            )));
+        }
+        let value = value
+            .to_str()
+            .map_err(|_| AuthFailure::Invalid("the header is not ASCII".to_owned()))?;
+        let token = match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ if value.eq_ignore_ascii_case("bearer") => "",
+            _ => {
+                return Err(AuthFailure::Invalid(
+                    "expected `Authorization: Bearer <token>`".to_owned(),
+                ))
+            }
+        };
+        if token.is_empty() {
+            return Err(AuthFailure::Invalid("the bearer token is empty".to_owned()));
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthFailure::Invalid("not a well-formed JWT".to_owned()))?;
+        let key = match &self.keys {
+            Keys::Single(key) => key,
+            Keys::ByKid(keys) => {
+                let kid = header
+                    .kid
+                    .as_deref()
+                    .ok_or_else(|| AuthFailure::Invalid("the token has no `kid`".to_owned()))?;
+                keys.get(kid).ok_or_else(|| {
+                    AuthFailure::Invalid(format!("unknown key id `{}`", quote_safe(kid)))
+                })?
+            }
+        };
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation).map_err(|err| {
+                use jsonwebtoken::errors::ErrorKind;
+                match err.into_kind() {
+                    ErrorKind::ExpiredSignature => AuthFailure::Expired,
+                    ErrorKind::ImmatureSignature => {
+                        AuthFailure::Invalid("the token is not valid yet (nbf)".to_owned())
+                    }
+                    ErrorKind::InvalidSignature => AuthFailure::Invalid("bad signature".to_owned()),
+                    ErrorKind::InvalidAlgorithm => AuthFailure::Invalid(format!(
+                        "algorithm {:?} is not accepted with this key",
+                        header.alg
+                    )),
+                    ErrorKind::InvalidIssuer => AuthFailure::Invalid("wrong issuer".to_owned()),
+                    ErrorKind::InvalidAudience => AuthFailure::Invalid("wrong audience".to_owned()),
+                    ErrorKind::MissingRequiredClaim(claim) => {
+                        AuthFailure::Invalid(format!("the claim `{claim}` is missing"))
+                    }
+                    _ => AuthFailure::Invalid("not a valid token".to_owned()),
+                }
+            })?;
+        let claims = data.claims;
+        let mut scopes: Vec<String> = claims
+            .scope
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        scopes.extend(claims.scp.unwrap_or_default());
+        Ok(Principal {
+            subject: claims.sub,
+            scopes,
+        })
+    }
+}
+
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, AuthConfigError> {
+    std::fs::read(path).map_err(|source| AuthConfigError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn validation(config: &AuthConfig, alg: Algorithm) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.leeway = config.leeway.as_secs();
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp"]);
+    if let Some(issuer) = &config.issuer {
+        validation.set_issuer(&[issuer]);
+    }
+    match &config.audience {
+        Some(audience) => validation.set_audience(&[audience]),
+        None => validation.validate_aud = false,
+    }
+    validation
+}
+
+fn hs256_key(secret: &[u8], validation: Validation) -> Result<VerifyingKey, AuthConfigError> {
+    if secret.is_empty() {
+        return Err(AuthConfigError::EmptySecret);
+    }
+    Ok(VerifyingKey {
+        key: DecodingKey::from_secret(secret),
+        validation,
+    })
+}
+
+/// A PEM public key and the algorithm its type allows.
+fn pem_key(pem: &[u8]) -> Option<(DecodingKey, Algorithm)> {
+    if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+        return Some((key, Algorithm::RS256));
+    }
+    if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+        return Some((key, Algorithm::ES256));
+    }
+    DecodingKey::from_ed_pem(pem)
+        .ok()
+        .map(|key| (key, Algorithm::EdDSA))
+}
+
+fn jwks_keys(
+    path: &Path,
+    text: &[u8],
+    validation: impl Fn(Algorithm) -> Validation,
+) -> Result<HashMap<String, VerifyingKey>, AuthConfigError> {
+    let set: JwkSet = serde_json::from_slice(text).map_err(|source| AuthConfigError::Jwks {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut keys = HashMap::new();
+    for (index, jwk) in set.keys.iter().enumerate() {
+        let refuse = |reason: &str| AuthConfigError::JwksKey {
+            path: path.to_path_buf(),
+            index,
+            reason: reason.to_owned(),
+        };
+        let kid = jwk
+            .common
+            .key_id
+            .clone()
+            .ok_or_else(|| refuse("has no `kid`"))?;
+        let alg = match (&jwk.algorithm, jwk.common.key_algorithm) {
+            (AlgorithmParameters::RSA(_), Some(KeyAlgorithm::RS384)) => Algorithm::RS384,
+            (AlgorithmParameters::RSA(_), Some(KeyAlgorithm::RS512)) => Algorithm::RS512,
+            (AlgorithmParameters::RSA(_), Some(KeyAlgorithm::PS256)) => Algorithm::PS256,
+            (AlgorithmParameters::RSA(_), _) => Algorithm::RS256,
+            (AlgorithmParameters::EllipticCurve(ec), _) if ec.curve == EllipticCurve::P256 => {
+                Algorithm::ES256
+            }
+            (AlgorithmParameters::EllipticCurve(ec), _) if ec.curve == EllipticCurve::P384 => {
+                Algorithm::ES384
+            }
+            (AlgorithmParameters::OctetKeyPair(okp), _) if okp.curve == EllipticCurve::Ed25519 => {
+                Algorithm::EdDSA
+            }
+            _ => {
+                return Err(refuse(
+                    "is not an RSA, EC (P-256, P-384) or Ed25519 public key",
+                ))
+            }
+        };
+        let key =
+            DecodingKey::from_jwk(jwk).map_err(|err| refuse(&format!("cannot be used: {err}")))?;
+        if keys
+            .insert(
+                kid,
+                VerifyingKey {
+                    key,
+                    validation: validation(alg),
+                },
+            )
+            .is_some()
+        {
+            return Err(refuse("repeats a `kid` of an earlier key"));
+        }
+    }
+    Ok(keys)
+}
+
+/// Requires a token with `scope` on every request except the paths `is_open` lets
+/// through. Verified principals are left in the request for the rate limiter.
+pub struct RequireScope {
+    pub state: Arc<AppState>,
+    pub scope: &'static str,
+    pub is_open: fn(&str) -> bool,
+}
+
+impl<E: Endpoint<Output = Response>> Middleware<E> for RequireScope {
+    type Output = RequireScopeEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        RequireScopeEndpoint {
+            inner: ep,
+            state: self.state.clone(),
+            scope: self.scope,
+            is_open: self.is_open,
+        }
+    }
+}
+
+pub struct RequireScopeEndpoint<E> {
+    inner: E,
+    state: Arc<AppState>,
+    scope: &'static str,
+    is_open: fn(&str) -> bool,
+}
+
+impl<E: Endpoint<Output = Response>> Endpoint for RequireScopeEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        let Some(auth) = self.state.auth.as_ref() else {
+            return self.inner.call(req).await;
+        };
+        if (self.is_open)(req.uri().path()) {
+            return self.inner.call(req).await;
+        }
+        let checked = auth.authenticate(&req).and_then(|principal| {
+            if principal.has_scope(self.scope) {
+                Ok(principal)
+            } else {
+                Err(AuthFailure::InsufficientScope(self.scope))
+            }
+        });
+        match checked {
+            Ok(principal) => {
+                req.set_data(principal);
+                self.inner.call(req).await
+            }
+            Err(failure) => {
+                self.state
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&[failure.reason()])
+                    .inc();
+                Ok(failure.into_response())
+            }
+        }
+    }
+}
+
+/// Declares the bearer scheme on an operation, so the spec lists it and Swagger UI's
+/// Authorize button sends the token. Verification is `RequireScope`'s job (it runs
+/// before routing, also for requests no operation matches), so extraction never fails.
+pub struct BearerAuth;
+
+impl<'a> ApiExtractor<'a> for BearerAuth {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        registry.create_security_scheme(
+            "bearerAuth",
+            MetaSecurityScheme {
+                ty: "http",
+                description: Some(
+                    "A JWT with the scope `kv:read` (data routes) or `kv:admin` (admin routes). \
+                     Needed when the server runs with a JWT key; `kvserve token` mints one.",
+                ),
+                name: None,
+                key_in: None,
+                scheme: Some("bearer"),
+                bearer_format: Some("JWT"),
+                flows: None,
+                openid_connect_url: None,
+            },
+        );
+    }
+
+    fn security_schemes() -> Vec<&'static str> {
+        vec!["bearerAuth"]
+    }
+
+    async fn from_request(
+        _request: &'a Request,
+        _body: &mut poem::RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        Ok(Self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_cannot_break_the_header() {
+        assert_eq!(quote_safe("bad \"kid\" \\ é"), "bad ?kid? ? ?");
+    }
+
+    #[test]
+    fn several_sources_are_refused() {
+        let config = AuthConfig {
+            hs256_secret: Some("x".into()),
+            jwks_file: Some("k.json".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Authenticator::from_config(&config),
+            Err(AuthConfigError::SeveralSources(_))
+        ));
+        assert!(Authenticator::from_config(&AuthConfig::default())
+            .unwrap()
+            .is_none());
+    }
+}

@@ -1,0 +1,115 @@
+//! Load shedding and request limits, checked before any parsing or routing: URI
+//! length, declared body size, concurrent requests (`--max-in-flight`) and time per
+//! request (`--request-timeout`). Each refusal is problem+json, so a client under
+//! load sees why and when to retry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use poem::http::header;
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+use tokio::sync::Semaphore;
+
+use super::problem::{Problem, ProblemKind};
+
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    pub max_uri_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_in_flight: Option<usize>,
+    pub request_timeout: Option<Duration>,
+}
+
+pub struct Limits {
+    settings: LimitSettings,
+    in_flight: Option<Arc<Semaphore>>,
+}
+
+impl Limits {
+    pub fn new(settings: LimitSettings) -> Self {
+        let in_flight = settings.max_in_flight.map(|n| Arc::new(Semaphore::new(n)));
+        Self {
+            settings,
+            in_flight,
+        }
+    }
+}
+
+impl<E: Endpoint<Output = Response>> Middleware<E> for Limits {
+    type Output = LimitsEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        LimitsEndpoint {
+            inner: ep,
+            settings: self.settings.clone(),
+            in_flight: self.in_flight.clone(),
+        }
+    }
+}
+
+pub struct LimitsEndpoint<E> {
+    inner: E,
+    settings: LimitSettings,
+    in_flight: Option<Arc<Semaphore>>,
+}
+
+impl<E: Endpoint<Output = Response>> Endpoint for LimitsEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        if uri_len > self.settings.max_uri_bytes {
+            return Ok(Problem::new(
+                ProblemKind::UriTooLong,
+                format!(
+                    "the request target is {uri_len} bytes; at most {} are accepted",
+                    self.settings.max_uri_bytes
+                ),
+            )
+            .into_response());
+        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.settings.max_body_bytes as u64) {
+            return Ok(Problem::new(
+                ProblemKind::BodyTooLarge,
+                format!(
+                    "the request body is larger than {} bytes",
+                    self.settings.max_body_bytes
+                ),
+            )
+            .into_response());
+        }
+        // Held until the answer is built; dropped with the future if the client leaves.
+        let _permit = match &self.in_flight {
+            Some(semaphore) => match semaphore.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    return Ok(Problem::new(
+                        ProblemKind::Overloaded,
+                        "too many requests in flight (--max-in-flight); retry shortly",
+                    )
+                    .into_response())
+                }
+            },
+            None => None,
+        };
+        match self.settings.request_timeout {
+            None => self.inner.call(req).await,
+            Some(limit) => match tokio::time::timeout(limit, self.inner.call(req)).await {
+                Ok(result) => result,
+                Err(_) => Ok(Problem::new(
+                    ProblemKind::Timeout,
+                    format!(
+                        "the request took longer than {} (--request-timeout)",
+                        humantime::format_duration(limit)
+                    ),
+                )
+                .into_response()),
+            },
+        }
+    }
+}

@@ -1,0 +1,1039 @@
+//! Protection under attack (issue 4): JWT auth with scopes, rate limits, shedding and
+//! connection limits, through a real server on 127.0.0.1:0. Tokens are made by a real
+//! JWT library (jsonwebtoken), or forged by hand where no library would make them.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use common::*;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt")).join(name)
+}
+
+fn fixture_str(name: &str) -> String {
+    fixture(name).display().to_string()
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn claims(scope: &str) -> Value {
+    json!({"sub": "alice", "scope": scope, "exp": now() + 300})
+}
+
+fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value, kid: Option<&str>) -> String {
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    encode(&header, claims, key).unwrap()
+}
+
+fn hs256(claims: &Value) -> String {
+    let secret = std::fs::read(fixture("hs256.secret")).unwrap();
+    sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(&secret),
+        claims,
+        None,
+    )
+}
+
+fn rs256(claims: &Value, kid: Option<&str>) -> String {
+    let key =
+        EncodingKey::from_rsa_pem(&std::fs::read(fixture("rsa-private.pem")).unwrap()).unwrap();
+    sign(Algorithm::RS256, &key, claims, kid)
+}
+
+fn es256(claims: &Value, kid: Option<&str>) -> String {
+    let key = EncodingKey::from_ec_pem(&std::fs::read(fixture("ec-private.pem")).unwrap()).unwrap();
+    sign(Algorithm::ES256, &key, claims, kid)
+}
+
+fn eddsa(claims: &Value, kid: Option<&str>) -> String {
+    let key =
+        EncodingKey::from_ed_pem(&std::fs::read(fixture("ed25519-private.pem")).unwrap()).unwrap();
+    sign(Algorithm::EdDSA, &key, claims, kid)
+}
+
+/// What an attacker sends when the library would not: `alg: none`, no signature.
+fn alg_none(claims: &Value) -> String {
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(claims)
+    )
+}
+
+async fn hs256_server(extra: &[&str]) -> (tempfile::TempDir, TestServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "auth.data", sample_lines());
+    let secret = fixture_str("hs256.secret");
+    let mut args = vec!["--jwt-hs256-secret-file", secret.as_str()];
+    args.extend_from_slice(extra);
+    let s = TestServer::start(&data, &args).await;
+    (dir, s)
+}
+
+async fn get_with(s: &TestServer, path: &str, auth: Option<&str>) -> reqwest::Response {
+    let mut req = s.client.get(s.url(path));
+    if let Some(value) = auth {
+        req = req.header("Authorization", value);
+    }
+    req.send().await.unwrap()
+}
+
+/// Asserts a 401 with the RFC 6750 challenge; `error` is the expected `error=` code.
+async fn unauthorized(resp: reqwest::Response, error: Option<&str>) -> Value {
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        challenge.starts_with(r#"Bearer realm="kvserve""#),
+        "{challenge}"
+    );
+    match error {
+        Some(code) => assert!(
+            challenge.contains(&format!(r#"error="{code}""#))
+                && challenge.contains("error_description="),
+            "{challenge}"
+        ),
+        None => assert!(!challenge.contains("error="), "{challenge}"),
+    }
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    let body = problem(resp, 401).await;
+    assert_eq!(body["type"], "urn:kvserve:problem:unauthorized");
+    body
+}
+
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[tokio::test]
+async fn hostile_tokens_are_refused_with_401() {
+    let (_dir, s) = hs256_server(&[]).await;
+    let path = format!("/v1/keys/{KEY}");
+    unauthorized(get_with(&s, &path, None).await, None).await;
+    for header in [
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic dXNlcjpwYXNz",
+        "Bearer garbage",
+        "Bearer a.b.c",
+        "bearer",
+    ] {
+        unauthorized(
+            get_with(&s, &path, Some(header)).await,
+            Some("invalid_token"),
+        )
+        .await;
+    }
+    let wrong_secret = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(b"not the secret"),
+        &claims("kv:read"),
+        None,
+    );
+    let body = unauthorized(
+        get_with(&s, &path, Some(&format!("Bearer {wrong_secret}"))).await,
+        Some("invalid_token"),
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("signature"),
+        "{body}"
+    );
+    unauthorized(
+        get_with(
+            &s,
+            &path,
+            Some(&format!("Bearer {}", alg_none(&claims("kv:read")))),
+        )
+        .await,
+        Some("invalid_token"),
+    )
+    .await;
+    // An RS256 token is not accepted by an HS256 server: the key pins the algorithm.
+    unauthorized(
+        get_with(
+            &s,
+            &path,
+            Some(&format!("Bearer {}", rs256(&claims("kv:read"), None))),
+        )
+        .await,
+        Some("invalid_token"),
+    )
+    .await;
+
+    let expired = hs256(&json!({"sub": "a", "scope": "kv:read", "exp": now() - 3600}));
+    let body = unauthorized(
+        get_with(&s, &path, Some(&format!("Bearer {expired}"))).await,
+        Some("invalid_token"),
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("expired"));
+    let not_yet =
+        hs256(&json!({"sub": "a", "scope": "kv:read", "exp": now() + 7200, "nbf": now() + 3600}));
+    unauthorized(
+        get_with(&s, &path, Some(&format!("Bearer {not_yet}"))).await,
+        Some("invalid_token"),
+    )
+    .await;
+    let no_exp = hs256(&json!({"sub": "a", "scope": "kv:read"}));
+    unauthorized(
+        get_with(&s, &path, Some(&format!("Bearer {no_exp}"))).await,
+        Some("invalid_token"),
+    )
+    .await;
+    // Within the leeway (30 s) a just-expired token still works.
+    let just_expired = hs256(&json!({"sub": "a", "scope": "kv:read", "exp": now() - 5}));
+    assert_eq!(
+        get_with(&s, &path, Some(&format!("Bearer {just_expired}")))
+            .await
+            .status(),
+        200
+    );
+
+    let huge = format!("Bearer {}", "a".repeat(10 * 1024));
+    unauthorized(
+        get_with(&s, &path, Some(&huge)).await,
+        Some("invalid_token"),
+    )
+    .await;
+    // A token in the query string is refused even next to a valid header.
+    let good = hs256(&claims("kv:read"));
+    let resp = s
+        .client
+        .get(s.url(&format!("{path}?access_token={good}")))
+        .bearer_auth(&good)
+        .send()
+        .await
+        .unwrap();
+    unauthorized(resp, Some("invalid_token")).await;
+
+    let text = s
+        .client
+        .get(s.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        series(
+            &text,
+            "kvserve_auth_failures_total{reason=\"missing_token\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(&text, "kvserve_auth_failures_total{reason=\"expired\"}"),
+        Some(1.0)
+    );
+    assert!(
+        series(
+            &text,
+            "kvserve_auth_failures_total{reason=\"invalid_token\"}"
+        )
+        .unwrap()
+            >= 14.0
+    );
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn scopes_guard_data_and_admin_routes() {
+    let (_dir, s) = hs256_server(&[]).await;
+    let read = format!("Bearer {}", hs256(&claims("kv:read")));
+    let admin_only = format!("Bearer {}", hs256(&claims("kv:admin")));
+    let both = format!(
+        "Bearer {}",
+        hs256(&json!({"sub": "ops", "scp": ["kv:read", "kv:admin"], "exp": now() + 60}))
+    );
+    let none = format!("Bearer {}", hs256(&claims("profile email")));
+
+    for path in [
+        format!("/v1/keys/{KEY}"),
+        format!("/v1/keys/{KEY}/value"),
+        format!("/get_value/{KEY}"),
+    ] {
+        assert_eq!(
+            get_with(&s, &path, Some(&read)).await.status(),
+            200,
+            "{path}"
+        );
+        assert_eq!(
+            get_with(&s, &path, Some(&both)).await.status(),
+            200,
+            "{path}"
+        );
+        for token in [&admin_only, &none] {
+            let resp = get_with(&s, &path, Some(token)).await;
+            let challenge = resp.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert!(
+                challenge.contains(r#"error="insufficient_scope""#)
+                    && challenge.contains(r#"scope="kv:read""#),
+                "{challenge}"
+            );
+            assert_eq!(
+                problem(resp, 403).await["type"],
+                "urn:kvserve:problem:forbidden"
+            );
+        }
+    }
+    let batch = s
+        .client
+        .post(s.url("/v1/keys/batch"))
+        .header("Authorization", &read)
+        .json(&json!({"keys": [KEY]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch.status(), 200);
+
+    // kv:read is not enough for /admin/*; kv:admin is.
+    let admin = |token: Option<&str>| {
+        let mut req = s.client.post(s.admin_url("/admin/cache/purge"));
+        if let Some(token) = token {
+            req = req.header("Authorization", token);
+        }
+        req.send()
+    };
+    unauthorized(admin(None).await.unwrap(), None).await;
+    problem(admin(Some(&read)).await.unwrap(), 403).await;
+    assert_eq!(admin(Some(&admin_only)).await.unwrap().status(), 200);
+    let dataset = s
+        .client
+        .get(s.admin_url("/admin/dataset"))
+        .header("Authorization", &read)
+        .send()
+        .await
+        .unwrap();
+    problem(dataset, 403).await;
+
+    // Probes, metrics and the docs stay open.
+    for url in [
+        s.admin_url("/livez"),
+        s.admin_url("/readyz"),
+        s.admin_url("/metrics"),
+        s.url("/openapi.json"),
+        s.url("/docs"),
+    ] {
+        assert_eq!(
+            s.client.get(&url).send().await.unwrap().status(),
+            200,
+            "{url}"
+        );
+    }
+    let text = s
+        .client
+        .get(s.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        series(
+            &text,
+            "kvserve_auth_failures_total{reason=\"insufficient_scope\"}"
+        )
+        .unwrap()
+            >= 8.0
+    );
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn public_keys_pin_their_algorithm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "pk.data", sample_lines());
+    let path = format!("/v1/keys/{KEY}");
+    let rsa_public_pem = std::fs::read(fixture("rsa-public.pem")).unwrap();
+    for (public, good, others) in [
+        (
+            "rsa-public.pem",
+            rs256(&claims("kv:read"), None),
+            vec![
+                es256(&claims("kv:read"), None),
+                eddsa(&claims("kv:read"), None),
+            ],
+        ),
+        (
+            "ec-public.pem",
+            es256(&claims("kv:read"), None),
+            vec![
+                rs256(&claims("kv:read"), None),
+                eddsa(&claims("kv:read"), None),
+            ],
+        ),
+        (
+            "ed25519-public.pem",
+            eddsa(&claims("kv:read"), None),
+            vec![
+                rs256(&claims("kv:read"), None),
+                es256(&claims("kv:read"), None),
+            ],
+        ),
+    ] {
+        let key = fixture_str(public);
+        let s = TestServer::start(&data, &["--jwt-public-key-file", &key]).await;
+        assert_eq!(
+            get_with(&s, &path, Some(&format!("Bearer {good}")))
+                .await
+                .status(),
+            200,
+            "{public}"
+        );
+        for other in others {
+            unauthorized(
+                get_with(&s, &path, Some(&format!("Bearer {other}"))).await,
+                Some("invalid_token"),
+            )
+            .await;
+        }
+        // The classic confusion attack: HS256 "signed" with the public key as the secret.
+        let confused = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(&std::fs::read(fixture(public)).unwrap()),
+            &claims("kv:read"),
+            None,
+        );
+        unauthorized(
+            get_with(&s, &path, Some(&format!("Bearer {confused}"))).await,
+            Some("invalid_token"),
+        )
+        .await;
+        unauthorized(
+            get_with(
+                &s,
+                &path,
+                Some(&format!("Bearer {}", alg_none(&claims("kv:read")))),
+            )
+            .await,
+            Some("invalid_token"),
+        )
+        .await;
+        s.stop().await.unwrap();
+    }
+    let forged = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(&rsa_public_pem),
+        &claims("kv:read"),
+        None,
+    );
+    assert!(!forged.is_empty());
+}
+
+#[tokio::test]
+async fn jwks_selects_the_key_by_kid() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "jwks.data", sample_lines());
+    let jwk = |file: &str, alg: Algorithm, kid: &str| {
+        let pem = std::fs::read(fixture(file)).unwrap();
+        let key = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem),
+            _ => EncodingKey::from_ed_pem(&pem),
+        }
+        .unwrap();
+        let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, alg).unwrap();
+        jwk.common.key_id = Some(kid.to_owned());
+        jwk
+    };
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    let set = jsonwebtoken::jwk::JwkSet {
+        keys: vec![
+            jwk("rsa-private.pem", Algorithm::RS256, "rsa-1"),
+            jwk("ec-private.pem", Algorithm::ES256, "ec-1"),
+            jwk("ed25519-private.pem", Algorithm::EdDSA, "ed-1"),
+        ],
+    };
+    let jwks = write_file(dir.path(), "keys.jwks", serde_json::to_vec(&set).unwrap());
+    let s = TestServer::start(
+        &data,
+        &[
+            "--jwt-jwks-file",
+            jwks.to_str().unwrap(),
+            "--jwt-issuer",
+            "https://issuer.test",
+            "--jwt-audience",
+            "kvserve",
+        ],
+    )
+    .await;
+    let path = format!("/v1/keys/{KEY}");
+    let ok = json!({"sub": "bob", "scope": "kv:read", "exp": now() + 60, "iss": "https://issuer.test", "aud": "kvserve"});
+    for token in [
+        rs256(&ok, Some("rsa-1")),
+        es256(&ok, Some("ec-1")),
+        eddsa(&ok, Some("ed-1")),
+    ] {
+        assert_eq!(
+            get_with(&s, &path, Some(&format!("Bearer {token}")))
+                .await
+                .status(),
+            200
+        );
+    }
+    let refused = [
+        (rs256(&ok, Some("nope")), "unknown key id"),
+        (rs256(&ok, None), "no `kid`"),
+        (rs256(&ok, Some("ec-1")), "not accepted"),
+        (
+            es256(
+                &json!({"sub": "b", "scope": "kv:read", "exp": now() + 60, "iss": "https://evil.test", "aud": "kvserve"}),
+                Some("ec-1"),
+            ),
+            "issuer",
+        ),
+        (
+            es256(
+                &json!({"sub": "b", "scope": "kv:read", "exp": now() + 60, "iss": "https://issuer.test", "aud": "other"}),
+                Some("ec-1"),
+            ),
+            "audience",
+        ),
+    ];
+    for (token, why) in refused {
+        let body = unauthorized(
+            get_with(&s, &path, Some(&format!("Bearer {token}"))).await,
+            Some("invalid_token"),
+        )
+        .await;
+        assert!(
+            body["detail"].as_str().unwrap().contains(why),
+            "{why}: {body}"
+        );
+    }
+    s.stop().await.unwrap();
+}
+
+#[test]
+fn kvserve_token_mints_a_token_the_server_accepts() {
+    let run = |scope: &str| {
+        let out = std::process::Command::new(binary())
+            .args([
+                "token",
+                "--secret-file",
+                &fixture_str("hs256.secret"),
+                "--scope",
+                scope,
+                "--ttl",
+                "5m",
+                "--sub",
+                "cli",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (read, admin) = (run("kv:read"), run("kv:admin"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (_dir, s) = hs256_server(&[]).await;
+        let path = format!("/v1/keys/{KEY}");
+        assert_eq!(
+            get_with(&s, &path, Some(&format!("Bearer {read}")))
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(
+            get_with(&s, &path, Some(&format!("Bearer {admin}")))
+                .await
+                .status(),
+            403
+        );
+        s.stop().await.unwrap();
+    });
+}
+
+#[test]
+fn bad_auth_configuration_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "c.data", sample_lines());
+    let not_a_key = write_file(dir.path(), "not-a-key.pem", "hello");
+    let empty = write_file(dir.path(), "empty.secret", "");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--jwt-public-key-file".into(),
+                not_a_key.display().to_string(),
+            ],
+            "not a PEM public key",
+        ),
+        (
+            vec![
+                "--jwt-hs256-secret-file".into(),
+                empty.display().to_string(),
+            ],
+            "secret is empty",
+        ),
+        (
+            vec![
+                "--jwt-hs256-secret-file".into(),
+                dir.path().join("missing").display().to_string(),
+            ],
+            "cannot read",
+        ),
+        (
+            vec!["--jwt-jwks-file".into(), not_a_key.display().to_string()],
+            "not a JWKS",
+        ),
+        (
+            vec![
+                "--jwt-hs256-secret-file".into(),
+                fixture_str("hs256.secret"),
+                "--jwt-public-key-file".into(),
+                fixture_str("rsa-public.pem"),
+            ],
+            "one JWT key source",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = std::process::Command::new(binary())
+            .args([
+                "--data",
+                data.to_str().unwrap(),
+                "--addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+            ])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+        assert!(
+            !stderr.contains(&std::fs::read_to_string(fixture("hs256.secret")).unwrap()),
+            "secrets never printed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_burst_over_the_limit_gets_429_with_headers_and_refills() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "rl.data", sample_lines());
+    let s = TestServer::start(
+        &data,
+        &[
+            "--rate-limit",
+            "5",
+            "--rate-limit-burst",
+            "5",
+            "--trust-forwarded-for",
+        ],
+    )
+    .await;
+    let from = |client: &'static str| {
+        s.client
+            .get(s.url(&format!("/v1/keys/{KEY}")))
+            .header("X-Forwarded-For", client)
+            .send()
+    };
+    for i in 0..5 {
+        let resp = from("192.0.2.1").await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(resp.headers()["ratelimit-policy"], "\"default\";q=5;w=1");
+        let state = resp.headers()["ratelimit"].to_str().unwrap().to_owned();
+        assert!(
+            state.starts_with(&format!("\"default\";r={};t=", 4 - i)),
+            "{state}"
+        );
+    }
+    let resp = from("192.0.2.1").await.unwrap();
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    assert!(resp.headers()["ratelimit"]
+        .to_str()
+        .unwrap()
+        .starts_with("\"default\";r=0;t="));
+    assert_eq!(
+        problem(resp, 429).await["type"],
+        "urn:kvserve:problem:rate-limited"
+    );
+    // Another client is unaffected.
+    assert_eq!(from("192.0.2.2").await.unwrap().status(), 200);
+    // The bucket refills at 5 per second.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(from("192.0.2.1").await.unwrap().status(), 200);
+    let text = s
+        .client
+        .get(s.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(series(&text, "kvserve_rate_limited_total"), Some(1.0));
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_auth_the_limit_is_per_subject() {
+    let (_dir, s) = hs256_server(&["--rate-limit", "2", "--rate-limit-burst", "2"]).await;
+    let path = format!("/v1/keys/{KEY}");
+    let alice = format!(
+        "Bearer {}",
+        hs256(&json!({"sub": "alice", "scope": "kv:read", "exp": now() + 60}))
+    );
+    let bob = format!(
+        "Bearer {}",
+        hs256(&json!({"sub": "bob", "scope": "kv:read", "exp": now() + 60}))
+    );
+    for _ in 0..2 {
+        assert_eq!(get_with(&s, &path, Some(&alice)).await.status(), 200);
+    }
+    assert_eq!(get_with(&s, &path, Some(&alice)).await.status(), 429);
+    assert_eq!(
+        get_with(&s, &path, Some(&bob)).await.status(),
+        200,
+        "same address, other subject"
+    );
+    s.stop().await.unwrap();
+}
+
+/// 100k forged `X-Forwarded-For` addresses: without `--trust-forwarded-for` they are
+/// one client; with it, each gets state, and pruning gives the memory back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_forwarded_for_floods_stay_bounded() {
+    const CLIENTS: u32 = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "xff.data", sample_lines());
+    let flood = |s: &TestServer| {
+        let tasks: Vec<_> = (0..8u32)
+            .map(|worker| {
+                let (client, url) = (s.client.clone(), s.url("/get_value/not-a-key"));
+                tokio::spawn(async move {
+                    let mut limited = 0u32;
+                    for n in (worker..CLIENTS).step_by(8) {
+                        let forged = format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255);
+                        let resp = client
+                            .get(&url)
+                            .header("X-Forwarded-For", forged)
+                            .send()
+                            .await
+                            .unwrap();
+                        limited += u32::from(resp.status() == 429);
+                    }
+                    limited
+                })
+            })
+            .collect();
+        async move {
+            let mut limited = 0;
+            for task in tasks {
+                limited += task.await.unwrap();
+            }
+            limited
+        }
+    };
+
+    let s = TestServer::start(
+        &data,
+        &["--rate-limit", "1000", "--rate-limit-burst", "100"],
+    )
+    .await;
+    let limited = flood(&s).await;
+    let limiter = s.state.rate_limit.as_ref().unwrap();
+    assert_eq!(
+        limiter.tracked_clients(),
+        1,
+        "forged addresses are ignored without --trust-forwarded-for"
+    );
+    assert!(
+        limited > 0,
+        "one client sending {CLIENTS} requests at once hits the limit"
+    );
+    s.stop().await.unwrap();
+
+    let s = TestServer::start(
+        &data,
+        &[
+            "--rate-limit",
+            "1000",
+            "--rate-limit-burst",
+            "100",
+            "--trust-forwarded-for",
+        ],
+    )
+    .await;
+    let limited = flood(&s).await;
+    assert_eq!(limited, 0, "each forged client sent one request");
+    let limiter = s.state.rate_limit.as_ref().unwrap();
+    // Each forged client got state (the 10 s pruning timer may already have dropped some).
+    assert!(limiter.tracked_clients() > 0);
+    tokio::time::sleep(Duration::from_millis(200)).await; // every bucket refills in 1 ms
+    limiter.prune();
+    assert_eq!(
+        limiter.tracked_clients(),
+        0,
+        "pruning drops every refilled client"
+    );
+    s.stop().await.unwrap();
+}
+
+/// Starts `POST /v1/keys/batch` and sends only part of the body, so the request stays
+/// in flight until `finish` is called.
+fn slow_request(addr: std::net::SocketAddr) -> (TcpStream, String) {
+    let body = format!(r#"{{"keys": ["{KEY}"]}}"#);
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "POST /v1/keys/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}", body.len(), &body[..3]).unwrap();
+    (stream, body[3..].to_owned())
+}
+
+fn read_status(stream: &mut TcpStream) -> u16 {
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_max_in_flight_get_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "shed.data", sample_lines());
+    let s = TestServer::start(&data, &["--max-in-flight", "2"]).await;
+    let api = s.api;
+    let statuses = tokio::task::spawn_blocking(move || {
+        let mut held: Vec<(TcpStream, String)> = (0..2).map(|_| slow_request(api)).collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut refused: Vec<u16> = (0..3)
+            .map(|_| read_status(&mut slow_request(api).0))
+            .collect();
+        refused.push(http_status(api, &format!("/v1/keys/{KEY}")).unwrap_or(0));
+        let finished: Vec<u16> = held
+            .iter_mut()
+            .map(|(stream, rest)| {
+                stream.write_all(rest.as_bytes()).unwrap();
+                read_status(stream)
+            })
+            .collect();
+        (refused, finished)
+    })
+    .await
+    .unwrap();
+    assert_eq!(statuses.0, vec![503, 503, 503, 503], "over the limit");
+    assert_eq!(statuses.1, vec![200, 200], "the requests in flight finish");
+    let resp = s.get(&format!("/v1/keys/{KEY}")).await;
+    assert_eq!(resp.status(), 200, "capacity is back");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_answers_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "rt.data", sample_lines());
+    let s = TestServer::start(&data, &["--request-timeout", "300ms"]).await;
+    let api = s.api;
+    let (status, elapsed) = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let (mut stream, _) = slow_request(api);
+        (read_status(&mut stream), started.elapsed())
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(5),
+        "{elapsed:?}"
+    );
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_are_closed_while_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "sl.data", sample_lines());
+    let s = TestServer::start(&data, &["--header-read-timeout", "1s"]).await;
+    let api = s.api;
+    let slow = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(api).unwrap();
+        let started = Instant::now();
+        let head = format!(
+            "GET /v1/keys/{KEY} HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\n\r\n",
+            "y".repeat(40)
+        );
+        for byte in head.bytes() {
+            if stream.write_all(&[byte]).is_err() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            if started.elapsed() > Duration::from_secs(8) {
+                return None;
+            }
+        }
+        None
+    });
+    // Meanwhile normal clients are served.
+    for _ in 0..10 {
+        assert_eq!(s.get(&format!("/v1/keys/{KEY}")).await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closed_after = slow
+        .await
+        .unwrap()
+        .expect("the trickling connection was not closed");
+    assert!(closed_after < Duration::from_secs(4), "{closed_after:?}");
+    // A client that connects and sends nothing is closed too.
+    let idle = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(api).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        matches!(stream.read(&mut buf), Ok(0) | Err(_))
+    });
+    assert!(idle.await.unwrap());
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_connections_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "mc.data", sample_lines());
+    let s = TestServer::start(&data, &["--max-connections", "2"]).await;
+    let api = s.api;
+    let ok = tokio::task::spawn_blocking(move || {
+        let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(api).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut extra = TcpStream::connect(api).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = write!(extra, "GET /livez HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut buf = [0u8; 16];
+        let refused = matches!(extra.read(&mut buf), Ok(0) | Err(_));
+        drop(held);
+        std::thread::sleep(Duration::from_millis(300));
+        (refused, http_status(api, &format!("/v1/keys/{KEY}")))
+    })
+    .await
+    .unwrap();
+    assert!(ok.0, "the third connection is closed at once");
+    assert_eq!(ok.1, Some(200), "a freed slot takes new connections");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn oversized_bodies_and_uris_are_refused_before_parsing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "lim.data", sample_lines());
+    let s = TestServer::start(&data, &[]).await;
+    let api = s.api;
+    // A 2 MiB body is refused from its Content-Length alone, before a byte of it is sent.
+    let status = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(api).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(stream, "POST /v1/keys/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", 2 << 20).unwrap();
+        read_status(&mut stream)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 413);
+    let long = format!("/v1/keys/{}", "a".repeat(20 * 1024));
+    assert_eq!(
+        problem(s.get(&long).await, 414).await["type"],
+        "urn:kvserve:problem:uri-too-long"
+    );
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_answer_says_nosniff() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "ns.data", sample_lines());
+    let s = TestServer::start(&data, &[]).await;
+    for url in [
+        s.url(&format!("/v1/keys/{KEY}")),
+        s.url("/nope"),
+        s.url("/docs"),
+        s.admin_url("/metrics"),
+        s.admin_url("/nope"),
+    ] {
+        let resp = s.client.get(&url).send().await.unwrap();
+        assert_eq!(resp.headers()["x-content-type-options"], "nosniff", "{url}");
+    }
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_open_admin_listener_needs_auth_or_admin_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "adm.data", sample_lines());
+    let parse = |extra: &[&str]| {
+        let mut args = vec![
+            "kvserve",
+            "--data",
+            data.to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "0.0.0.0:0",
+        ];
+        args.extend_from_slice(extra);
+        <kvserve::cli::Cli as clap::Parser>::try_parse_from(args)
+            .unwrap()
+            .serve
+    };
+    let err = kvserve::App::bind(&parse(&[]))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("--admin-insecure"), "{err}");
+    assert!(kvserve::App::bind(&parse(&["--admin-insecure"]))
+        .await
+        .is_ok());
+    let secret = fixture_str("hs256.secret");
+    assert!(
+        kvserve::App::bind(&parse(&["--jwt-hs256-secret-file", &secret]))
+            .await
+            .is_ok()
+    );
+}
