@@ -6,8 +6,11 @@
                   status, Content-Type and body bytes, for good and bad keys alike
   schemathesis    property-based requests generated from openapi/openapi.json; every
                   answer must match the spec (status, content type, schema, headers)
-  swagger-ui      a real Chromium opens /docs, runs "Try it out" on GET /v1/keys/{key}
-                  and sees the value (tests/external/browser/swagger.mjs)
+  swagger-ui      a real Chromium opens /docs of a server with auth on, enters a token
+                  with Swagger UI's Authorize button, runs "Try it out" on
+                  GET /v1/keys/{key} and sees the value (tests/external/browser/swagger.mjs)
+  jwt-interop     tokens made by PyJWT (HS256, RS256, ES256, EdDSA) are accepted, and
+                  PyJWT-made attacks (alg none, key confusion, expiry, scope) refused
   promtool        `promtool check metrics` accepts what /metrics serves
   prometheus      a real Prometheus scrapes kvserve, counts what was sent, and every
                   PromQL expression of grafana/kvserve.json returns data
@@ -33,6 +36,8 @@ import prometheus_check
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 KEY = "72cf48f7-d604-4423-b012-4e2329f5117b"
+KEYS = ROOT / "tests" / "fixtures" / "jwt"
+SECRET = KEYS / "hs256.secret"
 
 
 def free_port() -> int:
@@ -65,12 +70,12 @@ def wait_for(url: str, want: int = 200, seconds: float = 30) -> None:
 class Kvserve:
     """kvserve on two free loopback ports, stopped with SIGTERM on exit."""
 
-    def __init__(self, binary: str, data: Path):
+    def __init__(self, binary: str, data: Path, extra: tuple[str, ...] = ()):
         self.api, self.admin = free_port(), free_port()
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [binary, "--data", str(data), "--addr", f"127.0.0.1:{self.api}",
-             "--admin-addr", f"127.0.0.1:{self.admin}"],
+             "--admin-addr", f"127.0.0.1:{self.admin}", *extra],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         wait_for(f"http://127.0.0.1:{self.admin}/readyz")
@@ -126,12 +131,22 @@ def legacy_compat(binary: str) -> None:
             old.wait(timeout=10)
 
 
+def mint(binary: str, scope: str = "kv:read") -> str:
+    """A token from `kvserve token`, the way the README tells people to make one."""
+    out = subprocess.run([binary, "token", "--secret-file", str(SECRET), "--scope", scope, "--ttl", "15m"],
+                         capture_output=True, check=True)
+    return out.stdout.decode().strip()
+
+
 def schemathesis(binary: str) -> None:
-    with Kvserve(binary, ROOT / "data" / "sample.data") as server:
+    # With auth on, as the spec declares: schemathesis also checks that requests
+    # without the token, or with a broken one, are refused.
+    with Kvserve(binary, ROOT / "data" / "sample.data", ("--jwt-hs256-secret-file", str(SECRET))) as server:
         # One worker: CPython 3.11's parser is not thread-safe for the AST walks
         # hypothesis does when several workers describe strategies at once.
         subprocess.run(
             ["schemathesis", "run", str(ROOT / "openapi" / "openapi.json"), "--url", server.url,
+             "--header", f"Authorization: Bearer {mint(binary)}",
              "--checks", "all", "--max-examples", "100", "--seed", "1", "--workers", "1",
              "--max-time", "60"],
             check=True,
@@ -140,8 +155,62 @@ def schemathesis(binary: str) -> None:
 
 def swagger_ui(binary: str) -> None:
     browser = HERE / "browser"
-    with Kvserve(binary, ROOT / "data" / "sample.data") as server:
-        subprocess.run(["node", str(browser / "swagger.mjs"), server.url, KEY], check=True, cwd=browser)
+    with Kvserve(binary, ROOT / "data" / "sample.data", ("--jwt-hs256-secret-file", str(SECRET))) as server:
+        subprocess.run(["node", str(browser / "swagger.mjs"), server.url, KEY, mint(binary)], check=True, cwd=browser)
+
+
+def jwt_interop(binary: str) -> None:
+    import base64
+    import hashlib
+    import hmac
+    import json as jsonlib
+
+    import jwt  # PyJWT
+
+    now = int(time.time())
+    good = {"sub": "pyjwt", "scope": "kv:read", "exp": now + 300}
+    path = f"/get_value/{KEY}"
+
+    def status(server: Kvserve, token: str) -> int:
+        request = urllib.request.Request(server.url + path, headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    def hs256_with(secret: bytes, claims: dict) -> str:
+        # PyJWT refuses a PEM key as an HMAC secret; an attacker signs by hand.
+        signing_input = b64(jsonlib.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(jsonlib.dumps(claims).encode())
+        return signing_input + "." + b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())
+
+    # (algorithm, server flags, signing key, public key an attacker would abuse)
+    servers = [("HS256", ("--jwt-hs256-secret-file", str(SECRET)), SECRET.read_bytes().strip(), None)]
+    for alg, stem in [("RS256", "rsa"), ("ES256", "ec"), ("EdDSA", "ed25519")]:
+        public = KEYS / f"{stem}-public.pem"
+        servers.append((alg, ("--jwt-public-key-file", str(public)), (KEYS / f"{stem}-private.pem").read_bytes(), public.read_bytes()))
+    for alg, flags, signing_key, public in servers:
+        name = alg
+        with Kvserve(binary, ROOT / "data" / "sample.data", flags) as server:
+            cases = [
+                ("valid", jwt.encode(good, signing_key, algorithm=alg), 200),
+                ("scp array", jwt.encode({"sub": "p", "scp": ["kv:read"], "exp": now + 300}, signing_key, algorithm=alg), 200),
+                ("alg none", jwt.encode(good, None, algorithm="none"), 401),
+                ("expired", jwt.encode({**good, "exp": now - 3600}, signing_key, algorithm=alg), 401),
+                ("not yet valid", jwt.encode({**good, "nbf": now + 3600}, signing_key, algorithm=alg), 401),
+                ("no scope", jwt.encode({"sub": "p", "exp": now + 300}, signing_key, algorithm=alg), 403),
+                ("admin scope only", jwt.encode({**good, "scope": "kv:admin"}, signing_key, algorithm=alg), 403),
+            ]
+            if public is not None:
+                cases.append(("HS256 with the public key as secret", hs256_with(public, good), 401))
+            for label, token, want in cases:
+                got = status(server, token)
+                if got != want:
+                    raise AssertionError(f"{name} server, {label} token: got {got}, want {want}")
+            print(f"  {name}: {len(cases)} PyJWT tokens answered as expected")
 
 
 def promtool(binary: str) -> None:
@@ -160,6 +229,7 @@ CHECKS = {
     "legacy-compat": legacy_compat,
     "schemathesis": schemathesis,
     "swagger-ui": swagger_ui,
+    "jwt-interop": jwt_interop,
     "promtool": promtool,
     "prometheus": prometheus_check.check,
 }

@@ -1,9 +1,10 @@
-// Opens Swagger UI at /docs in a real Chromium, runs "Try it out" on GET /v1/keys/{key}
-// with the example key, and checks the answer the page shows. Exits non-zero on failure.
-// Usage: node swagger.mjs BASE_URL KEY
+// Opens Swagger UI at /docs in a real Chromium, enters TOKEN with the Authorize button,
+// runs "Try it out" on GET /v1/keys/{key} with the example key, and checks the answer
+// the page shows. Exits non-zero on failure.
+// Usage: node swagger.mjs BASE_URL KEY TOKEN
 import { chromium } from "playwright-core";
 
-const [base, key] = process.argv.slice(2);
+const [base, key, token] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: [
@@ -37,6 +38,12 @@ try {
   if ((await page.locator("#operations-Legacy-legacyGetValue.opblock-deprecated").count()) !== 1) {
     await fail("the legacy route is not shown as deprecated");
   }
+  // Authorize: the dialog of the bearer scheme takes the token for every operation.
+  await page.locator(".auth-wrapper .authorize").click();
+  const dialog = page.locator(".dialog-ux");
+  await dialog.locator("input").first().fill(token);
+  await dialog.locator("button", { hasText: "Authorize" }).click();
+  await dialog.locator("button", { hasText: "Close" }).click();
   await op.locator(".opblock-summary").click();
   await op.getByRole("button", { name: "Try it out" }).click();
   const input = op.locator('input[placeholder="key"]');
