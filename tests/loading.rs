@@ -483,3 +483,71 @@ fn big_files_log_progress_with_a_rate() {
         "{percents:?}"
     );
 }
+
+#[tokio::test]
+async fn mmap_storage_serves_the_same_answers_and_holds_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let contents = [
+        b"\xEF\xBB\xBF".as_slice(),
+        format!("{KEY} {VALUE}\r\n\r\n{KEY2} {VALUE2}\n{MISSING} last").as_bytes(),
+    ]
+    .concat();
+    let path = write_file(dir.path(), "mapped.data", contents);
+    let memory = TestServer::start(&path, &["--storage", "memory"]).await;
+    let mapped = TestServer::start(&path, &["--storage", "mmap"]).await;
+    for key in [KEY, KEY2, MISSING, "11111111-1111-4111-8111-111111111111"] {
+        for route in [
+            format!("/v1/keys/{key}"),
+            format!("/v1/keys/{key}/value"),
+            format!("/get_value/{key}"),
+        ] {
+            let a = memory.get(&route).await;
+            let b = mapped.get(&route).await;
+            assert_eq!(a.status(), b.status(), "{route}");
+            assert_eq!(
+                a.bytes().await.unwrap(),
+                b.bytes().await.unwrap(),
+                "{route}"
+            );
+        }
+    }
+    assert_eq!(
+        mapped
+            .get(&format!("/v1/keys/{MISSING}/value"))
+            .await
+            .text()
+            .await
+            .unwrap(),
+        "last"
+    );
+    // The mapping holds the shared lock: a publisher cannot lock the file exclusively.
+    let publisher = File::open(&path).unwrap();
+    assert!(
+        publisher.try_lock().is_err(),
+        "mmap storage keeps its shared lock"
+    );
+    memory.stop().await.unwrap();
+    mapped.stop().await.unwrap();
+    // Once the server (and its mapping) is gone, the lock is free.
+    assert!(publisher.try_lock().is_ok());
+}
+
+#[test]
+fn mmap_storage_refuses_bad_files_the_same_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write_file(dir.path(), "bad.data", format!("{KEY} ok\nbroken line\n"));
+    refused(
+        &bad,
+        &["--storage", "mmap"],
+        &["bad.data:2:", "36-character"],
+    );
+    let dup = write_file(dir.path(), "dup.data", format!("{KEY} a\n{KEY} b\n"));
+    refused(
+        &dup,
+        &["--storage", "mmap"],
+        &["dup.data:2:", "duplicate key"],
+    );
+    let good = write_file(dir.path(), "good.data", sample_lines());
+    let (ok, text) = verify(&good, &["--storage", "mmap"]);
+    assert!(ok && text.contains("keys:            4"), "{text}");
+}

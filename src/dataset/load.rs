@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use dashmap::{mapref::entry::Entry, DashMap};
+use dashmap::mapref::entry::Entry;
 
-use super::format::{self, LineError, Record, KEY_LEN};
+use super::format::{self, LineError, KEY_LEN};
+use super::index::{self, Index, Key, ValueAt};
 use super::integrity::{self, FileStamp};
-use super::{Dataset, DatasetInfo, LoadError, LoadOptions, Loc, OnDuplicate, MAX_FILE_LEN};
-
-type Index = DashMap<u128, Loc, ahash::RandomState>;
+use super::mapped::MappedFile;
+use super::{Dataset, DatasetInfo, LoadError, LoadOptions, OnDuplicate, Storage, MAX_FILE_LEN};
 
 /// Files at least this big get progress logs; smaller ones load in well under a second.
 const PROGRESS_MIN_BYTES: usize = 64 << 20;
@@ -58,12 +58,24 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset, LoadError> {
             len: before.len,
         });
     }
-    let mut buf = Vec::with_capacity(before.len as usize + 1);
-    (&file).read_to_end(&mut buf).map_err(read_err)?;
-    integrity::check_unchanged(&file, path, &before)?;
-    // Memory storage has its own copy now; the publisher may take its lock.
-    drop(file);
+    // Memory storage reads the file and releases it (and its lock) at once; mmap
+    // storage keeps it mapped, checks for changes after parsing, and holds the lock.
+    let (buf, mapped) = match opts.storage {
+        Storage::Memory => {
+            let mut buf = Vec::with_capacity(before.len as usize + 1);
+            (&file).read_to_end(&mut buf).map_err(read_err)?;
+            integrity::check_unchanged(&file, path, &before)?;
+            drop(file);
+            (Bytes::from(buf), None)
+        }
+        Storage::Mmap => {
+            let probe = file.try_clone().map_err(read_err)?;
+            let mapped = MappedFile::map(file, path)?;
+            (mapped.bytes(), Some((mapped, probe)))
+        }
+    };
 
+    let read_done = Instant::now();
     let sha256 = match integrity::expected_sha256(path, opts.sha256.as_deref())? {
         Some((expected, source)) => {
             let actual = integrity::sha256_hex(&buf);
@@ -81,7 +93,13 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset, LoadError> {
     };
     let version = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&buf));
 
+    let hashed = Instant::now();
     let parsed = parse(&buf, path, opts)?;
+    let parse_done = Instant::now();
+    if let Some((mapped, probe)) = mapped {
+        integrity::check_unchanged(&probe, path, &before)?;
+        mapped.expect_random_access();
+    }
     if parsed.index.is_empty() && !opts.allow_empty {
         return Err(LoadError::Empty {
             path: path.to_path_buf(),
@@ -100,6 +118,13 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset, LoadError> {
         duplicate_lines: parsed.duplicates,
         generation: 0,
     };
+    // Where the time went, for profiling loads of big files (`--log-level kvserve=debug`).
+    tracing::debug!(
+        open_and_read = ?(read_done - started),
+        checksums = ?(hashed - read_done),
+        parse_and_index = ?(parse_done - hashed),
+        "load phases"
+    );
     tracing::info!(
         keys = info.keys,
         bytes = info.bytes,
@@ -110,7 +135,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset, LoadError> {
         "data file loaded"
     );
     Ok(Dataset {
-        bytes: Bytes::from(buf),
+        bytes: buf,
         index: parsed.index,
         info,
     })
@@ -132,6 +157,10 @@ enum Failure {
 
 #[derive(Default)]
 struct ChunkResult {
+    /// Which chunk this is: results are merged in file order.
+    chunk: usize,
+    /// The chunk's records, one list per index shard, in file order.
+    records: Vec<Vec<(Key, ValueAt)>>,
     /// Line start offset and what was wrong with that line.
     first_error: Option<(usize, Failure)>,
     skipped: u64,
@@ -175,10 +204,7 @@ fn parse(bytes: &[u8], path: &Path, opts: &LoadOptions) -> Result<Parsed, LoadEr
         threads
     };
     let chunks = split_lines(bytes, body_start, threads * CHUNKS_PER_THREAD);
-    let index = Index::with_capacity_and_hasher(
-        estimate_lines(&bytes[body_start..]),
-        ahash::RandomState::new(),
-    );
+    let index = index::new_index(estimate_lines(&bytes[body_start..]));
     let shared = Shared {
         bytes,
         index: &index,
@@ -189,7 +215,9 @@ fn parse(bytes: &[u8], path: &Path, opts: &LoadOptions) -> Result<Parsed, LoadEr
     };
     let next_chunk = AtomicUsize::new(0);
 
-    let results: Vec<ChunkResult> = std::thread::scope(|scope| {
+    // Phase 1: parse chunks in parallel into per-shard lists. No locks, and memory is
+    // read and written sequentially.
+    let mut results: Vec<ChunkResult> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
@@ -199,7 +227,9 @@ fn parse(bytes: &[u8], path: &Path, opts: &LoadOptions) -> Result<Parsed, LoadEr
                         let Some(&(start, end)) = chunks.get(i) else {
                             break;
                         };
-                        results.push(parse_chunk(&shared, start, end));
+                        let mut result = parse_chunk(&shared, start, end);
+                        result.chunk = i;
+                        results.push(result);
                     }
                     results
                 })
@@ -216,20 +246,32 @@ fn parse(bytes: &[u8], path: &Path, opts: &LoadOptions) -> Result<Parsed, LoadEr
             })
             .collect()
     });
+    results.sort_by_key(|result| result.chunk);
+
+    // Phase 2: each thread fills whole shards. One shard's table is a small part of
+    // the index, so inserts hit the CPU cache instead of missing on every key, and no
+    // two threads ever want the same shard lock.
+    let shard_results = index_shards(&shared, &results, threads);
 
     let mut skipped = 0;
     let mut duplicates = 0;
     let mut first_error: Option<(usize, Failure)> = None;
     let mut samples = Vec::new();
-    for result in results {
-        skipped += result.skipped;
-        duplicates += result.duplicates;
-        samples.extend(result.skipped_samples);
-        if let Some((at, failure)) = result.first_error {
+    let mut consider = |error: Option<(usize, Failure)>| {
+        if let Some((at, failure)) = error {
             if first_error.as_ref().is_none_or(|(best, _)| at < *best) {
                 first_error = Some((at, failure));
             }
         }
+    };
+    for result in results {
+        skipped += result.skipped;
+        samples.extend(result.skipped_samples);
+        consider(result.first_error);
+    }
+    for result in shard_results {
+        duplicates += result.duplicates;
+        consider(result.first_error);
     }
     if let Some((offset, failure)) = first_error {
         return Err(to_load_error(bytes, path, offset, failure));
@@ -242,6 +284,41 @@ fn parse(bytes: &[u8], path: &Path, opts: &LoadOptions) -> Result<Parsed, LoadEr
     })
 }
 
+/// Inserts every chunk's records into the index, shard by shard, on `threads` threads.
+fn index_shards(shared: &Shared<'_>, chunks: &[ChunkResult], threads: usize) -> Vec<ChunkResult> {
+    let shard_count = shared.index.shards().len();
+    let next_shard = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut result = ChunkResult::default();
+                    loop {
+                        let shard = next_shard.fetch_add(1, Ordering::Relaxed);
+                        if shard >= shard_count {
+                            break;
+                        }
+                        let records = chunks
+                            .iter()
+                            .flat_map(|chunk| chunk.records.get(shard).into_iter().flatten());
+                        for &(key, at) in records {
+                            insert(shared, &mut result, key, at);
+                        }
+                    }
+                    result
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
 /// Parses the lines in `bytes[start..end]` (both line boundaries).
 fn parse_chunk(shared: &Shared<'_>, start: usize, end: usize) -> ChunkResult {
     let bytes = shared.bytes;
@@ -251,13 +328,15 @@ fn parse_chunk(shared: &Shared<'_>, start: usize, end: usize) -> ChunkResult {
     let mut line_start = start;
     let mut lines_since_report = 0u64;
     let mut reported_at = start;
+    // One iterator over the chunk's line feeds: a `memchr` call per line would pay the
+    // search set-up once per 70-byte line.
+    let mut line_feeds = memchr::memchr_iter(b'\n', &bytes[start..end]).map(|n| start + n);
 
     while line_start < end {
         if line_start > shared.earliest_error.load(Ordering::Relaxed) {
             break; // an earlier error exists; nothing found here could be reported
         }
-        let line_end =
-            memchr::memchr(b'\n', &bytes[line_start..end]).map_or(end, |n| line_start + n);
+        let line_end = line_feeds.next().unwrap_or(end);
         let next = (line_end + 1).min(end);
         let line = &bytes[line_start..line_end];
 
@@ -269,7 +348,14 @@ fn parse_chunk(shared: &Shared<'_>, start: usize, end: usize) -> ChunkResult {
         };
         match parsed {
             Ok(None) => {}
-            Ok(Some(record)) => insert(shared, &mut result, line_start, record),
+            Ok(Some(record)) => {
+                let key = Key::new(record.key);
+                let shard = shared.index.determine_map(&key);
+                if result.records.is_empty() {
+                    result.records = vec![Vec::new(); shared.index.shards().len()];
+                }
+                result.records[shard].push((key, ValueAt::new(line_start + record.value_start)));
+            }
             Err(err) if opts.skip_invalid => {
                 result.skipped += 1;
                 if result.skipped_samples.len() < SKIPPED_SAMPLES {
@@ -305,15 +391,14 @@ fn parse_chunk(shared: &Shared<'_>, start: usize, end: usize) -> ChunkResult {
     result
 }
 
-fn insert(shared: &Shared<'_>, result: &mut ChunkResult, line_start: usize, record: Record) {
-    let loc = Loc::new(line_start + record.value_start, record.value_len);
-    match shared.index.entry(record.key) {
+fn insert(shared: &Shared<'_>, result: &mut ChunkResult, key: Key, loc: ValueAt) {
+    match shared.index.entry(key) {
         Entry::Vacant(slot) => {
             slot.insert(loc);
         }
         Entry::Occupied(mut slot) => {
             let existing = *slot.get();
-            let (earlier, later) = if existing.offset() < loc.offset() {
+            let (earlier, later) = if existing < loc {
                 (existing, loc)
             } else {
                 (loc, existing)
@@ -325,7 +410,7 @@ fn insert(shared: &Shared<'_>, result: &mut ChunkResult, line_start: usize, reco
                         later.offset() - KEY_LEN - 1,
                         Failure::Duplicate {
                             first_offset: earlier.offset() - KEY_LEN - 1,
-                            key: record.key,
+                            key: key.get(),
                         },
                         shared,
                     );
@@ -343,8 +428,15 @@ fn insert(shared: &Shared<'_>, result: &mut ChunkResult, line_start: usize, reco
 }
 
 /// Offset of the first byte of `bytes[from..end]` that is not valid UTF-8, or `usize::MAX`.
+///
+/// `simdutf8` checks valid text several times faster than `std`; only when it finds a
+/// problem does `std` run again to say where.
 fn first_invalid_utf8(bytes: &[u8], from: usize, end: usize) -> usize {
-    match std::str::from_utf8(&bytes[from..end]) {
+    let chunk = &bytes[from..end];
+    if simdutf8::basic::from_utf8(chunk).is_ok() {
+        return usize::MAX;
+    }
+    match std::str::from_utf8(chunk) {
         Ok(_) => usize::MAX,
         Err(err) => from + err.valid_up_to(),
     }

@@ -7,24 +7,24 @@
 
 pub mod format;
 pub mod gen;
+pub mod index;
 pub mod integrity;
 mod load;
+mod mapped;
 
 use std::path::PathBuf;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use dashmap::DashMap;
 
 pub use format::LineError;
 pub use load::load;
 
-/// The largest value the packed index can address (16 MiB - 1); `--max-line-bytes`
-/// is capped below it.
-pub const MAX_VALUE_LEN: usize = (1 << Loc::LEN_BITS) - 1;
+/// The highest `--max-line-bytes` accepted (16 MiB - 1): a bound on what one request
+/// can make the server send, not a limit of the index.
+pub const MAX_VALUE_LEN: usize = (1 << 24) - 1;
 
-/// The largest data file the packed index can address (1 TiB).
-pub const MAX_FILE_LEN: u64 = 1 << Loc::OFFSET_BITS;
+pub use index::MAX_FILE_LEN;
 
 /// What to do when a key appears on two lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
@@ -46,6 +46,9 @@ pub enum Storage {
     /// The file is read into one contiguous buffer that holds every value.
     #[default]
     Memory,
+    /// Values are read from the memory-mapped file, for data larger than RAM; the
+    /// shared lock is held for as long as the mapping lives.
+    Mmap,
 }
 
 /// How a load treats the file; see the `serve` flags of the same names.
@@ -140,31 +143,6 @@ pub enum LoadError {
     Empty { path: PathBuf },
 }
 
-/// Where one value sits in the buffer, packed into 8 bytes (40-bit offset, 24-bit
-/// length) because the index holds one per key and 10M keys × 8 bytes saved is 80 MB.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Loc(u64);
-
-impl Loc {
-    const LEN_BITS: u32 = 24;
-    const OFFSET_BITS: u32 = 40;
-
-    /// Callers guarantee `offset < MAX_FILE_LEN` and `len <= MAX_VALUE_LEN` (the loader
-    /// checks the file size and the line length first).
-    fn new(offset: usize, len: usize) -> Self {
-        debug_assert!((offset as u64) < MAX_FILE_LEN && len <= MAX_VALUE_LEN);
-        Loc(((offset as u64) << Self::LEN_BITS) | len as u64)
-    }
-
-    fn offset(self) -> usize {
-        (self.0 >> Self::LEN_BITS) as usize
-    }
-
-    fn len(self) -> usize {
-        (self.0 & ((1 << Self::LEN_BITS) - 1)) as usize
-    }
-}
-
 /// Facts about a loaded dataset, for logs and `/admin/dataset`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DatasetInfo {
@@ -201,24 +179,30 @@ mod humantime_serde_rfc3339 {
 
 /// An immutable, fully loaded data file.
 pub struct Dataset {
+    /// The whole file: an owned buffer (`--storage memory`) or the mapping
+    /// (`--storage mmap`), either way shared with every response body cut from it.
     bytes: Bytes,
-    index: DashMap<u128, Loc, ahash::RandomState>,
+    index: index::Index,
     info: DatasetInfo,
 }
 
 impl Dataset {
+    fn range(&self, key: u128) -> Option<std::ops::Range<usize>> {
+        let start = self.index.get(&index::Key::new(key))?.offset();
+        Some(start..index::value_end(&self.bytes, start))
+    }
+
     /// The value for `key`, as a zero-copy slice of the buffer (a reference count
     /// increment, no allocation), so it can become a response body directly.
     pub fn get(&self, key: u128) -> Option<Bytes> {
-        let loc = *self.index.get(&key)?;
-        Some(self.bytes.slice(loc.offset()..loc.offset() + loc.len()))
+        self.range(key).map(|range| self.bytes.slice(range))
     }
 
     /// The value as text. The loader validated the whole file as UTF-8, so this cannot
     /// fail for a value the index points to.
     pub fn get_str(&self, key: u128) -> Option<&str> {
-        let loc = *self.index.get(&key)?;
-        std::str::from_utf8(&self.bytes[loc.offset()..loc.offset() + loc.len()]).ok()
+        self.range(key)
+            .and_then(|range| std::str::from_utf8(&self.bytes[range]).ok())
     }
 
     pub fn len(&self) -> usize {
@@ -241,19 +225,5 @@ impl Dataset {
     /// plenty to tell two data files apart.
     pub fn etag(&self) -> &str {
         &self.info.etag
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loc_packs_both_ends() {
-        let loc = Loc::new((MAX_FILE_LEN - 1) as usize, MAX_VALUE_LEN);
-        assert_eq!(loc.offset() as u64, MAX_FILE_LEN - 1);
-        assert_eq!(loc.len(), MAX_VALUE_LEN);
-        let loc = Loc::new(0, 0);
-        assert_eq!((loc.offset(), loc.len()), (0, 0));
     }
 }

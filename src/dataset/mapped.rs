@@ -1,0 +1,55 @@
+//! `--storage mmap`: the data file mapped into memory instead of read into a buffer.
+//!
+//! The mapping owns the open file, so the shared `flock` taken before loading is held
+//! for as long as any value cut from the mapping is alive. That is what keeps a
+//! cooperative publisher from rewriting the file in place under us: publishers replace
+//! the file by writing a new one and renaming it over the old (the old inode, still
+//! mapped, stays intact). A file truncated in place by a process that ignores the lock
+//! would make reads of the lost pages fault; that is inherent to mapping a file.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use memmap2::{Advice, Mmap};
+
+use super::LoadError;
+
+pub struct MappedFile {
+    map: Mmap,
+    _file: File,
+}
+
+/// Lets `Bytes` own a shared mapping, so response bodies are zero-copy slices of it.
+struct SharedMap(Arc<MappedFile>);
+
+impl AsRef<[u8]> for SharedMap {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.map
+    }
+}
+
+impl MappedFile {
+    /// Maps `file` (already locked and stat-ed by the loader) for a sequential read.
+    pub fn map(file: File, path: &Path) -> Result<Arc<Self>, LoadError> {
+        // SAFETY: the mapping is read-only and the shared lock is held while it lives;
+        // see the module comment for what a non-cooperating writer could still do.
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // Hints only: a failure costs speed, not correctness.
+        let _ = map.advise(Advice::Sequential);
+        Ok(Arc::new(Self { map, _file: file }))
+    }
+
+    pub fn bytes(self: &Arc<Self>) -> Bytes {
+        Bytes::from_owner(SharedMap(self.clone()))
+    }
+
+    /// After the load, lookups touch pages at random: stop reading ahead.
+    pub fn expect_random_access(&self) {
+        let _ = self.map.advise(Advice::Random);
+    }
+}
