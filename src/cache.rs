@@ -6,6 +6,7 @@
 //! ones, because nothing awaits while one is held.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use prometheus::IntCounter;
 /// lookup is a miss and nothing is stored, at the cost of one branch.
 pub struct Cache {
     shards: Box<[Mutex<LruCache<u128, Bytes>>]>,
+    doorkeeper: Doorkeeper,
     /// Prometheus counters rather than bare atomics: the same cost on the hot path, and
     /// `/metrics` exports them as they are.
     hits: IntCounter,
@@ -41,6 +43,7 @@ impl Cache {
             .collect();
         Self {
             shards,
+            doorkeeper: Doorkeeper::new(capacity),
             hits: counter("kvserve_cache_hits_total", "Lookups answered from the LRU"),
             misses: counter(
                 "kvserve_cache_misses_total",
@@ -73,9 +76,12 @@ impl Cache {
         found
     }
 
+    /// Stores `value` if `key` was asked for before: see `Doorkeeper`.
     pub fn insert(&self, key: u128, value: Bytes) {
         if let Some(shard) = self.shard(key) {
-            lock(shard).put(key, value);
+            if self.doorkeeper.seen_before(key) {
+                lock(shard).put(key, value);
+            }
         }
     }
 
@@ -84,6 +90,7 @@ impl Cache {
         for shard in self.shards.iter() {
             lock(shard).clear();
         }
+        self.doorkeeper.clear();
     }
 
     pub fn len(&self) -> usize {
@@ -123,6 +130,51 @@ fn counter(name: &str, help: &str) -> IntCounter {
     IntCounter::new(name, help).unwrap_or_else(|err| panic!("metric {name}: {err}"))
 }
 
+/// Admission on the second sighting (the "doorkeeper" of TinyLFU): one bit per hash
+/// slot remembers keys missed once, and only a key missed again enters the LRU. Under
+/// uniform traffic over a key space much larger than the cache almost every key is
+/// asked for once, and admitting each would evict a node and allocate another on every
+/// request for a hit ratio near zero; hot keys are admitted on their second request.
+/// The bits are cleared after as many first sightings as there are bits, so stale
+/// sightings do not accumulate into admitting everything.
+struct Doorkeeper {
+    bits: Box<[AtomicU64]>,
+    first_sightings: AtomicU64,
+}
+
+impl Doorkeeper {
+    fn new(capacity: usize) -> Self {
+        let words = (capacity.saturating_mul(8) / 64).next_power_of_two().max(1);
+        Self {
+            bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            first_sightings: AtomicU64::new(0),
+        }
+    }
+
+    /// Records `key` and says whether it had been recorded already.
+    fn seen_before(&self, key: u128) -> bool {
+        let hash = (key as u64 ^ (key >> 64) as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+        let slot = (hash >> 32) as usize;
+        let word = &self.bits[(slot / 64) & (self.bits.len() - 1)];
+        let mask = 1u64 << (slot % 64);
+        let seen = word.fetch_or(mask, Ordering::Relaxed) & mask != 0;
+        if !seen {
+            let sightings = self.first_sightings.fetch_add(1, Ordering::Relaxed) + 1;
+            if sightings >= self.bits.len() as u64 * 64 {
+                self.clear();
+            }
+        }
+        seen
+    }
+
+    fn clear(&self) {
+        self.first_sightings.store(0, Ordering::Relaxed);
+        for word in self.bits.iter() {
+            word.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A panic while a shard was locked cannot leave an `LruCache` half-updated in a way
 /// that matters to us (worst case a stale entry), so a poisoned lock is used as is.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -141,9 +193,12 @@ mod tests {
         assert!(cache.capacity() >= 4);
         assert_eq!(cache.get(1), None);
         cache.insert(1, Bytes::from_static(b"one"));
+        assert_eq!(cache.get(1), None, "a key seen once is not admitted");
+        cache.insert(1, Bytes::from_static(b"one"));
         assert_eq!(cache.get(1), Some(Bytes::from_static(b"one")));
-        assert_eq!((cache.hits(), cache.misses()), (1, 1));
+        assert_eq!((cache.hits(), cache.misses()), (1, 2));
         for key in 0..1000u128 {
+            cache.insert(key << 64 | key, Bytes::new());
             cache.insert(key << 64 | key, Bytes::new());
         }
         assert!(cache.len() <= cache.capacity());

@@ -134,10 +134,14 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset, LoadError> {
         seconds = info.load_seconds,
         "data file loaded"
     );
+    // The ETag is hex in quotes: always a valid header value.
+    let etag_header = poem::http::HeaderValue::from_str(&info.etag)
+        .unwrap_or(poem::http::HeaderValue::from_static("\"\""));
     Ok(Dataset {
         bytes: buf,
         index: parsed.index,
         info,
+        etag_header,
     })
 }
 

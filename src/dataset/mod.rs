@@ -184,6 +184,7 @@ pub struct Dataset {
     bytes: Bytes,
     index: index::Index,
     info: DatasetInfo,
+    etag_header: poem::http::HeaderValue,
 }
 
 impl Dataset {
@@ -225,5 +226,10 @@ impl Dataset {
     /// plenty to tell two data files apart.
     pub fn etag(&self) -> &str {
         &self.info.etag
+    }
+
+    /// The same, ready to go into a response without an allocation.
+    pub fn etag_header(&self) -> &poem::http::HeaderValue {
+        &self.etag_header
     }
 }

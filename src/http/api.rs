@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use poem::http::HeaderValue;
 use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Payload;
 use poem_openapi::types::Example;
@@ -14,7 +16,6 @@ use super::key::{render_key_value, KeyParam, EXAMPLE_KEY};
 use super::payload::{ProblemJson, RawJson, TextValue};
 use super::problem::{Problem, NOT_LOADED_RETRY_AFTER_SECS};
 use super::AppState;
-use crate::dataset::Dataset;
 
 #[derive(Tags)]
 pub enum ApiTags {
@@ -126,14 +127,13 @@ impl KeysApi {
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
     ) -> KeyResponse<RawJson<KeyValue>> {
-        self.lookup(&key, if_none_match.as_deref(), |state, _, key, value| {
-            if let Some(body) = state.cache.get(key.as_u128()) {
-                return RawJson::new(body);
-            }
-            let body = render_key_value(key, value);
-            state.cache.insert(key.as_u128(), body.clone());
-            RawJson::new(body)
-        })
+        let found = lookup(
+            &self.state,
+            &key.0 .0,
+            if_none_match.as_deref(),
+            Shape::Json,
+        );
+        KeyResponse::from_lookup(found, &self.state, RawJson::new)
     }
 
     /// Check one key
@@ -165,9 +165,13 @@ impl KeysApi {
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
     ) -> KeyResponse<TextValue> {
-        self.lookup(&key, if_none_match.as_deref(), |_, dataset, key, _| {
-            TextValue(dataset.get(key.as_u128()).unwrap_or_default())
-        })
+        let found = lookup(
+            &self.state,
+            &key.0 .0,
+            if_none_match.as_deref(),
+            Shape::Value,
+        );
+        KeyResponse::from_lookup(found, &self.state, TextValue)
     }
 
     /// Look up many keys
@@ -195,39 +199,86 @@ impl KeysApi {
     pub fn new(state: Arc<AppState>) -> Self {
         Self { state }
     }
+}
 
-    /// The part every single-key route shares: parse the key, find the dataset and the
-    /// value, answer 304 when the client's copy is current; `body` renders a hit.
-    fn lookup<T: Payload + poem::IntoResponse + Send>(
-        &self,
-        key: &KeyParam,
-        if_none_match: Option<&str>,
-        body: impl FnOnce(&AppState, &Dataset, Uuid, &str) -> T,
-    ) -> KeyResponse<T> {
-        let key = match key.parse() {
-            Ok(key) => key,
-            Err(err) => return KeyResponse::BadRequest(Problem::invalid_key("key", &err).into()),
-        };
-        let guard = self.state.dataset.load();
-        let Some(dataset) = guard.as_ref() else {
-            return KeyResponse::NotLoaded(
-                Problem::not_loaded().into(),
-                NOT_LOADED_RETRY_AFTER_SECS,
-            );
-        };
-        let Some(value) = self.state.find(dataset, key.as_u128()) else {
-            return KeyResponse::NotFound(Problem::key_not_found(key).into());
-        };
-        let etag = dataset.etag();
-        let cache_control = self.state.settings.cache_control.clone();
-        if if_none_match.is_some_and(|header| etag_matches(header, etag)) {
-            return KeyResponse::NotModified(etag.to_owned(), cache_control);
+/// Which body a single-key lookup renders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `{"key","value"}`, cached in the LRU.
+    Json,
+    /// The raw value, a zero-copy slice of the dataset.
+    Value,
+}
+
+/// The outcome of a single-key lookup, before it is dressed as a response: the one
+/// implementation of the contract, answered both by the OpenAPI operations and by the
+/// fast path (`http::fast`) that serves the same routes without the framework's layers.
+pub enum Lookup {
+    Hit { body: Bytes, etag: HeaderValue },
+    NotModified { etag: HeaderValue },
+    Failed(Problem),
+}
+
+/// Parses `raw_key`, finds the value, and answers 304 when the client's copy is current.
+pub fn lookup(
+    state: &AppState,
+    raw_key: &str,
+    if_none_match: Option<&str>,
+    shape: Shape,
+) -> Lookup {
+    match Uuid::parse_str(raw_key) {
+        Ok(key) => lookup_key(state, key, if_none_match, shape),
+        Err(err) => Lookup::Failed(Problem::invalid_key("key", &err)),
+    }
+}
+
+/// `lookup` for a key already parsed.
+pub fn lookup_key(
+    state: &AppState,
+    key: Uuid,
+    if_none_match: Option<&str>,
+    shape: Shape,
+) -> Lookup {
+    let guard = state.dataset.load();
+    let Some(dataset) = guard.as_ref() else {
+        return Lookup::Failed(Problem::not_loaded());
+    };
+    let Some(value) = state.find(dataset, key.as_u128()) else {
+        return Lookup::Failed(Problem::key_not_found(key));
+    };
+    let etag = dataset.etag_header().clone();
+    if if_none_match.is_some_and(|header| etag_matches(header, dataset.etag())) {
+        return Lookup::NotModified { etag };
+    }
+    let body = match shape {
+        Shape::Json => match state.cache.get(key.as_u128()) {
+            Some(body) => body,
+            None => {
+                let body = render_key_value(key, value);
+                state.cache.insert(key.as_u128(), body.clone());
+                body
+            }
+        },
+        Shape::Value => dataset.get(key.as_u128()).unwrap_or_default(),
+    };
+    Lookup::Hit { body, etag }
+}
+
+impl<T: Payload + poem::IntoResponse + Send> KeyResponse<T> {
+    fn from_lookup(found: Lookup, state: &AppState, payload: impl FnOnce(Bytes) -> T) -> Self {
+        let text = |value: &HeaderValue| value.to_str().unwrap_or_default().to_owned();
+        let cache_control = text(&state.settings.cache_control_header);
+        match found {
+            Lookup::Hit { body, etag } => {
+                KeyResponse::Ok(payload(body), text(&etag), cache_control)
+            }
+            Lookup::NotModified { etag } => KeyResponse::NotModified(text(&etag), cache_control),
+            Lookup::Failed(problem) => match problem.status {
+                400 => KeyResponse::BadRequest(problem.into()),
+                404 => KeyResponse::NotFound(problem.into()),
+                _ => KeyResponse::NotLoaded(problem.into(), NOT_LOADED_RETRY_AFTER_SECS),
+            },
         }
-        KeyResponse::Ok(
-            body(&self.state, dataset, key, value),
-            etag.to_owned(),
-            cache_control,
-        )
     }
 }
 

@@ -6,13 +6,16 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use poem_openapi::param::Path;
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
+use super::api::{lookup_key, Lookup, Shape};
 use super::api::{ApiTags, KeyValue};
 use super::auth::BearerAuth;
-use super::key::{render_key_value, KeyParam};
+use super::key::KeyParam;
 use super::payload::{ProblemJson, RawJson};
 use super::problem::{Problem, NOT_LOADED_RETRY_AFTER_SECS};
 use super::AppState;
@@ -98,8 +101,6 @@ pub enum LegacyResponse {
     NotLoaded(ProblemJson, #[oai(header = "Retry-After")] u32),
 }
 
-const NOT_FOUND_BODY: &[u8] = br#"{"detail":"Key not found"}"#;
-
 pub struct LegacyApi {
     state: Arc<AppState>,
 }
@@ -128,39 +129,55 @@ impl LegacyApi {
         _auth: BearerAuth,
     ) -> LegacyResponse {
         let deprecation = || "true".to_owned();
-        let key = match key.parse() {
-            Ok(key) => key,
-            Err(err) => {
-                return LegacyResponse::Unprocessable(
-                    RawJson::new(validation_error(&key.0 .0, &err)),
-                    deprecation(),
-                )
-            }
-        };
-        let guard = self.state.dataset.load();
-        let Some(dataset) = guard.as_ref() else {
-            return LegacyResponse::NotLoaded(
-                Problem::not_loaded().into(),
-                NOT_LOADED_RETRY_AFTER_SECS,
-            );
-        };
-        let link = format!("</v1/keys/{}>; rel=\"successor-version\"", key.hyphenated());
-        match self.state.find(dataset, key.as_u128()) {
-            Some(value) => {
-                let body = match self.state.cache.get(key.as_u128()) {
-                    Some(body) => body,
-                    None => {
-                        let body = render_key_value(key, value);
-                        self.state.cache.insert(key.as_u128(), body.clone());
-                        body
-                    }
-                };
+        match answer(&self.state, &key.0 .0) {
+            LegacyAnswer::Found { body, link } => {
                 LegacyResponse::Ok(RawJson::new(body), deprecation(), link)
             }
-            None => LegacyResponse::NotFound(RawJson::new(NOT_FOUND_BODY), deprecation(), link),
+            LegacyAnswer::NotFound { link } => {
+                LegacyResponse::NotFound(RawJson::new(NOT_FOUND_BODY), deprecation(), link)
+            }
+            LegacyAnswer::Invalid(body) => {
+                LegacyResponse::Unprocessable(RawJson::new(body), deprecation())
+            }
+            LegacyAnswer::Unavailable(problem) => {
+                LegacyResponse::NotLoaded(problem.into(), NOT_LOADED_RETRY_AFTER_SECS)
+            }
         }
     }
 }
+
+/// The old service's answer for `raw_key`, before it is dressed as a response (by the
+/// OpenAPI operation above or by the fast path in `http::fast`).
+pub enum LegacyAnswer {
+    Found {
+        body: Bytes,
+        link: String,
+    },
+    NotFound {
+        link: String,
+    },
+    /// The 422 body.
+    Invalid(Vec<u8>),
+    Unavailable(Problem),
+}
+
+pub fn answer(state: &AppState, raw_key: &str) -> LegacyAnswer {
+    let key = match uuid::Uuid::parse_str(raw_key) {
+        Ok(key) => key,
+        Err(err) => return LegacyAnswer::Invalid(validation_error(raw_key, &err)),
+    };
+    let link = format!("</v1/keys/{}>; rel=\"successor-version\"", key.hyphenated());
+    match lookup_key(state, key, None, Shape::Json) {
+        Lookup::Hit { body, .. } => LegacyAnswer::Found { body, link },
+        Lookup::Failed(problem) if problem.status == 404 => LegacyAnswer::NotFound { link },
+        Lookup::Failed(problem) => LegacyAnswer::Unavailable(problem),
+        // No If-None-Match is passed, so there is no 304.
+        Lookup::NotModified { .. } => LegacyAnswer::Unavailable(Problem::not_loaded()),
+    }
+}
+
+/// `{"detail":"Key not found"}`, as FastAPI wrote it.
+pub const NOT_FOUND_BODY: &[u8] = br#"{"detail":"Key not found"}"#;
 
 #[derive(serde::Serialize)]
 struct ValidationBody<'a> {

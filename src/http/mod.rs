@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 mod batch;
 pub mod conn;
+pub mod fast;
 pub mod key;
 pub mod legacy;
 pub mod limits;
@@ -30,7 +31,7 @@ use crate::reload::{DatasetSlot, Reloader};
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     /// The whole `Cache-Control` value, built once from `--cache-max-age`.
-    pub cache_control: String,
+    pub cache_control_header: poem::http::HeaderValue,
     pub max_batch: usize,
     pub max_body_bytes: usize,
     pub limits: limits::LimitSettings,
@@ -126,7 +127,7 @@ pub fn api_service(state: Arc<AppState>) -> ApiService {
 /// the test that keeps `openapi/openapi.json` in sync).
 pub fn openapi_json() -> String {
     let settings = HttpSettings {
-        cache_control: String::new(),
+        cache_control_header: poem::http::HeaderValue::from_static(""),
         max_batch: 0,
         max_body_bytes: 0,
         limits: limits::LimitSettings {
@@ -148,7 +149,7 @@ pub fn openapi_json() -> String {
 ///
 /// Layers, outermost first: security headers, request id and access log, metrics,
 /// limits and shedding, authentication, rate limit (keyed by the verified subject, so
-/// it runs after authentication), then routing.
+/// it runs after authentication), the fast path of the hot routes, then routing.
 pub fn api_endpoint(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
     let service = api_service(state.clone());
     let docs = service.swagger_ui();
@@ -158,7 +159,8 @@ pub fn api_endpoint(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
             .nest("/docs", docs)
             .at("/openapi.json", spec)
             .nest("/", service)
-            .data(state.clone()),
+            .data(state.clone())
+            .with(fast::FastRoutes(state.clone())),
     )
     .with(ratelimit::RateLimit(state.clone()))
     .with(auth::RequireScope {

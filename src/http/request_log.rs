@@ -47,24 +47,28 @@ impl<E: Endpoint<Output = Response>> Endpoint for RequestLogEndpoint<E> {
             .filter(|v| usable_id(v.as_bytes()))
             .cloned()
             .unwrap_or_else(new_request_id);
-        let id_text = id.to_str().unwrap_or_default().to_owned();
+        let id_text = id.to_str().unwrap_or_default();
         let method = req.method().clone();
-        let client = match req.remote_addr().as_socket_addr() {
-            Some(addr) => addr.to_string(),
-            None => req.remote_addr().to_string(),
+        let client = Client(req.remote_addr().clone());
+        // With traces on, the span is the exported server span and must exist; without,
+        // it only carries the request id into log lines of the request, so it is created
+        // at DEBUG and costs nothing unless debug logs are on.
+        let span = if telemetry::traces_enabled() {
+            tracing::info_span!(
+                "request",
+                request_id = %id_text,
+                method = %method,
+                path = %req.uri().path(),
+                client = %client,
+                // OpenTelemetry conventions.
+                otel.kind = "server",
+                http.request.method = %method,
+                http.route = tracing::field::Empty,
+                http.response.status_code = tracing::field::Empty,
+            )
+        } else {
+            tracing::debug_span!("request", request_id = %id_text, method = %method, path = %req.uri().path(), client = %client)
         };
-        let span = tracing::info_span!(
-            "request",
-            request_id = %id_text,
-            method = %method,
-            path = %req.uri().path(),
-            client = %client,
-            // OpenTelemetry conventions, exported when traces are on.
-            otel.kind = "server",
-            http.request.method = %method,
-            http.route = tracing::field::Empty,
-            http.response.status_code = tracing::field::Empty,
-        );
         if let Some(parent) = telemetry::remote_context(req.headers()) {
             let _ = span.set_parent(parent);
         }
@@ -74,7 +78,6 @@ impl<E: Endpoint<Output = Response>> Endpoint for RequestLogEndpoint<E> {
             .instrument(span.clone())
             .await
             .unwrap_or_else(|err| err.into_response());
-        resp.headers_mut().insert(REQUEST_ID, id);
         let route = route_label(&resp);
         if telemetry::traces_enabled() {
             // The span started before routing; rename it now the route is known.
@@ -98,7 +101,20 @@ impl<E: Endpoint<Output = Response>> Endpoint for RequestLogEndpoint<E> {
             client = %client,
             "request"
         );
+        resp.headers_mut().insert(REQUEST_ID, id);
         Ok(resp)
+    }
+}
+
+/// The peer address, formatted only if a log line or span asks for it.
+struct Client(poem::web::RemoteAddr);
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_socket_addr() {
+            Some(addr) => addr.fmt(f),
+            None => self.0.fmt(f),
+        }
     }
 }
 

@@ -1,0 +1,193 @@
+//! The hot routes without the framework's per-request layers.
+//!
+//! `GET`/`HEAD` of `/v1/keys/{key}`, `/v1/keys/{key}/value` and `/get_value/{key}` are
+//! matched here, before poem's router and poem-openapi's extractors, and answered from
+//! the same functions the OpenAPI operations call (`api::lookup`, `legacy::answer`), so
+//! the contract has one implementation and the spec still describes these routes.
+//! Measured, the framework path costs about twice the CPU of a bare hyper server per
+//! request; this path is what makes the difference (see BENCHMARKS.md).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use poem::http::{header, HeaderValue, Method};
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+
+use super::api::{lookup, Lookup, Shape};
+use super::legacy::{self, LegacyAnswer};
+use super::problem::{Problem, ProblemKind};
+use super::AppState;
+use crate::metrics::RouteLabel;
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+const DEPRECATION: HeaderValue = HeaderValue::from_static("true");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HotRoute<'a> {
+    Key(&'a str),
+    Value(&'a str),
+    Legacy(&'a str),
+}
+
+impl HotRoute<'_> {
+    fn label(self) -> &'static str {
+        match self {
+            HotRoute::Key(_) => "/v1/keys/{key}",
+            HotRoute::Value(_) => "/v1/keys/{key}/value",
+            HotRoute::Legacy(_) => "/get_value/{key}",
+        }
+    }
+}
+
+/// Which hot route `path` is, with its raw (still percent-encoded) key segment.
+fn match_path(path: &str) -> Option<HotRoute<'_>> {
+    if let Some(rest) = path.strip_prefix("/v1/keys/") {
+        return match rest.split_once('/') {
+            None if rest.is_empty() || rest == "batch" => None,
+            None => Some(HotRoute::Key(rest)),
+            Some((key, "value")) => Some(HotRoute::Value(key)),
+            Some(_) => None,
+        };
+    }
+    let key = path.strip_prefix("/get_value/")?;
+    (!key.is_empty() && !key.contains('/')).then_some(HotRoute::Legacy(key))
+}
+
+pub struct FastRoutes(pub Arc<AppState>);
+
+impl<E: Endpoint<Output = Response>> Middleware<E> for FastRoutes {
+    type Output = FastRoutesEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        FastRoutesEndpoint {
+            inner: ep,
+            state: self.0.clone(),
+        }
+    }
+}
+
+pub struct FastRoutesEndpoint<E> {
+    inner: E,
+    state: Arc<AppState>,
+}
+
+impl<E: Endpoint<Output = Response>> Endpoint for FastRoutesEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        let method = req.method();
+        if method != Method::GET && method != Method::HEAD {
+            return self.inner.call(req).await;
+        }
+        let Some(route) = match_path(req.uri().path()) else {
+            return self.inner.call(req).await;
+        };
+        let mut resp = answer(&self.state, &req, route);
+        resp.set_data(RouteLabel(route.label()));
+        Ok(resp)
+    }
+}
+
+fn answer(state: &AppState, req: &Request, route: HotRoute<'_>) -> Response {
+    let (HotRoute::Key(raw) | HotRoute::Value(raw) | HotRoute::Legacy(raw)) = route;
+    let key: Cow<'_, str> = if raw.contains('%') {
+        match percent_encoding::percent_decode_str(raw).decode_utf8() {
+            Ok(key) => key,
+            Err(_) => {
+                let detail = format!(
+                    "the path {} is not valid UTF-8 once percent-decoded",
+                    req.uri().path()
+                );
+                return Problem::new(ProblemKind::InvalidPath, detail).into_response();
+            }
+        }
+    } else {
+        Cow::Borrowed(raw)
+    };
+    let if_none_match = || {
+        req.headers()
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+    };
+    match route {
+        HotRoute::Key(_) => v1(
+            state,
+            lookup(state, &key, if_none_match(), Shape::Json),
+            JSON,
+        ),
+        HotRoute::Value(_) => v1(
+            state,
+            lookup(state, &key, if_none_match(), Shape::Value),
+            TEXT,
+        ),
+        HotRoute::Legacy(_) => legacy_response(legacy::answer(state, &key)),
+    }
+}
+
+fn v1(state: &AppState, found: Lookup, content_type: HeaderValue) -> Response {
+    let cache_control = state.settings.cache_control_header.clone();
+    match found {
+        Lookup::Hit { body, etag } => Response::builder()
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::ETAG, etag)
+            .header(header::CACHE_CONTROL, cache_control)
+            .body(body),
+        Lookup::NotModified { etag } => Response::builder()
+            .status(poem::http::StatusCode::NOT_MODIFIED)
+            .header(header::ETAG, etag)
+            .header(header::CACHE_CONTROL, cache_control)
+            .finish(),
+        Lookup::Failed(problem) => problem.into_response(),
+    }
+}
+
+fn legacy_response(found: LegacyAnswer) -> Response {
+    let link = |link: String| HeaderValue::from_str(&link).unwrap_or(HeaderValue::from_static(""));
+    match found {
+        LegacyAnswer::Found { body, link: to } => Response::builder()
+            .header(header::CONTENT_TYPE, JSON)
+            .header("deprecation", DEPRECATION)
+            .header(header::LINK, link(to))
+            .body(body),
+        LegacyAnswer::NotFound { link: to } => Response::builder()
+            .status(poem::http::StatusCode::NOT_FOUND)
+            .header(header::CONTENT_TYPE, JSON)
+            .header("deprecation", DEPRECATION)
+            .header(header::LINK, link(to))
+            .body(legacy::NOT_FOUND_BODY),
+        LegacyAnswer::Invalid(body) => Response::builder()
+            .status(poem::http::StatusCode::UNPROCESSABLE_ENTITY)
+            .header(header::CONTENT_TYPE, JSON)
+            .header("deprecation", DEPRECATION)
+            .body(body),
+        LegacyAnswer::Unavailable(problem) => problem.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_paths() {
+        assert_eq!(match_path("/v1/keys/abc"), Some(HotRoute::Key("abc")));
+        assert_eq!(
+            match_path("/v1/keys/abc/value"),
+            Some(HotRoute::Value("abc"))
+        );
+        assert_eq!(match_path("/v1/keys//value"), Some(HotRoute::Value("")));
+        assert_eq!(match_path("/get_value/abc"), Some(HotRoute::Legacy("abc")));
+        for other in [
+            "/v1/keys/",
+            "/v1/keys/batch",
+            "/v1/keys/a/b",
+            "/v1/keys/a/value/x",
+            "/get_value/",
+            "/get_value/a/b",
+            "/docs",
+        ] {
+            assert_eq!(match_path(other), None, "{other}");
+        }
+    }
+}
