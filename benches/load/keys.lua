@@ -10,6 +10,7 @@ local keys = {}
 local cdf = {}
 local path = os.getenv("KEYS_PATH") or "/v1/keys/%s"
 local zipf = os.getenv("KEYS_DIST") == "zipf"
+local pause_ms = nil -- set by init() when KEYS_RATE asks for a fixed rate
 
 local function load()
   for line in io.lines(os.getenv("KEYS_FILE")) do
@@ -46,8 +47,6 @@ function init(args)
     pause_ms = 1000 * connections / rate
   end
 end
-
-local pause_ms = nil
 
 function delay()
   return pause_ms or 0

@@ -1,0 +1,150 @@
+//! Micro-benchmarks of the pieces a lookup is made of, and of the loader.
+//!
+//! `cargo bench --bench dataset` (about two minutes). Figures go to BENCHMARKS.md as
+//! measured here; the HTTP figures come from `benches/load/run.sh`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use kvserve::cache::Cache;
+use kvserve::dataset::{self, gen, LoadOptions, Storage};
+use kvserve::http::api::{lookup, Shape};
+use kvserve::http::{limits::LimitSettings, AppState, HttpSettings};
+use kvserve::reload::Reloader;
+
+const LINES: u64 = 1_000_000;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    keys: Vec<u128>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bench.data");
+    gen::generate(&path, LINES, 7, |_| {}).expect("generate");
+    let text = std::fs::read_to_string(&path).expect("read back");
+    let keys = text
+        .lines()
+        .step_by(10)
+        .map(|line| uuid::Uuid::parse_str(&line[..36]).expect("key").as_u128())
+        .collect();
+    Fixture {
+        _dir: dir,
+        path,
+        keys,
+    }
+}
+
+fn loader(c: &mut Criterion, f: &Fixture) {
+    let bytes = std::fs::metadata(&f.path).expect("stat").len();
+    let mut group = c.benchmark_group("load");
+    group.sample_size(10).throughput(Throughput::Bytes(bytes));
+    for storage in [Storage::Memory, Storage::Mmap] {
+        let opts = LoadOptions {
+            storage,
+            ..LoadOptions::default()
+        };
+        group.bench_function(format!("1M lines, {storage:?}"), |b| {
+            b.iter(|| black_box(dataset::load(&f.path, &opts).expect("load")))
+        });
+    }
+    group.finish();
+}
+
+fn state(f: &Fixture, cache_capacity: usize) -> Arc<AppState> {
+    let settings = HttpSettings {
+        cache_control_header: poem::http::HeaderValue::from_static("public, max-age=60"),
+        max_batch: 1000,
+        max_body_bytes: 1 << 20,
+        limits: LimitSettings {
+            max_uri_bytes: 16384,
+            max_body_bytes: 1 << 20,
+            max_in_flight: None,
+            request_timeout: None,
+        },
+    };
+    let reloader = Reloader::new(f.path.clone(), LoadOptions::default());
+    let state = AppState::new(Cache::new(cache_capacity), settings, reloader).expect("state");
+    state
+        .dataset
+        .install(dataset::load(&f.path, &LoadOptions::default()).expect("load"));
+    Arc::new(state)
+}
+
+fn lookups(c: &mut Criterion, f: &Fixture) {
+    let dataset = dataset::load(&f.path, &LoadOptions::default()).expect("load");
+    let mut group = c.benchmark_group("dataset");
+    let mut i = 0usize;
+    group.bench_function("get hit", |b| {
+        b.iter(|| {
+            i = (i + 7919) % f.keys.len();
+            black_box(dataset.get(f.keys[i]))
+        })
+    });
+    group.bench_function("get miss", |b| {
+        b.iter(|| {
+            i = (i + 7919) % f.keys.len();
+            black_box(dataset.get(f.keys[i] ^ 1))
+        })
+    });
+    group.finish();
+
+    let cache = Cache::new(100_000);
+    let hot = f.keys[0];
+    cache.insert(hot, Bytes::from_static(b"{\"key\":\"x\",\"value\":\"y\"}"));
+    cache.insert(hot, Bytes::from_static(b"{\"key\":\"x\",\"value\":\"y\"}"));
+    c.bench_function("cache/hit", |b| {
+        b.iter(|| black_box(cache.get(black_box(hot))))
+    });
+    c.bench_function("cache/miss", |b| {
+        b.iter(|| black_box(cache.get(black_box(hot ^ 1))))
+    });
+
+    let key = uuid::Uuid::from_u128(hot);
+    let value = dataset.get_str(hot).expect("present").to_owned();
+    c.bench_function("render/key_value", |b| {
+        b.iter(|| {
+            black_box(kvserve::http::key::render_key_value(
+                black_box(key),
+                black_box(&value),
+            ))
+        })
+    });
+
+    // The whole lookup the hot route does, uniform over 100k keys: with the default
+    // LRU and without one.
+    let texts: Vec<String> = f
+        .keys
+        .iter()
+        .map(|k| uuid::Uuid::from_u128(*k).to_string())
+        .collect();
+    for (name, capacity) in [
+        ("lookup/json, LRU 100k", 100_000),
+        ("lookup/json, no LRU", 0),
+    ] {
+        let state = state(f, capacity);
+        c.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    i = (i + 7919) % texts.len();
+                    i
+                },
+                |i| black_box(lookup(&state, &texts[i], None, Shape::Json)),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let f = fixture();
+    lookups(c, &f);
+    loader(c, &f);
+}
+
+criterion_group!(all, benches);
+criterion_main!(all);
