@@ -35,6 +35,7 @@ setup() {
   command -v cargo >/dev/null || { echo "cargo is required: install Rust from rustup.rs" >&2; exit 1; }
   rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
   need_apt util-linux chromium prometheus
+  command -v kubectl >/dev/null || need_apt kubernetes-client
   command -v npm >/dev/null || need_apt nodejs npm
   if [ ! -x "$PYENV/bin/python" ]; then
     log "creating $PYENV"
@@ -42,10 +43,11 @@ setup() {
   fi
   # Reinstall only when the requirements changed since the last install.
   local stamp="$PYENV/.requirements"
-  if ! cmp -s tests/external/requirements.txt "$stamp"; then
-    log "pip install -r tests/external/requirements.txt"
-    "$PYENV/bin/pip" install -q --disable-pip-version-check -r tests/external/requirements.txt
-    cp tests/external/requirements.txt "$stamp"
+  if ! cat tests/external/requirements*.txt | cmp -s - "$stamp"; then
+    log "pip install -r tests/external/requirements.txt -r tests/external/requirements-k8s.txt"
+    "$PYENV/bin/pip" install -q --disable-pip-version-check \
+      -r tests/external/requirements.txt -r tests/external/requirements-k8s.txt
+    cat tests/external/requirements*.txt > "$stamp"
   fi
   if [ ! -d tests/external/browser/node_modules/playwright-core ]; then
     log "npm ci (playwright-core, driving Debian's chromium)"

@@ -11,6 +11,10 @@
                   GET /v1/keys/{key} and sees the value (tests/external/browser/swagger.mjs)
   jwt-interop     tokens made by PyJWT (HS256, RS256, ES256, EdDSA) are accepted, and
                   PyJWT-made attacks (alg none, key confusion, expiry, scope) refused
+  k8s             the Kubernetes manifests render, validate strictly against the 1.30
+                  schemas, agree with the binary's flags and probes, run with each
+                  overlay's settings, and pass checkov; the Dockerfile passes checkov
+                  (tests/external/k8s_check.py)
   promtool        `promtool check metrics` accepts what /metrics serves
   prometheus      a real Prometheus scrapes kvserve, counts what was sent, and every
                   PromQL expression of grafana/kvserve.json returns data
@@ -31,6 +35,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import k8s_check
 import prometheus_check
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -230,6 +235,7 @@ CHECKS = {
     "schemathesis": schemathesis,
     "swagger-ui": swagger_ui,
     "jwt-interop": jwt_interop,
+    "k8s": k8s_check.check,
     "promtool": promtool,
     "prometheus": prometheus_check.check,
 }

@@ -1,0 +1,524 @@
+#!/usr/bin/env python3
+"""Static checks of the container image recipe and the Kubernetes manifests (issue 6).
+
+  render      `kubectl kustomize` renders k8s/base and every k8s/overlays/* directory
+  schema      every rendered document validates offline and strictly against the
+              Kubernetes OpenAPI schemas of KUBE_VERSION (pip `kubernetes-validate`);
+              k8s/optional/servicemonitor.yaml (a Prometheus Operator CRD, no schema
+              shipped) is checked for the fields the operator needs instead
+  agreement   the manifests agree with the code: every KVSERVE_* name used under k8s/
+              and in the Dockerfile is an env name `kvserve serve --help` lists; probes
+              are /readyz and /livez on the container port `admin` (9000); the API port
+              `http` is 8000 and KVSERVE_ADDR / KVSERVE_ADMIN_ADDR bind 0.0.0.0 on those
+              ports; terminationGracePeriodSeconds exceeds the preStop sleep plus
+              KVSERVE_SHUTDOWN_TIMEOUT; the scrape annotations and the ServiceMonitor
+              point at 9000 /metrics; KVSERVE_DATA and the JWT secret file lie on a mount
+              (or, for the data, in the image); every namespaced object is in `kvserve`
+  settings    the binary starts with each overlay's effective KVSERVE_* settings (the
+              listeners moved to loopback ports, the data and secret files replaced by
+              local stand-ins) and /readyz answers 200: values parse, combinations are
+              accepted
+  checkov     `checkov --framework kubernetes` on the rendered overlays and
+              `checkov --framework dockerfile` on the Dockerfile: zero failed checks.
+              Checks that cannot apply are skipped in the manifests themselves
+              (`checkov.io/skipN` annotations, `# checkov:skip=` in the Dockerfile), each
+              with its reason; the skips are printed.
+
+Needs kubectl on PATH and the packages of tests/external/requirements-k8s.txt
+(`kubernetes-validate`, `checkov`, which brings PyYAML). Offline: checkov runs with
+--skip-download.
+
+Usage: k8s_check.py KVSERVE_BINARY   (or import it and call check(binary))
+Prints one line per step; raises (exits non-zero) on the first failing step.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+DOCKERFILE = ROOT / "Dockerfile"
+SERVICEMONITOR = K8S / "optional" / "servicemonitor.yaml"
+SAMPLE = ROOT / "data" / "sample.data"
+
+# The Kubernetes version the manifests target; kubernetes-validate ships its schemas.
+KUBE_VERSION = "1.30"
+NAMESPACE = "kvserve"
+API_PORT, ADMIN_PORT = 8000, 9000
+# A pod may take this long to load its file before the startup probe gives up.
+MIN_STARTUP_SECONDS = 600
+# Kinds that are CustomResourceDefinitions: kubernetes-validate has no schema for them,
+# so they are skipped by name in the schema step and checked field by field instead.
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
+                  "StorageClass", "IngressClass", "CustomResourceDefinition"}
+ENV_NAME = re.compile(r"\bKVSERVE_[A-Z0-9_]*[A-Z0-9]\b")
+
+
+def step(message: str) -> None:
+    print(f"k8s-check: {message}", flush=True)
+
+
+class CheckError(AssertionError):
+    pass
+
+
+def expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckError(message)
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def tool(name: str) -> str:
+    """`name` from PATH, else next to this Python (a venv's bin/)."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    expect(found is not None, f"`{name}` not found on PATH (see tests/external/requirements-k8s.txt)")
+    return found
+
+
+def duration_seconds(text: str) -> float:
+    """A humantime duration as kvserve takes it: `30s`, `500ms`, `1m 30s`, `2h`."""
+    units = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]+)", text.strip())
+    expect(bool(parts) and all(u in units for _, u in parts), f"unreadable duration {text!r}")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+# ------------------------------------------------------------------ render
+
+def render_all() -> dict[str, list[dict]]:
+    """{'base': docs, 'overlays/dev': docs, ...} from `kubectl kustomize`."""
+    kubectl = tool("kubectl")
+    targets = [K8S / "base"] + sorted(
+        p for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
+    rendered = {}
+    for target in targets:
+        name = str(target.relative_to(K8S))
+        result = run([kubectl, "kustomize", str(target)])
+        expect(result.returncode == 0, f"kubectl kustomize {name} failed:\n{result.stderr}")
+        docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+        expect(bool(docs), f"{name} renders nothing")
+        rendered[name] = docs
+        kinds = ", ".join(sorted({d["kind"] for d in docs}))
+        step(f"render: k8s/{name}: {len(docs)} objects ({kinds})")
+    expect(any(n.startswith("overlays/") for n in rendered), "no overlay under k8s/overlays")
+    return rendered
+
+
+# ------------------------------------------------------------------ schema
+
+def validate_schemas(rendered: dict[str, list[dict]]) -> dict:
+    import kubernetes_validate
+
+    for name, docs in rendered.items():
+        for doc in docs:
+            what = f"k8s/{name}: {doc['kind']}/{doc['metadata']['name']}"
+            if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
+                # A CRD: no schema ships with kubernetes-validate; checked below instead.
+                check_servicemonitor(doc, rendered)
+                continue
+            try:
+                used = kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as err:
+                path = "/".join(str(p) for p in err.path)
+                raise CheckError(f"{what} is invalid for Kubernetes {KUBE_VERSION} at {path}: "
+                                 f"{err.message}") from None
+            except kubernetes_validate.SchemaNotFoundError as err:
+                raise CheckError(f"{what}: no Kubernetes {KUBE_VERSION} schema ({err})") from None
+            expect(used == KUBE_VERSION, f"{what}: validated against {used}, not {KUBE_VERSION}")
+        step(f"schema: k8s/{name}: {len(docs)} objects valid (Kubernetes {KUBE_VERSION}, strict)")
+
+    expect(SERVICEMONITOR.is_file(), f"missing {SERVICEMONITOR.relative_to(ROOT)}")
+    monitors = [d for d in yaml.safe_load_all(SERVICEMONITOR.read_text()) if d]
+    expect(len(monitors) == 1, f"{SERVICEMONITOR.name}: want one document, got {len(monitors)}")
+    monitor = monitors[0]
+    # ServiceMonitor is a Prometheus Operator CRD: skipped by name in the schema step
+    # (CRD_KINDS), checked here for what the operator needs.
+    check_servicemonitor(monitor, rendered)
+    step(f"schema: {SERVICEMONITOR.relative_to(ROOT)}: ServiceMonitor fields complete "
+         f"(CRD, skipped by name in schema validation)")
+    return monitor
+
+
+def check_servicemonitor(monitor: dict, rendered: dict[str, list[dict]]) -> None:
+    where = "ServiceMonitor"
+    expect((monitor.get("apiVersion"), monitor.get("kind")) in CRD_KINDS,
+           f"{where}: apiVersion/kind must be monitoring.coreos.com/v1 ServiceMonitor")
+    meta = monitor.get("metadata") or {}
+    expect(bool(meta.get("name")), f"{where}: metadata.name missing")
+    expect(meta.get("namespace") == NAMESPACE, f"{where}: metadata.namespace must be {NAMESPACE}")
+    spec = monitor.get("spec") or {}
+    selector = (spec.get("selector") or {}).get("matchLabels") or {}
+    expect(bool(selector), f"{where}: spec.selector.matchLabels missing")
+    expect(NAMESPACE in ((spec.get("namespaceSelector") or {}).get("matchNames") or [NAMESPACE]),
+           f"{where}: namespaceSelector does not include {NAMESPACE}")
+    endpoints = spec.get("endpoints") or []
+    expect(bool(endpoints), f"{where}: spec.endpoints missing")
+    # It must select the admin Service of the base, by labels, and scrape its admin port.
+    services = [d for d in rendered["base"] if d["kind"] == "Service"
+                and all((d["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())]
+    expect(len(services) == 1, f"{where}: selector {selector} matches {len(services)} Services "
+                               f"of k8s/base, want exactly one")
+    service = services[0]
+    for endpoint in endpoints:
+        expect(endpoint.get("path", "/metrics") == "/metrics", f"{where}: path must be /metrics")
+        expect(endpoint.get("scheme", "http") == "http", f"{where}: scheme must be http")
+        ports = [p for p in service["spec"]["ports"] if p.get("name") == endpoint.get("port")]
+        expect(len(ports) == 1, f"{where}: Service {service['metadata']['name']} has no port "
+                                f"named {endpoint.get('port')!r}")
+        port = ports[0]
+        deployment = only(rendered["base"], "Deployment")
+        target = resolve_port(container(deployment), port.get("targetPort", port["port"]))
+        expect(target == ADMIN_PORT, f"{where}: scrapes container port {target}, not {ADMIN_PORT}")
+
+
+# ------------------------------------------------------------------ agreement
+
+def help_env_names(binary: str) -> set[str]:
+    result = run([binary, "serve", "--help"])
+    expect(result.returncode == 0, f"{binary} serve --help failed:\n{result.stderr}")
+    names = set(re.findall(r"\[env: (KVSERVE_[A-Z0-9_]+)=", result.stdout))
+    expect(len(names) > 10, f"found only {sorted(names)} in `serve --help`")
+    return names
+
+
+def only(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    expect(len(found) == 1, f"want one {kind} {name or ''}, found {len(found)}")
+    return found[0]
+
+
+def kvserve_deployments(docs: list[dict], where: str) -> list[dict]:
+    """Every Deployment running a `kvserve` container (one per shard, later)."""
+    found = [d for d in docs if d["kind"] == "Deployment"
+             and any(c["name"] == "kvserve" for c in d["spec"]["template"]["spec"]["containers"])]
+    expect(bool(found), f"{where}: no Deployment with a `kvserve` container")
+    return found
+
+
+def container(deployment: dict) -> dict:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    found = [c for c in containers if c["name"] == "kvserve"]
+    expect(len(found) == 1, f"Deployment {deployment['metadata']['name']}: no container `kvserve`")
+    return found[0]
+
+
+def resolve_port(ctr: dict, port) -> int:
+    """A probe's or Service's port (number or container port name) as a number."""
+    if isinstance(port, int):
+        return port
+    named = [p["containerPort"] for p in ctr.get("ports", []) if p.get("name") == port]
+    expect(len(named) == 1, f"container port named {port!r} not found")
+    return named[0]
+
+
+def effective_env(docs: list[dict], ctr: dict) -> dict[str, str]:
+    """The container's environment: envFrom ConfigMaps, then env (which wins)."""
+    env: dict[str, str] = {}
+    for source in ctr.get("envFrom", []):
+        ref = source.get("configMapRef")
+        expect(ref is not None, "only configMapRef envFrom is expected (secrets are files)")
+        env.update(only(docs, "ConfigMap", ref["name"]).get("data", {}))
+    for var in ctr.get("env", []):
+        expect("value" in var, f"env {var['name']}: only literal values are expected")
+        env[var["name"]] = var["value"]
+    return env
+
+
+def mount_for(ctr: dict, spec: dict, path: str) -> tuple[dict, dict] | None:
+    """(volumeMount, volume) under which `path` lies, if any."""
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for mount in ctr.get("volumeMounts", []):
+        root = mount["mountPath"].rstrip("/") + "/"
+        if path.startswith(root):
+            return mount, volumes[mount["name"]]
+    return None
+
+
+def dockerfile_facts() -> dict:
+    text = DOCKERFILE.read_text()
+    runtime = text.split("\nFROM ")[-1]          # the last stage is the image
+    copies = re.findall(r"^COPY\s+(?:--\S+\s+)*(.+)$", runtime, re.M)
+    in_image: set[str] = set()
+    for line in copies:
+        *sources, dest = line.split()
+        for source in sources:
+            if source.startswith("data/"):
+                in_image.add(dest.rstrip("/") + "/" + Path(source).name if dest.endswith("/") else dest)
+    expose = {int(p) for line in re.findall(r"^EXPOSE\s+(.+)$", runtime, re.M) for p in line.split()}
+    users = re.findall(r"^USER\s+(\S+)", runtime, re.M)
+    return {"text": text, "in_image": in_image, "expose": expose, "user": users[-1] if users else None,
+            "healthcheck": re.search(r"^HEALTHCHECK\s", text, re.M) is not None}
+
+
+def check_agreement(binary: str, rendered: dict[str, list[dict]]) -> None:
+    known = help_env_names(binary)
+    step(f"agreement: `{Path(binary).name} serve --help` lists {len(known)} KVSERVE_* env names")
+
+    # Every KVSERVE_* name written anywhere under k8s/ or in the Dockerfile (source files,
+    # so patches and comments count too) and every one rendered.
+    used: dict[str, set[str]] = {}
+    sources = [p for p in K8S.rglob("*") if p.is_file()] + [DOCKERFILE]
+    for path in sources:
+        for name in ENV_NAME.findall(path.read_text()):
+            used.setdefault(name, set()).add(str(path.relative_to(ROOT)))
+    for target, docs in rendered.items():
+        for doc in docs:
+            for name in ENV_NAME.findall(yaml.safe_dump(doc)):
+                used.setdefault(name, set()).add(f"k8s/{target} (rendered)")
+    unknown = {n: sorted(w) for n, w in used.items() if n not in known}
+    expect(not unknown, "KVSERVE_* names that `serve --help` does not list (typos?): "
+           + "; ".join(f"{n} in {', '.join(w)}" for n, w in sorted(unknown.items())))
+    step(f"agreement: {len(used)} KVSERVE_* names used under k8s/ and in the Dockerfile, all known")
+
+    image = dockerfile_facts()
+    expect(image["expose"] == {API_PORT, ADMIN_PORT}, f"Dockerfile EXPOSE {image['expose']}")
+    expect(not image["healthcheck"], "Dockerfile has a HEALTHCHECK (Kubernetes probes do that)")
+    expect(image["user"] is not None and image["user"].split(":")[0].isdigit()
+           and int(image["user"].split(":")[0]) != 0, f"Dockerfile USER {image['user']} is not a numeric non-root uid")
+    env_lines = dict(re.findall(r"(KVSERVE_[A-Z0-9_]+)=(\S+)", image["text"]))
+    expect(env_lines.get("KVSERVE_ADDR") == f"0.0.0.0:{API_PORT}"
+           and env_lines.get("KVSERVE_ADMIN_ADDR") == f"0.0.0.0:{ADMIN_PORT}",
+           "Dockerfile ENV must bind 0.0.0.0:8000 and 0.0.0.0:9000")
+    expect(env_lines.get("KVSERVE_DATA") in image["in_image"],
+           f"Dockerfile KVSERVE_DATA {env_lines.get('KVSERVE_DATA')} is not a file it copies in")
+    step(f"agreement: Dockerfile: EXPOSE {API_PORT} {ADMIN_PORT}, USER {image['user']}, "
+         f"no HEALTHCHECK, KVSERVE_DATA in the image")
+
+    for target, docs in rendered.items():
+        for doc in docs:
+            if doc["kind"] not in CLUSTER_SCOPED:
+                expect(doc["metadata"].get("namespace") == NAMESPACE,
+                       f"k8s/{target}: {doc['kind']}/{doc['metadata']['name']} is not in namespace {NAMESPACE}")
+        for deployment in kvserve_deployments(docs, f"k8s/{target}"):
+            check_deployment(docs, deployment, f"k8s/{target}", image)
+
+
+def check_deployment(docs: list[dict], deployment: dict, where: str, image: dict) -> None:
+    spec = deployment["spec"]["template"]["spec"]
+    ctr = container(deployment)
+    env = effective_env(docs, ctr)
+    if len(kvserve_deployments(docs, where)) > 1:
+        where += f" Deployment/{deployment['metadata']['name']}"
+
+    ports = {p.get("name"): p["containerPort"] for p in ctr.get("ports", [])}
+    expect(ports.get("http") == API_PORT, f"{where}: container port `http` must be {API_PORT}")
+    expect(ports.get("admin") == ADMIN_PORT, f"{where}: container port `admin` must be {ADMIN_PORT}")
+    expect(env.get("KVSERVE_ADDR") == f"0.0.0.0:{API_PORT}",
+           f"{where}: KVSERVE_ADDR is {env.get('KVSERVE_ADDR')!r}, want 0.0.0.0:{API_PORT}")
+    expect(env.get("KVSERVE_ADMIN_ADDR") == f"0.0.0.0:{ADMIN_PORT}",
+           f"{where}: KVSERVE_ADMIN_ADDR is {env.get('KVSERVE_ADMIN_ADDR')!r}, want 0.0.0.0:{ADMIN_PORT}")
+
+    for probe, path in (("startupProbe", "/readyz"), ("readinessProbe", "/readyz"),
+                        ("livenessProbe", "/livez")):
+        get = (ctr.get(probe) or {}).get("httpGet")
+        expect(get is not None, f"{where}: {probe} must be an httpGet")
+        expect(get.get("path") == path, f"{where}: {probe} path {get.get('path')}, want {path}")
+        expect(get.get("port") == "admin" and resolve_port(ctr, get["port"]) == ADMIN_PORT,
+               f"{where}: {probe} must use the container port named `admin` ({ADMIN_PORT})")
+    startup = ctr["startupProbe"]
+    allowed = startup.get("failureThreshold", 3) * startup.get("periodSeconds", 10)
+    expect(allowed >= MIN_STARTUP_SECONDS,
+           f"{where}: startupProbe allows {allowed}s to load, want >= {MIN_STARTUP_SECONDS}s")
+
+    shutdown = duration_seconds(env.get("KVSERVE_SHUTDOWN_TIMEOUT", "30s"))
+    pre_stop = ((ctr.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0)
+    grace = spec.get("terminationGracePeriodSeconds", 30)
+    expect(grace > pre_stop + shutdown,
+           f"{where}: terminationGracePeriodSeconds {grace} must exceed preStop sleep {pre_stop}s "
+           f"+ KVSERVE_SHUTDOWN_TIMEOUT {shutdown:g}s")
+
+    notes = deployment["spec"]["template"]["metadata"].get("annotations", {})
+    expect(notes.get("prometheus.io/scrape") == "true", f"{where}: prometheus.io/scrape must be \"true\"")
+    expect(notes.get("prometheus.io/port") == str(ADMIN_PORT), f"{where}: prometheus.io/port must be {ADMIN_PORT}")
+    expect(notes.get("prometheus.io/path") == "/metrics", f"{where}: prometheus.io/path must be /metrics")
+
+    data = env.get("KVSERVE_DATA")
+    expect(data is not None, f"{where}: KVSERVE_DATA unset")
+    mounted = mount_for(ctr, spec, data)
+    if mounted:
+        mount, volume = mounted
+        expect(mount.get("readOnly") is True, f"{where}: the data volume must be mounted readOnly")
+        claim = volume.get("persistentVolumeClaim")
+        if claim:
+            expect(claim.get("readOnly") is True, f"{where}: the data PVC must be readOnly")
+            only(docs, "PersistentVolumeClaim", claim["claimName"])
+    else:
+        expect(data in image["in_image"],
+               f"{where}: KVSERVE_DATA {data} is neither on a volume nor in the image")
+    for name, value in env.items():
+        if name.startswith("KVSERVE_JWT_") and name.endswith("_FILE"):
+            on = mount_for(ctr, spec, value)
+            expect(on is not None and "secret" in on[1],
+                   f"{where}: {name} {value} is not on a Secret volume")
+            only(docs, "Secret", on[1]["secret"]["secretName"])
+            expect(env.get("KVSERVE_ADMIN_INSECURE", "false") == "false",
+                   f"{where}: JWT is configured, KVSERVE_ADMIN_INSECURE should be false")
+
+    sc = ctr.get("securityContext", {})
+    expect(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False
+           and sc.get("runAsNonRoot") is True and sc.get("capabilities", {}).get("drop") == ["ALL"],
+           f"{where}: container securityContext incomplete")
+    expect(spec.get("automountServiceAccountToken") is False, f"{where}: service account token mounted")
+
+    api = [s for s in docs if s["kind"] == "Service"
+           and any(resolve_port(ctr, p.get("targetPort", p["port"])) == API_PORT for p in s["spec"]["ports"])]
+    admin = [s for s in docs if s["kind"] == "Service"
+             and any(resolve_port(ctr, p.get("targetPort", p["port"])) == ADMIN_PORT for p in s["spec"]["ports"])]
+    expect(bool(api) and bool(admin), f"{where}: want a Service for port {API_PORT} and one for {ADMIN_PORT}")
+
+    policy = only(docs, "NetworkPolicy")
+    rules = {p["port"]: r.get("from", []) for r in policy["spec"]["ingress"] for p in r.get("ports", [])}
+    expect(set(rules) == {API_PORT, ADMIN_PORT}, f"{where}: NetworkPolicy ports {sorted(rules)}")
+    expect(all((f.get("namespaceSelector") or {}).get("matchLabels") for f in rules[ADMIN_PORT])
+           and rules[ADMIN_PORT], f"{where}: port {ADMIN_PORT} must be limited to labelled namespaces")
+
+    step(f"agreement: {where}: probes /readyz,/livez on admin:{ADMIN_PORT}, API {API_PORT}, "
+         f"0.0.0.0 binds, grace {grace}s > {pre_stop}s + {shutdown:g}s, scrape {ADMIN_PORT} /metrics, "
+         f"data {data} ({'volume' if mounted else 'image'})")
+
+
+# ------------------------------------------------------------------ settings
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return None
+
+
+def check_settings(binary: str, rendered: dict[str, list[dict]]) -> None:
+    for target, docs in rendered.items():
+        for deployment in kvserve_deployments(docs, f"k8s/{target}"):
+            ctr = container(deployment)
+            env = effective_env(docs, ctr)
+            api, admin = free_port(), free_port()
+            with tempfile.TemporaryDirectory() as tmp:
+                local = {"KVSERVE_ADDR": f"127.0.0.1:{api}", "KVSERVE_ADMIN_ADDR": f"127.0.0.1:{admin}",
+                         "KVSERVE_DATA": str(SAMPLE)}
+                for name in env:
+                    if name.startswith("KVSERVE_JWT_") and name.endswith("_FILE"):
+                        secret = Path(tmp) / "jwt-secret"
+                        secret.write_text("k8s-check-secret-not-for-production-use")
+                        local[name] = str(secret)
+                child_env = {k: v for k, v in os.environ.items() if not k.startswith("KVSERVE_")}
+                child_env.update(env)
+                child_env.update(local)
+                log = Path(tmp) / "log"
+                with open(log, "wb") as out:
+                    proc = subprocess.Popen([binary, *ctr.get("args", ["serve"])], env=child_env,
+                                            stdout=out, stderr=subprocess.STDOUT)
+                    try:
+                        deadline = time.monotonic() + 30
+                        while status(f"http://127.0.0.1:{admin}/readyz") != 200:
+                            if proc.poll() is not None or time.monotonic() > deadline:
+                                raise CheckError(f"k8s/{target}: kvserve did not become ready with its "
+                                                 f"settings:\n{log.read_text()[-3000:]}")
+                            time.sleep(0.05)
+                    finally:
+                        if proc.poll() is None:
+                            proc.send_signal(signal.SIGTERM)
+                            try:
+                                proc.wait(timeout=40)
+                            except subprocess.TimeoutExpired:
+                                proc.kill()
+                                proc.wait()
+                expect(proc.returncode == 0, f"k8s/{target}: kvserve exited {proc.returncode} after SIGTERM")
+            shown = ", ".join(f"{k}={v}" for k, v in sorted(env.items())
+                              if k not in ("KVSERVE_ADDR", "KVSERVE_ADMIN_ADDR"))
+            step(f"settings: k8s/{target}: kvserve ready, then exit 0 on SIGTERM, with {shown} "
+                 f"(listeners on loopback, data and secret files replaced by local stand-ins)")
+
+
+# ------------------------------------------------------------------ checkov
+
+def checkov(args: list[str], label: str) -> None:
+    exe = tool("checkov")
+    env = dict(os.environ, BC_SKIP_MAPPING="TRUE")
+    # JSON without --quiet, so that skipped checks (and their reasons) are reported too;
+    # the step prints its own compact summary. --skip-download: offline, no Prisma Cloud.
+    result = run([exe, *args, "--compact", "--skip-download", "-o", "json"], env=env)
+    try:
+        reports = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise CheckError(f"checkov {label}: no JSON report (exit {result.returncode}):\n"
+                         f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}") from None
+    reports = reports if isinstance(reports, list) else [reports]
+    failed, skipped, passed = [], [], 0
+    for report in reports:
+        if "results" not in report:      # nothing scanned for this framework
+            expect(report.get("failed", 0) == 0, f"checkov {label}: {report}")
+            continue
+        failed += report["results"].get("failed_checks", [])
+        skipped += report["results"].get("skipped_checks", [])
+        passed += report["summary"].get("passed", 0)
+        expect(report["summary"].get("parsing_errors", 0) == 0,
+               f"checkov {label}: parsing errors in {report.get('check_type')}")
+    expect(passed > 0, f"checkov {label}: nothing was checked")
+    if failed:
+        lines = [f"  {c['check_id']} {c.get('check_name', '')}: {c.get('resource')} "
+                 f"({c.get('file_path')}:{c.get('file_line_range')})" for c in failed]
+        raise CheckError(f"checkov {label}: {len(failed)} failed checks:\n" + "\n".join(lines))
+    for c in skipped:
+        reason = (c.get("check_result") or {}).get("suppress_comment", "")
+        expect(bool(reason.strip()), f"checkov {label}: {c['check_id']} skipped without a reason")
+    step(f"checkov: {label}: {passed} passed, 0 failed, {len(skipped)} skipped")
+    for c in skipped:
+        reason = c["check_result"]["suppress_comment"]
+        step(f"checkov:   skipped {c['check_id']} on {c.get('resource')} ({Path(c.get('file_path', '')).name}): {reason}")
+
+
+def check_checkov(rendered: dict[str, list[dict]]) -> None:
+    with tempfile.TemporaryDirectory(prefix="kvserve-k8s-") as tmp:
+        for target, docs in rendered.items():
+            if target.startswith("overlays/"):
+                (Path(tmp) / f"{Path(target).name}.yaml").write_text(yaml.safe_dump_all(docs))
+        checkov(["-d", tmp, "--framework", "kubernetes"], "kubernetes (rendered overlays)")
+    checkov(["-f", str(DOCKERFILE), "--framework", "dockerfile"], "Dockerfile")
+
+
+# ------------------------------------------------------------------ main
+
+def check(binary: str) -> None:
+    binary = str(Path(binary).resolve())
+    rendered = render_all()
+    validate_schemas(rendered)
+    check_agreement(binary, rendered)
+    check_settings(binary, rendered)
+    check_checkov(rendered)
+    step("all checks passed")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    try:
+        check(sys.argv[1])
+    except CheckError as err:
+        print(f"k8s-check: FAILED: {err}", file=sys.stderr)
+        sys.exit(1)
