@@ -254,6 +254,11 @@ pub struct LoadArgs {
     /// Parser threads; 0 uses one per core.
     #[arg(long, env = "KVSERVE_LOAD_THREADS", default_value_t = 0)]
     pub load_threads: usize,
+
+    /// Load and serve only keys whose first hex digit is listed (`0-7`, `8-f`,
+    /// `0-3,a`); other keys get 421. For sharding a file across instances.
+    #[arg(long, env = "KVSERVE_KEY_PREFIXES", default_value = "0-f")]
+    pub key_prefixes: crate::dataset::prefixes::KeyPrefixes,
 }
 
 impl LoadArgs {
@@ -267,6 +272,7 @@ impl LoadArgs {
             allow_empty: self.allow_empty,
             storage: self.storage,
             threads: self.load_threads,
+            key_prefixes: self.key_prefixes,
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct Metrics {
     http_in_flight: IntGauge,
     pub lookups_found: IntCounter,
     pub lookups_missing: IntCounter,
+    /// Keys another shard owns (`--key-prefixes`), answered 421.
+    pub lookups_misdirected: IntCounter,
     cache_entries: IntGauge,
     dataset_keys: IntGauge,
     dataset_bytes: IntGauge,
@@ -145,6 +147,7 @@ impl Metrics {
         let metrics = Self {
             lookups_found: lookups.with_label_values(&["found"]),
             lookups_missing: lookups.with_label_values(&["missing"]),
+            lookups_misdirected: lookups.with_label_values(&["misdirected"]),
             cache_entries: gauge(
                 "kvserve_cache_entries",
                 "Entries in the LRU of rendered answers",

@@ -101,6 +101,11 @@ impl Reloader {
         }
     }
 
+    /// The keys this instance owns (`--key-prefixes`).
+    pub fn key_prefixes(&self) -> crate::dataset::prefixes::KeyPrefixes {
+        self.options.key_prefixes
+    }
+
     /// The file being served (or about to be).
     pub fn current_path(&self) -> PathBuf {
         self.current

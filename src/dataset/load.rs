@@ -116,6 +116,8 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset, LoadError> {
         load_seconds: started.elapsed().as_secs_f64(),
         skipped_lines: parsed.skipped,
         duplicate_lines: parsed.duplicates,
+        key_prefixes: opts.key_prefixes.to_string(),
+        foreign_lines: parsed.foreign,
         generation: 0,
     };
     // Where the time went, for profiling loads of big files (`--log-level kvserve=debug`).
@@ -149,6 +151,7 @@ struct Parsed {
     index: Index,
     skipped: u64,
     duplicates: u64,
+    foreign: u64,
 }
 
 /// What went wrong at one byte offset; turned into a `LoadError` once the earliest
@@ -170,6 +173,8 @@ struct ChunkResult {
     skipped: u64,
     skipped_samples: Vec<(usize, LineError)>,
     duplicates: u64,
+    /// Valid records of keys another shard owns (`--key-prefixes`).
+    foreign: u64,
 }
 
 impl ChunkResult {
@@ -259,6 +264,7 @@ fn parse(bytes: &[u8], path: &Path, opts: &LoadOptions) -> Result<Parsed, LoadEr
 
     let mut skipped = 0;
     let mut duplicates = 0;
+    let mut foreign = 0;
     let mut first_error: Option<(usize, Failure)> = None;
     let mut samples = Vec::new();
     let mut consider = |error: Option<(usize, Failure)>| {
@@ -270,6 +276,7 @@ fn parse(bytes: &[u8], path: &Path, opts: &LoadOptions) -> Result<Parsed, LoadEr
     };
     for result in results {
         skipped += result.skipped;
+        foreign += result.foreign;
         samples.extend(result.skipped_samples);
         consider(result.first_error);
     }
@@ -285,6 +292,7 @@ fn parse(bytes: &[u8], path: &Path, opts: &LoadOptions) -> Result<Parsed, LoadEr
         index,
         skipped,
         duplicates,
+        foreign,
     })
 }
 
@@ -352,6 +360,7 @@ fn parse_chunk(shared: &Shared<'_>, start: usize, end: usize) -> ChunkResult {
         };
         match parsed {
             Ok(None) => {}
+            Ok(Some(record)) if !opts.key_prefixes.owns(record.key) => result.foreign += 1,
             Ok(Some(record)) => {
                 let key = Key::new(record.key);
                 let shard = shared.index.determine_map(&key);

@@ -11,6 +11,7 @@ pub mod index;
 pub mod integrity;
 mod load;
 mod mapped;
+pub mod prefixes;
 
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -64,6 +65,8 @@ pub struct LoadOptions {
     pub storage: Storage,
     /// Parser threads; 0 means one per available core.
     pub threads: usize,
+    /// Only keys whose first hex digit is in the set are loaded (`--key-prefixes`).
+    pub key_prefixes: prefixes::KeyPrefixes,
 }
 
 impl Default for LoadOptions {
@@ -77,6 +80,7 @@ impl Default for LoadOptions {
             allow_empty: false,
             storage: Storage::Memory,
             threads: 0,
+            key_prefixes: prefixes::KeyPrefixes::ALL,
         }
     }
 }
@@ -163,6 +167,10 @@ pub struct DatasetInfo {
     pub skipped_lines: u64,
     /// Lines whose key was already present, resolved by `--on-duplicate first|last`.
     pub duplicate_lines: u64,
+    /// The first hex digits this instance owns (`--key-prefixes`), e.g. `0-f`.
+    pub key_prefixes: String,
+    /// Valid lines skipped because their key belongs to another shard.
+    pub foreign_lines: u64,
     /// How many datasets the process has installed, this one included (0 until
     /// installed).
     pub generation: u64,

@@ -64,6 +64,9 @@ pub enum KeyResponse<T: Payload + poem::IntoResponse + Send> {
     /// No value for this key.
     #[oai(status = 404)]
     NotFound(ProblemJson),
+    /// The key's first hex digit belongs to another shard (`--key-prefixes`).
+    #[oai(status = 421)]
+    Misdirected(ProblemJson),
     /// No valid bearer token (when the server runs with a JWT key).
     #[oai(status = 401)]
     Unauthorized(ProblemJson, #[oai(header = "WWW-Authenticate")] String),
@@ -93,6 +96,9 @@ pub enum BatchResponse {
     /// The body is not `application/json`.
     #[oai(status = 415)]
     UnsupportedMediaType(ProblemJson),
+    /// A key's first hex digit belongs to another shard (`--key-prefixes`).
+    #[oai(status = 421)]
+    Misdirected(ProblemJson),
     /// No valid bearer token (when the server runs with a JWT key).
     #[oai(status = 401)]
     Unauthorized(ProblemJson, #[oai(header = "WWW-Authenticate")] String),
@@ -184,6 +190,13 @@ impl KeysApi {
             Ok(keys) => keys,
             Err(problem) => return BatchResponse::BadRequest(problem.into()),
         };
+        let owned = self.state.reloader.key_prefixes();
+        if let Some(foreign) = keys.iter().find(|key| !owned.owns(key.as_u128())) {
+            self.state.metrics.lookups_misdirected.inc();
+            return BatchResponse::Misdirected(
+                Problem::misdirected(*foreign, &owned.to_string()).into(),
+            );
+        }
         let guard = self.state.dataset.load();
         let Some(dataset) = guard.as_ref() else {
             return BatchResponse::NotLoaded(
@@ -239,6 +252,11 @@ pub fn lookup_key(
     if_none_match: Option<&str>,
     shape: Shape,
 ) -> Lookup {
+    let owned = state.reloader.key_prefixes();
+    if !owned.owns(key.as_u128()) {
+        state.metrics.lookups_misdirected.inc();
+        return Lookup::Failed(Problem::misdirected(key, &owned.to_string()));
+    }
     let guard = state.dataset.load();
     let Some(dataset) = guard.as_ref() else {
         return Lookup::Failed(Problem::not_loaded());
@@ -276,6 +294,7 @@ impl<T: Payload + poem::IntoResponse + Send> KeyResponse<T> {
             Lookup::Failed(problem) => match problem.status {
                 400 => KeyResponse::BadRequest(problem.into()),
                 404 => KeyResponse::NotFound(problem.into()),
+                421 => KeyResponse::Misdirected(problem.into()),
                 _ => KeyResponse::NotLoaded(problem.into(), NOT_LOADED_RETRY_AFTER_SECS),
             },
         }

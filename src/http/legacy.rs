@@ -87,6 +87,9 @@ pub enum LegacyResponse {
         RawJson<LegacyValidationError>,
         #[oai(header = "Deprecation")] String,
     ),
+    /// The key's first hex digit belongs to another shard (`--key-prefixes`).
+    #[oai(status = 421)]
+    Misdirected(ProblemJson),
     /// No valid bearer token (when the server runs with a JWT key).
     #[oai(status = 401)]
     Unauthorized(ProblemJson, #[oai(header = "WWW-Authenticate")] String),
@@ -138,6 +141,9 @@ impl LegacyApi {
             }
             LegacyAnswer::Invalid(body) => {
                 LegacyResponse::Unprocessable(RawJson::new(body), deprecation())
+            }
+            LegacyAnswer::Unavailable(problem) if problem.status == 421 => {
+                LegacyResponse::Misdirected(problem.into())
             }
             LegacyAnswer::Unavailable(problem) => {
                 LegacyResponse::NotLoaded(problem.into(), NOT_LOADED_RETRY_AFTER_SECS)

@@ -42,6 +42,7 @@ pub enum ProblemKind {
     Overloaded,
     Timeout,
     UriTooLong,
+    Misdirected,
     Internal,
 }
 
@@ -65,6 +66,7 @@ impl ProblemKind {
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded | Self::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::ReloadFailed => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -91,6 +93,7 @@ impl ProblemKind {
             Self::Overloaded => "overloaded",
             Self::Timeout => "timeout",
             Self::UriTooLong => "uri-too-long",
+            Self::Misdirected => "misdirected",
             Self::InvalidReloadPath => "invalid-reload-path",
             Self::ReloadFailed => "reload-failed",
             Self::Internal => "internal",
@@ -118,6 +121,7 @@ impl ProblemKind {
             Self::Overloaded => "Overloaded",
             Self::Timeout => "Request took too long",
             Self::UriTooLong => "Request target too long",
+            Self::Misdirected => "Key served by another shard",
             Self::InvalidReloadPath => "Reload path not allowed",
             Self::ReloadFailed => "Reload failed; the previous dataset is still served",
             Self::Internal => "Internal error",
@@ -163,6 +167,15 @@ impl Problem {
 
     pub fn key_not_found(key: uuid::Uuid) -> Self {
         Self::new(ProblemKind::KeyNotFound, format!("no value for key {key}"))
+    }
+
+    pub fn misdirected(key: uuid::Uuid, owned: &str) -> Self {
+        Self::new(
+            ProblemKind::Misdirected,
+            format!(
+                "key {key} is not served here: this instance serves keys starting with {owned}"
+            ),
+        )
     }
 
     pub fn not_loaded() -> Self {
