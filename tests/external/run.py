@@ -15,6 +15,8 @@
                   schemas, agree with the binary's flags and probes, run with each
                   overlay's settings, and pass checkov; the Dockerfile passes checkov
                   (tests/external/k8s_check.py)
+  clients         the client examples (examples/clients: Python requests, curl, JS fetch)
+                  run against a rate-limited server and get the documented answers
   promtool        `promtool check metrics` accepts what /metrics serves
   prometheus      a real Prometheus scrapes kvserve, counts what was sent, and every
                   PromQL expression of grafana/kvserve.json returns data
@@ -218,6 +220,19 @@ def jwt_interop(binary: str) -> None:
             print(f"  {name}: {len(cases)} PyJWT tokens answered as expected")
 
 
+def clients(binary: str) -> None:
+    examples = ROOT / "examples" / "clients"
+    # A tight rate limit, so the examples' 429 handling (Retry-After) is exercised.
+    flags = ("--rate-limit", "5", "--rate-limit-burst", "5")
+    with Kvserve(binary, ROOT / "data" / "sample.data", flags) as server:
+        for command in (
+            [sys.executable, str(examples / "client.py"), server.url],
+            ["bash", str(examples / "curl.sh"), server.url],
+            ["node", str(examples / "fetch.mjs"), server.url],
+        ):
+            subprocess.run(command, check=True, timeout=120)
+
+
 def promtool(binary: str) -> None:
     with Kvserve(binary, ROOT / "data" / "sample.data") as server:
         for path in [f"/v1/keys/{KEY}", "/v1/keys/abc", "/nope", f"/get_value/{KEY}"]:
@@ -236,6 +251,7 @@ CHECKS = {
     "swagger-ui": swagger_ui,
     "jwt-interop": jwt_interop,
     "k8s": k8s_check.check,
+    "clients": clients,
     "promtool": promtool,
     "prometheus": prometheus_check.check,
 }
