@@ -10,18 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-/// The value of one series in Prometheus text format, e.g.
-/// `kvserve_lookups_total{result="found"}`.
-fn series(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(name)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
 async fn metrics(s: &TestServer) -> String {
     let resp = s.client.get(s.admin_url("/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), 200);

@@ -119,16 +119,6 @@ async fn unauthorized(resp: reqwest::Response, error: Option<&str>) -> Value {
     body
 }
 
-fn series(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(name)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
 #[tokio::test]
 async fn hostile_tokens_are_refused_with_401() {
     let (_dir, s) = hs256_server(&[]).await;

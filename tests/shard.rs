@@ -68,11 +68,11 @@ async fn a_shard_loads_and_answers_only_its_keys() {
         .text()
         .await
         .unwrap();
-    let misdirected = text
-        .lines()
-        .find_map(|l| l.strip_prefix("kvserve_lookups_total{result=\"misdirected\"} "))
-        .unwrap();
-    assert_eq!(misdirected, "10", "9 single lookups and one batch");
+    assert_eq!(
+        series(&text, "kvserve_lookups_total{result=\"misdirected\"}"),
+        Some(10.0),
+        "9 single lookups and one batch"
+    );
     s.stop().await.unwrap();
 }
 

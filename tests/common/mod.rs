@@ -155,6 +155,18 @@ pub async fn problem(resp: reqwest::Response, status: u16) -> serde_json::Value 
     body
 }
 
+/// The value of one series in Prometheus text format, e.g.
+/// `kvserve_lookups_total{result="found"}`.
+pub fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// The kvserve binary Cargo built for these tests.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kvserve"))
