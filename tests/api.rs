@@ -6,10 +6,7 @@ use common::*;
 use serde_json::{json, Value};
 
 async fn server() -> (tempfile::TempDir, TestServer) {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "test.data", sample_lines());
-    let server = TestServer::start(&data, &[]).await;
-    (dir, server)
+    TestServer::with_sample(&[]).await
 }
 
 #[tokio::test]

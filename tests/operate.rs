@@ -30,9 +30,7 @@ async fn admin_post(s: &TestServer, path: &str, body: Option<Value>) -> reqwest:
 
 #[tokio::test]
 async fn metrics_count_requests_by_route_template_and_status() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "m.data", sample_lines());
-    let s = TestServer::start(&data, &[]).await;
+    let (_dir, s) = TestServer::with_sample(&[]).await;
     for _ in 0..3 {
         s.get(&format!("/v1/keys/{KEY}")).await;
     }
@@ -336,9 +334,7 @@ async fn reload_paths_must_stay_in_the_data_folder() {
 
 #[tokio::test]
 async fn admin_bad_paths_and_methods_are_problems() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "a.data", sample_lines());
-    let s = TestServer::start(&data, &[]).await;
+    let (_dir, s) = TestServer::with_sample(&[]).await;
     for path in ["/admin", "/admin/nope", "/v1/keys/x", "/metricz"] {
         problem(s.client.get(s.admin_url(path)).send().await.unwrap(), 404).await;
     }
@@ -362,9 +358,7 @@ async fn admin_bad_paths_and_methods_are_problems() {
 
 #[tokio::test]
 async fn cache_purge_empties_the_lru() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "cp.data", sample_lines());
-    let s = TestServer::start(&data, &[]).await;
+    let (_dir, s) = TestServer::with_sample(&[]).await;
     // Twice each: the cache admits a key on its second miss.
     for _ in 0..2 {
         s.get(&format!("/v1/keys/{KEY}")).await;
@@ -385,9 +379,7 @@ async fn cache_purge_empties_the_lru() {
 
 #[tokio::test]
 async fn request_ids_are_echoed_or_generated() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "id.data", sample_lines());
-    let s = TestServer::start(&data, &[]).await;
+    let (_dir, s) = TestServer::with_sample(&[]).await;
     let resp = s
         .client
         .get(s.url(&format!("/v1/keys/{KEY}")))

@@ -827,9 +827,7 @@ fn read_status(stream: &mut TcpStream) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_max_in_flight_get_503() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "shed.data", sample_lines());
-    let s = TestServer::start(&data, &["--max-in-flight", "2"]).await;
+    let (_dir, s) = TestServer::with_sample(&["--max-in-flight", "2"]).await;
     let api = s.api;
     let statuses = tokio::task::spawn_blocking(move || {
         let mut held: Vec<(TcpStream, String)> = (0..2).map(|_| slow_request(api)).collect();
@@ -858,9 +856,7 @@ async fn requests_beyond_max_in_flight_get_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_timeout_answers_503() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "rt.data", sample_lines());
-    let s = TestServer::start(&data, &["--request-timeout", "300ms"]).await;
+    let (_dir, s) = TestServer::with_sample(&["--request-timeout", "300ms"]).await;
     let api = s.api;
     let (status, elapsed) = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
@@ -879,9 +875,7 @@ async fn request_timeout_answers_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_closed_while_others_are_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "sl.data", sample_lines());
-    let s = TestServer::start(&data, &["--header-read-timeout", "1s"]).await;
+    let (_dir, s) = TestServer::with_sample(&["--header-read-timeout", "1s"]).await;
     let api = s.api;
     let slow = tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(api).unwrap();
@@ -926,9 +920,7 @@ async fn slowloris_connections_are_closed_while_others_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_max_connections_are_closed() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "mc.data", sample_lines());
-    let s = TestServer::start(&data, &["--max-connections", "2"]).await;
+    let (_dir, s) = TestServer::with_sample(&["--max-connections", "2"]).await;
     let api = s.api;
     let ok = tokio::task::spawn_blocking(move || {
         let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(api).unwrap()).collect();
@@ -953,9 +945,7 @@ async fn connections_beyond_max_connections_are_closed() {
 
 #[tokio::test]
 async fn oversized_bodies_and_uris_are_refused_before_parsing() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "lim.data", sample_lines());
-    let s = TestServer::start(&data, &[]).await;
+    let (_dir, s) = TestServer::with_sample(&[]).await;
     let api = s.api;
     // A 2 MiB body is refused from its Content-Length alone, before a byte of it is sent.
     let status = tokio::task::spawn_blocking(move || {
@@ -977,9 +967,7 @@ async fn oversized_bodies_and_uris_are_refused_before_parsing() {
 
 #[tokio::test]
 async fn every_answer_says_nosniff() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "ns.data", sample_lines());
-    let s = TestServer::start(&data, &[]).await;
+    let (_dir, s) = TestServer::with_sample(&[]).await;
     for url in [
         s.url(&format!("/v1/keys/{KEY}")),
         s.url("/nope"),

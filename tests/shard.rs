@@ -10,9 +10,7 @@ const FOREIGN_MISSING: &str = "80000000-0000-4000-8000-000000000000";
 
 #[tokio::test]
 async fn a_shard_loads_and_answers_only_its_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "shard.data", sample_lines());
-    let s = TestServer::start(&data, &["--key-prefixes", "0-7"]).await;
+    let (_dir, s) = TestServer::with_sample(&["--key-prefixes", "0-7"]).await;
 
     assert_eq!(s.get(&format!("/v1/keys/{KEY}")).await.status(), 200);
     assert_eq!(

@@ -81,6 +81,14 @@ impl TestServer {
         server
     }
 
+    /// Starts kvserve on `sample_lines()` in a fresh folder, kept alive by the guard.
+    pub async fn with_sample(extra: &[&str]) -> (tempfile::TempDir, Self) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = write_file(dir.path(), "test.data", sample_lines());
+        let server = Self::start(&data, extra).await;
+        (dir, server)
+    }
+
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
