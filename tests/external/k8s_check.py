@@ -13,11 +13,27 @@
               ports; terminationGracePeriodSeconds exceeds the preStop sleep plus
               KVSERVE_SHUTDOWN_TIMEOUT; the scrape annotations and the ServiceMonitor
               point at 9000 /metrics; KVSERVE_DATA and the JWT secret file lie on a mount
-              (or, for the data, in the image); every namespaced object is in `kvserve`
+              (or, for the data, in the image); every namespaced object is in `kvserve`.
+              Instances (one Deployment each, several in k8s/overlays/sharded): their
+              KVSERVE_KEY_PREFIXES partition the 16 hex digits; every Service, PDB and
+              topology spread selects the pods of exactly one Deployment, every HPA
+              targets one, each Deployment has its own API and admin Service. Ingresses
+              (ingress-nginx, use-regex): backends are existing Services and ports that
+              reach the API port; the paths, matched as nginx does (`~* "^<path>"`), send
+              every hex digit, upper or lower case, in every key form, on
+              /v1/keys/{key}, /v1/keys/{key}/value and /get_value/{key}, to exactly one
+              Service: the one of the Deployment that owns the digit; each shard's
+              /shards/<KVSERVE_KEY_PREFIXES>/v1/keys/batch reaches that shard as
+              /v1/keys/batch, the plain /v1/keys/batch reaches none; /openapi.json and
+              /docs reach one instance
   settings    the binary starts with each overlay's effective KVSERVE_* settings (the
               listeners moved to loopback ports, the data and secret files replaced by
               local stand-ins) and /readyz answers 200: values parse, combinations are
-              accepted
+              accepted. The instances of an overlay run at once; where it has an Ingress,
+              every key of the sample data is requested on each per-key route at the
+              instance the Ingress paths pick (200 and the value) and at every other one
+              (421), each shard's batch path is posted its keys (200) and a foreign key
+              (421), and /openapi.json and /docs answer 200 through the routing
   checkov     `checkov --framework kubernetes` on the rendered overlays and
               `checkov --framework dockerfile` on the Dockerfile: zero failed checks.
               Checks that cannot apply are skipped in the manifests themselves
@@ -32,6 +48,8 @@ Usage: k8s_check.py KVSERVE_BINARY   (or import it and call check(binary))
 Prints one line per step; raises (exits non-zero) on the first failing step.
 """
 
+import contextlib
+import http.client
 import json
 import os
 import re
@@ -66,6 +84,23 @@ CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
                   "StorageClass", "IngressClass", "CustomResourceDefinition"}
 ENV_NAME = re.compile(r"\bKVSERVE_[A-Z0-9_]*[A-Z0-9]\b")
+HEX = "0123456789abcdef"
+# A key whose first hex digit is filled in: every probe of the routing varies only that.
+PROBE_KEY = "{}2cf48f7-d604-4423-b012-4e2329f5117b"
+# The forms of a key kvserve parses in a path (DESIGN.md section 4), as the client sends
+# them; nginx matches the decoded path, so braces appear as `{` `}`.
+KEY_FORMS = {
+    "hyphenated": lambda k: k,
+    "upper case": lambda k: k.upper(),
+    "simple": lambda k: k.replace("-", ""),
+    "braced": lambda k: "{" + k + "}",
+    "urn": lambda k: "urn:uuid:" + k,
+}
+# The per-key routes: (path template, what the answer holds).
+KEY_ROUTES = (("/v1/keys/{}", "json"), ("/v1/keys/{}/value", "text"), ("/get_value/{}", "json"))
+BATCH_PATH = "/v1/keys/batch"
+# The batch route of one shard through the Ingress (ingress.yaml, README "Scaling out").
+SHARD_BATCH_PATH = "/shards/{}/v1/keys/batch"
 
 
 def step(message: str) -> None:
@@ -205,7 +240,7 @@ def only(docs: list[dict], kind: str, name: str | None = None) -> dict:
 
 
 def kvserve_deployments(docs: list[dict], where: str) -> list[dict]:
-    """Every Deployment running a `kvserve` container (one per shard, later)."""
+    """Every Deployment running a `kvserve` container (one per shard in k8s/overlays/sharded)."""
     found = [d for d in docs if d["kind"] == "Deployment"
              and any(c["name"] == "kvserve" for c in d["spec"]["template"]["spec"]["containers"])]
     expect(bool(found), f"{where}: no Deployment with a `kvserve` container")
@@ -249,6 +284,136 @@ def mount_for(ctr: dict, spec: dict, path: str) -> tuple[dict, dict] | None:
         if path.startswith(root):
             return mount, volumes[mount["name"]]
     return None
+
+
+def pod_labels(deployment: dict) -> dict[str, str]:
+    return deployment["spec"]["template"]["metadata"].get("labels") or {}
+
+
+def selected(selector: dict | None, deployments: list[dict]) -> list[str]:
+    """Names of the Deployments whose pods a label selector (a plain map: a Service's
+    selector, or a matchLabels) selects."""
+    if not selector:
+        return []
+    return [d["metadata"]["name"] for d in deployments
+            if all(pod_labels(d).get(k) == v for k, v in selector.items())]
+
+
+def match_labels(selector: dict, what: str) -> dict:
+    expect(not selector.get("matchExpressions"), f"{what}: matchExpressions are not expected")
+    return selector.get("matchLabels") or {}
+
+
+def key_prefixes(env: dict[str, str], where: str) -> frozenset[int]:
+    """The first hex digits KVSERVE_KEY_PREFIXES owns, parsed as src/dataset/prefixes.rs
+    does: hex digits and ranges (`0-7`, `0-3,a,c-f`); unset means all sixteen."""
+    text = env.get("KVSERVE_KEY_PREFIXES", "0-f")
+    digits: set[int] = set()
+    for part in text.split(","):
+        ends = [end.strip() for end in part.split("-", 1)]
+        expect(all(len(end) == 1 and end.lower() in HEX for end in ends),
+               f"{where}: KVSERVE_KEY_PREFIXES {text!r}: {part!r} is not a hex digit or a range of two")
+        low, high = int(ends[0], 16), int(ends[-1], 16)
+        expect(low <= high, f"{where}: KVSERVE_KEY_PREFIXES {text!r}: {part!r} runs backwards")
+        digits.update(range(low, high + 1))
+    return frozenset(digits)
+
+
+def digits_text(digits) -> str:
+    """A set of hex digits the way kvserve prints KVSERVE_KEY_PREFIXES: `0-7`, `0-3,a`."""
+    runs: list[list[int]] = []
+    for digit in sorted(digits):
+        if runs and digit == runs[-1][-1] + 1:
+            runs[-1].append(digit)
+        else:
+            runs.append([digit])
+    return ",".join(f"{r[0]:x}" if len(r) == 1 else f"{r[0]:x}-{r[-1]:x}" for r in runs)
+
+
+class Location:
+    """One Ingress path as ingress-nginx configures it with use-regex: `location ~*
+    "^<path>"`, a case-insensitive regular expression anchored at the start only."""
+
+    def __init__(self, ingress: str, path: str, service: str, port, rewrite: str | None):
+        self.ingress, self.path, self.service, self.port, self.rewrite = ingress, path, service, port, rewrite
+        try:
+            self.regex = re.compile("^" + path, re.IGNORECASE)
+        except re.error as err:
+            raise CheckError(f"Ingress {ingress}: path {path!r} is not a regular expression: {err}") from None
+
+    def __str__(self) -> str:
+        return f"Ingress {self.ingress} path {self.path!r}"
+
+
+def ingress_locations(docs: list[dict], where: str) -> list[Location]:
+    locations = []
+    hosts = set()
+    for ingress in (d for d in docs if d["kind"] == "Ingress"):
+        name = ingress["metadata"]["name"]
+        notes = ingress["metadata"].get("annotations") or {}
+        spec = ingress["spec"]
+        expect(spec.get("ingressClassName") == "nginx", f"{where}: Ingress {name}: ingressClassName must be nginx")
+        # With use-regex ingress-nginx matches every path of the host as a regex (`~*`);
+        # the routing model below assumes exactly that.
+        expect(notes.get("nginx.ingress.kubernetes.io/use-regex") == "true",
+               f"{where}: Ingress {name}: nginx.ingress.kubernetes.io/use-regex must be \"true\"")
+        expect(not spec.get("defaultBackend"), f"{where}: Ingress {name}: a defaultBackend would catch unrouted keys")
+        rewrite = notes.get("nginx.ingress.kubernetes.io/rewrite-target")
+        for rule in spec.get("rules", []):
+            # use-regex applies to every path of a host; on host-less rules it would turn
+            # every other host-less Ingress of the controller into regexes too.
+            expect(bool(rule.get("host")), f"{where}: Ingress {name}: a rule without host")
+            hosts.add(rule["host"])
+            for path in rule["http"]["paths"]:
+                expect(path.get("pathType") == "ImplementationSpecific",
+                       f"{where}: Ingress {name}: path {path.get('path')!r} must be pathType "
+                       f"ImplementationSpecific (a regex)")
+                backend = path["backend"].get("service")
+                expect(backend is not None, f"{where}: Ingress {name}: path {path['path']!r} has no Service backend")
+                port = backend["port"].get("name", backend["port"].get("number"))
+                locations.append(Location(name, path["path"], backend["name"], port, rewrite))
+    expect(len(hosts) <= 1, f"{where}: Ingress hosts {sorted(hosts)}: the routing check models one host")
+    return locations
+
+
+def route(locations: list[Location], path: str) -> list[tuple[Location, str]]:
+    """Every location `path` matches, with the path the backend then sees (after a
+    rewrite-target, whose `$n` are the location's groups)."""
+    found = []
+    for location in locations:
+        match = location.regex.match(path)
+        if match:
+            to = path
+            if location.rewrite is not None:
+                to = re.sub(r"\$(\d)", lambda g: match.group(int(g.group(1))) or "", location.rewrite)
+            found.append((location, to))
+    return found
+
+
+def route_one(locations: list[Location], path: str, where: str) -> tuple[Location, str]:
+    """The one location `path` matches: nginx takes the first matching regex in its own
+    order, so two matches would make the routing depend on that order."""
+    found = route(locations, path)
+    expect(len(found) == 1, f"{where}: {path} matches {len(found)} Ingress paths, want exactly one: "
+                            + "; ".join(str(loc) for loc, _ in found))
+    return found[0]
+
+
+def backend_deployment(docs: list[dict], location: Location, where: str) -> str:
+    """The Deployment behind an Ingress backend: the Service exists, has the port, selects
+    the pods of exactly one kvserve Deployment, and the port reaches its API port."""
+    deployments = kvserve_deployments(docs, where)
+    services = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == location.service]
+    expect(len(services) == 1, f"{where}: {location}: no Service {location.service}")
+    service = services[0]
+    ports = [p for p in service["spec"]["ports"] if location.port in (p.get("name"), p["port"])]
+    expect(len(ports) == 1, f"{where}: {location}: Service {location.service} has no port {location.port!r}")
+    names = selected(service["spec"].get("selector"), deployments)
+    expect(len(names) == 1, f"{where}: {location}: Service {location.service} selects the pods of {names}")
+    deployment = next(d for d in deployments if d["metadata"]["name"] == names[0])
+    target = resolve_port(container(deployment), ports[0].get("targetPort", ports[0]["port"]))
+    expect(target == API_PORT, f"{where}: {location}: reaches container port {target}, not the API ({API_PORT})")
+    return names[0]
 
 
 def dockerfile_facts() -> dict:
@@ -308,6 +473,8 @@ def check_agreement(binary: str, rendered: dict[str, list[dict]]) -> None:
                        f"k8s/{target}: {doc['kind']}/{doc['metadata']['name']} is not in namespace {NAMESPACE}")
         for deployment in kvserve_deployments(docs, f"k8s/{target}"):
             check_deployment(docs, deployment, f"k8s/{target}", image)
+        check_instances(docs, f"k8s/{target}")
+        check_ingresses(docs, f"k8s/{target}")
 
 
 def check_deployment(docs: list[dict], deployment: dict, where: str, image: dict) -> None:
@@ -377,13 +544,19 @@ def check_deployment(docs: list[dict], deployment: dict, where: str, image: dict
            f"{where}: container securityContext incomplete")
     expect(spec.get("automountServiceAccountToken") is False, f"{where}: service account token mounted")
 
-    api = [s for s in docs if s["kind"] == "Service"
-           and any(resolve_port(ctr, p.get("targetPort", p["port"])) == API_PORT for p in s["spec"]["ports"])]
-    admin = [s for s in docs if s["kind"] == "Service"
-             and any(resolve_port(ctr, p.get("targetPort", p["port"])) == ADMIN_PORT for p in s["spec"]["ports"])]
-    expect(bool(api) and bool(admin), f"{where}: want a Service for port {API_PORT} and one for {ADMIN_PORT}")
+    # Its own Services: those that select its pods.
+    own = [s for s in docs if s["kind"] == "Service"
+           and deployment["metadata"]["name"] in selected(s["spec"].get("selector"), [deployment])]
+    api = [s for s in own
+           if any(resolve_port(ctr, p.get("targetPort", p["port"])) == API_PORT for p in s["spec"]["ports"])]
+    admin = [s for s in own
+             if any(resolve_port(ctr, p.get("targetPort", p["port"])) == ADMIN_PORT for p in s["spec"]["ports"])]
+    expect(bool(api) and bool(admin),
+           f"{where}: want a Service for port {API_PORT} and one for {ADMIN_PORT} that select its pods")
 
     policy = only(docs, "NetworkPolicy")
+    expect(bool(selected(match_labels(policy["spec"]["podSelector"], "NetworkPolicy"), [deployment])),
+           f"{where}: the NetworkPolicy does not select its pods")
     rules = {p["port"]: r.get("from", []) for r in policy["spec"]["ingress"] for p in r.get("ports", [])}
     expect(set(rules) == {API_PORT, ADMIN_PORT}, f"{where}: NetworkPolicy ports {sorted(rules)}")
     expect(all((f.get("namespaceSelector") or {}).get("matchLabels") for f in rules[ADMIN_PORT])
@@ -392,6 +565,109 @@ def check_deployment(docs: list[dict], deployment: dict, where: str, image: dict
     step(f"agreement: {where}: probes /readyz,/livez on admin:{ADMIN_PORT}, API {API_PORT}, "
          f"0.0.0.0 binds, grace {grace}s > {pre_stop}s + {shutdown:g}s, scrape {ADMIN_PORT} /metrics, "
          f"data {data} ({'volume' if mounted else 'image'})")
+
+
+def check_instances(docs: list[dict], where: str) -> None:
+    """The kvserve Deployments of one overlay (several in k8s/overlays/sharded): their key
+    prefixes partition the 16 hex digits, and what belongs to one instance (Service, PDB,
+    HPA, topology spread) reaches that instance alone."""
+    deployments = kvserve_deployments(docs, where)
+    names = [d["metadata"]["name"] for d in deployments]
+    owned = {d["metadata"]["name"]: key_prefixes(effective_env(docs, container(d)), where) for d in deployments}
+    for digit in range(16):
+        owners = [n for n in names if digit in owned[n]]
+        expect(len(owners) == 1, f"{where}: keys starting with {digit:x} are served by {owners or 'no Deployment'} "
+                                 f"(KVSERVE_KEY_PREFIXES), want exactly one")
+    for deployment in deployments:
+        name = deployment["metadata"]["name"]
+        mine = selected(match_labels(deployment["spec"]["selector"], f"Deployment {name}"), deployments)
+        expect(mine == [name], f"{where}: Deployment {name}: its selector matches the pods of {mine}")
+        for spread in deployment["spec"]["template"]["spec"].get("topologySpreadConstraints", []):
+            spread_over = selected(match_labels(spread.get("labelSelector") or {}, f"Deployment {name}"), deployments)
+            expect(spread_over == [name], f"{where}: Deployment {name}: a topologySpreadConstraint counts "
+                                          f"the pods of {spread_over}, want its own")
+    for service in (d for d in docs if d["kind"] == "Service"):
+        over = selected(service["spec"].get("selector"), deployments)
+        expect(len(over) == 1, f"{where}: Service {service['metadata']['name']} selects the pods of {over}, "
+                               f"want exactly one Deployment")
+    budgets = {n: 0 for n in names}
+    for pdb in (d for d in docs if d["kind"] == "PodDisruptionBudget"):
+        over = selected(match_labels(pdb["spec"]["selector"], "PodDisruptionBudget"), deployments)
+        expect(len(over) == 1, f"{where}: PodDisruptionBudget {pdb['metadata']['name']} selects the pods of "
+                               f"{over}, want exactly one Deployment")
+        budgets[over[0]] += 1
+    scalers = {n: 0 for n in names}
+    for hpa in (d for d in docs if d["kind"] == "HorizontalPodAutoscaler"):
+        ref = hpa["spec"]["scaleTargetRef"]
+        expect(ref.get("kind") == "Deployment" and ref.get("name") in names,
+               f"{where}: HorizontalPodAutoscaler {hpa['metadata']['name']} targets {ref.get('kind')} "
+               f"{ref.get('name')}, not one of {names}")
+        scalers[ref["name"]] += 1
+    expect(all(n <= 1 for n in budgets.values()), f"{where}: PodDisruptionBudgets per Deployment: {budgets}")
+    expect(all(n <= 1 for n in scalers.values()), f"{where}: HPAs per Deployment: {scalers}")
+    expect(len(set(budgets.values())) == 1 and len(set(scalers.values())) == 1,
+           f"{where}: every instance needs the same: PDBs {budgets}, HPAs {scalers}")
+    expect(len(names) == 1 or any(d["kind"] == "Ingress" for d in docs),
+           f"{where}: {len(names)} instances with their own key prefixes, but no Ingress routes keys to them")
+    shown = ", ".join(f"{n} {digits_text(owned[n])}" for n in names)
+    step(f"agreement: {where}: {len(names)} instance(s), KVSERVE_KEY_PREFIXES partition 0-f ({shown}); "
+         f"each Service, PDB ({sum(budgets.values())}), HPA ({sum(scalers.values())}) and topology spread "
+         f"reaches one instance")
+
+
+def check_ingresses(docs: list[dict], where: str) -> None:
+    """The Ingress paths, matched as ingress-nginx does, send every key to the instance
+    that owns its first hex digit, and the routes that are not per key where ingress.yaml
+    says (batch per shard, docs to any one instance)."""
+    if not any(d["kind"] == "Ingress" for d in docs):
+        return
+    locations = ingress_locations(docs, where)
+    deployments = kvserve_deployments(docs, where)
+    owned = {d["metadata"]["name"]: key_prefixes(effective_env(docs, container(d)), where) for d in deployments}
+    used: set[int] = set()
+    routed: dict[str, set[int]] = {n: set() for n in owned}
+    for template, _ in KEY_ROUTES:
+        for form, shape in KEY_FORMS.items():
+            for digit in HEX:
+                path = template.format(shape(PROBE_KEY.format(digit)))
+                location, to = route_one(locations, path, where)
+                used.add(id(location))
+                owner = backend_deployment(docs, location, where)
+                expect(int(digit, 16) in owned[owner],
+                       f"{where}: {path} ({form}) goes to Service {location.service} via {location}, whose "
+                       f"Deployment {owner} serves {digits_text(owned[owner])}, not {digit}")
+                expect(to == path, f"{where}: {path} reaches {owner} rewritten to {to}")
+                routed[owner].add(int(digit, 16))
+    expect(all(routed[n] == owned[n] for n in owned),
+           f"{where}: digits routed {routed} differ from the key prefixes {owned}")
+    # POST /v1/keys/batch cannot be split by the ingress: never routed as it is, one path
+    # per shard instead (README "Scaling out").
+    found = route(locations, BATCH_PATH)
+    expect(not found, f"{where}: {BATCH_PATH} is routed ({'; '.join(str(loc) for loc, _ in found)}); "
+                      f"a batch must go to a shard's own path")
+    batch = []
+    for name, digits in owned.items():
+        path = SHARD_BATCH_PATH.format(digits_text(digits))
+        location, to = route_one(locations, path, where)
+        used.add(id(location))
+        owner = backend_deployment(docs, location, where)
+        expect(owner == name and to == BATCH_PATH,
+               f"{where}: {path} reaches {owner} as {to}, want {name} as {BATCH_PATH}")
+        batch.append(path)
+    docs_to = []
+    for path in ("/openapi.json", "/docs"):
+        location, to = route_one(locations, path, where)
+        used.add(id(location))
+        expect(to == path, f"{where}: {path} is rewritten to {to}")
+        docs_to.append(f"{path} -> {backend_deployment(docs, location, where)}")
+    unused = [str(loc) for loc in locations if id(loc) not in used]
+    expect(not unused, f"{where}: Ingress paths no probe reaches (dead or misspelt?): {'; '.join(unused)}")
+    ingresses = ", ".join(sorted({loc.ingress for loc in locations}))
+    shards = ", ".join(f"{digits_text(d)} -> {n}" for n, d in routed.items())
+    step(f"agreement: {where}: Ingress {ingresses} (nginx, use-regex, {len(locations)} paths, backends reach "
+         f"API {API_PORT}): 16 digits x {len(KEY_FORMS)} key forms x {len(KEY_ROUTES)} routes each to exactly "
+         f"one instance, its owner ({shards}); {', '.join(batch)} -> {BATCH_PATH} on their shard, plain "
+         f"{BATCH_PATH} unrouted; {', '.join(docs_to)}")
 
 
 # ------------------------------------------------------------------ settings
@@ -412,47 +688,167 @@ def status(url: str) -> int | None:
         return None
 
 
+@contextlib.contextmanager
+def serving(binary: str, env: dict[str, str], args: list[str], where: str):
+    """kvserve running with a Deployment's effective KVSERVE_* settings, the listeners
+    moved to loopback ports and the data and secret files replaced by local stand-ins,
+    until the block ends: yields (api port, admin port) once /readyz answers 200, then
+    sends SIGTERM and expects exit 0."""
+    api, admin = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        local = {"KVSERVE_ADDR": f"127.0.0.1:{api}", "KVSERVE_ADMIN_ADDR": f"127.0.0.1:{admin}",
+                 "KVSERVE_DATA": str(SAMPLE)}
+        for name in env:
+            if name.startswith("KVSERVE_JWT_") and name.endswith("_FILE"):
+                secret = Path(tmp) / "jwt-secret"
+                secret.write_text("k8s-check-secret-not-for-production-use")
+                local[name] = str(secret)
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith("KVSERVE_")}
+        child_env.update(env)
+        child_env.update(local)
+        log = Path(tmp) / "log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([binary, *args], env=child_env, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 30
+                while status(f"http://127.0.0.1:{admin}/readyz") != 200:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise CheckError(f"{where}: kvserve did not become ready with its "
+                                         f"settings:\n{log.read_text()[-3000:]}")
+                    time.sleep(0.05)
+                yield api, admin
+            finally:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(timeout=40)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+        expect(proc.returncode == 0, f"{where}: kvserve exited {proc.returncode} after SIGTERM")
+
+
 def check_settings(binary: str, rendered: dict[str, list[dict]]) -> None:
     for target, docs in rendered.items():
-        for deployment in kvserve_deployments(docs, f"k8s/{target}"):
-            ctr = container(deployment)
-            env = effective_env(docs, ctr)
-            api, admin = free_port(), free_port()
-            with tempfile.TemporaryDirectory() as tmp:
-                local = {"KVSERVE_ADDR": f"127.0.0.1:{api}", "KVSERVE_ADMIN_ADDR": f"127.0.0.1:{admin}",
-                         "KVSERVE_DATA": str(SAMPLE)}
-                for name in env:
-                    if name.startswith("KVSERVE_JWT_") and name.endswith("_FILE"):
-                        secret = Path(tmp) / "jwt-secret"
-                        secret.write_text("k8s-check-secret-not-for-production-use")
-                        local[name] = str(secret)
-                child_env = {k: v for k, v in os.environ.items() if not k.startswith("KVSERVE_")}
-                child_env.update(env)
-                child_env.update(local)
-                log = Path(tmp) / "log"
-                with open(log, "wb") as out:
-                    proc = subprocess.Popen([binary, *ctr.get("args", ["serve"])], env=child_env,
-                                            stdout=out, stderr=subprocess.STDOUT)
-                    try:
-                        deadline = time.monotonic() + 30
-                        while status(f"http://127.0.0.1:{admin}/readyz") != 200:
-                            if proc.poll() is not None or time.monotonic() > deadline:
-                                raise CheckError(f"k8s/{target}: kvserve did not become ready with its "
-                                                 f"settings:\n{log.read_text()[-3000:]}")
-                            time.sleep(0.05)
-                    finally:
-                        if proc.poll() is None:
-                            proc.send_signal(signal.SIGTERM)
-                            try:
-                                proc.wait(timeout=40)
-                            except subprocess.TimeoutExpired:
-                                proc.kill()
-                                proc.wait()
-                expect(proc.returncode == 0, f"k8s/{target}: kvserve exited {proc.returncode} after SIGTERM")
+        where = f"k8s/{target}"
+        deployments = kvserve_deployments(docs, where)
+        envs = {d["metadata"]["name"]: effective_env(docs, container(d)) for d in deployments}
+        # Every instance of the overlay at once: the routing test needs them all.
+        with contextlib.ExitStack() as running:
+            ports = {}
+            for deployment in deployments:
+                name = deployment["metadata"]["name"]
+                label = where if len(deployments) == 1 else f"{where} Deployment/{name}"
+                ports[name] = running.enter_context(
+                    serving(binary, envs[name], container(deployment).get("args", ["serve"]), label))
+            routing = check_routing(docs, envs, ports, where) if any(d["kind"] == "Ingress" for d in docs) else None
+        for name, env in envs.items():
+            label = where if len(deployments) == 1 else f"{where} Deployment/{name}"
             shown = ", ".join(f"{k}={v}" for k, v in sorted(env.items())
                               if k not in ("KVSERVE_ADDR", "KVSERVE_ADMIN_ADDR"))
-            step(f"settings: k8s/{target}: kvserve ready, then exit 0 on SIGTERM, with {shown} "
+            step(f"settings: {label}: kvserve ready, then exit 0 on SIGTERM, with {shown} "
                  f"(listeners on loopback, data and secret files replaced by local stand-ins)")
+        if routing:
+            step(f"settings: {where}: {routing}")
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection to a local kvserve listener."""
+
+    def __init__(self, port: int):
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, str, bytes]:
+        headers = {"content-type": "application/json"} if body is not None else {}
+        data = json.dumps(body).encode() if body is not None else None
+        self.connection.request(method, path, body=data, headers=headers)
+        response = self.connection.getresponse()
+        return response.status, response.getheader("content-type", ""), response.read()
+
+
+def sample_records() -> dict[str, str]:
+    """The sample data as kvserve reads it (DESIGN.md section 2): key (lower case) -> value."""
+    records = {}
+    for line in SAMPLE.read_text(encoding="utf-8").removeprefix("\ufeff").split("\n"):
+        line = line.removesuffix("\r")
+        if line:
+            key, _, value = line.partition(" ")
+            records[key.lower()] = value
+    return records
+
+
+def check_routing(docs: list[dict], envs: dict[str, dict[str, str]], ports: dict[str, tuple[int, int]],
+                  where: str) -> str:
+    """With every instance running on the sample data: each sample key, on each per-key
+    route, at the instance the Ingress paths pick answers 200 with its value and at every
+    other instance 421; each shard's batch path takes its keys (200) and refuses a foreign
+    one (421); /openapi.json and /docs answer through the routing. Returns a summary."""
+    expect(not any(k.startswith("KVSERVE_JWT_") for env in envs.values() for k in env),
+           f"{where}: the routing test sends no tokens, so it expects the API without JWT auth")
+    locations = ingress_locations(docs, where)
+    records = sample_records()
+    owned = {name: key_prefixes(env, where) for name, env in envs.items()}
+    clients = {name: Client(api) for name, (api, _) in ports.items()}
+    served = {name: 0 for name in clients}
+    requests = 0
+    for key, value in records.items():
+        for template, shape in KEY_ROUTES:
+            # The value route with the key in upper case: routing and lookup ignore case.
+            path = template.format(key.upper() if shape == "text" else key)
+            location, to = route_one(locations, path, where)
+            owner = backend_deployment(docs, location, where)
+            code, kind, body = clients[owner].request("GET", to)
+            requests += 1
+            expect(code == 200, f"{where}: GET {path}, routed to {owner} by {location}: {code} {body[:300]!r}")
+            if shape == "text":
+                expect(body.decode() == value, f"{where}: GET {path} at {owner}: {body[:300]!r}, want {value!r}")
+            else:
+                answer = json.loads(body)
+                expect(answer == {"key": key, "value": value},
+                       f"{where}: GET {path} at {owner}: {answer}, want key {key}, value {value!r}")
+            for other, client in clients.items():
+                if other != owner:
+                    code, kind, body = client.request("GET", to)
+                    requests += 1
+                    expect(code == 421 and kind.startswith("application/problem+json"),
+                           f"{where}: GET {path} at {other}, which does not own it: {code} {kind} "
+                           f"{body[:300]!r}, want 421 problem+json")
+        served[owner] += 1
+    for name, (_, admin) in ports.items():
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/admin/dataset", timeout=5) as resp:
+            keys = json.load(resp)["keys"]
+        expect(keys == served[name], f"{where}: {name} loaded {keys} keys of the sample, the Ingress "
+                                     f"routes {served[name]} to it")
+
+    batches = 0
+    for name, digits in owned.items():
+        path = SHARD_BATCH_PATH.format(digits_text(digits))
+        location, to = route_one(locations, path, where)
+        owner = backend_deployment(docs, location, where)
+        mine = [k for k in records if int(k[0], 16) in digits]
+        for first in range(0, len(mine), 100):
+            chunk = mine[first:first + 100]
+            code, _, body = clients[owner].request("POST", to, {"keys": chunk})
+            batches += 1
+            expect(code == 200, f"{where}: POST {path} ({len(chunk)} keys) at {owner}: {code} {body[:300]!r}")
+            answer = json.loads(body)
+            expect(answer == {"values": {k: records[k] for k in chunk}, "missing": []},
+                   f"{where}: POST {path} at {owner}: values or missing differ from the sample")
+        foreign = next(k for k in records if int(k[0], 16) not in digits)
+        code, kind, body = clients[owner].request("POST", to, {"keys": mine[:1] + [foreign]})
+        batches += 1
+        expect(code == 421 and kind.startswith("application/problem+json"),
+               f"{where}: POST {path} with a key of another shard at {owner}: {code} {body[:300]!r}, want 421")
+    for path in ("/openapi.json", "/docs"):
+        location, to = route_one(locations, path, where)
+        owner = backend_deployment(docs, location, where)
+        code, _, body = clients[owner].request("GET", to)
+        expect(code == 200, f"{where}: GET {path} at {owner}: {code} {body[:300]!r}")
+    shown = ", ".join(f"{n} {served[n]}" for n in served)
+    return (f"through the Ingress paths, all {len(records)} sample keys x {len(KEY_ROUTES)} routes answered 200 "
+            f"with the value by the instance the paths pick ({shown} keys, as each loaded) and 421 by the "
+            f"other{'s' if len(clients) > 2 else ''} ({requests} requests); {batches} batches to the shard "
+            f"paths: own keys 200, a foreign key 421; /openapi.json, /docs 200")
 
 
 # ------------------------------------------------------------------ checkov
