@@ -95,13 +95,21 @@ fn lookups(c: &mut Criterion, f: &Fixture) {
 
     let cache = Cache::new(100_000);
     let hot = f.keys[0];
-    cache.insert(hot, Bytes::from_static(b"{\"key\":\"x\",\"value\":\"y\"}"));
-    cache.insert(hot, Bytes::from_static(b"{\"key\":\"x\",\"value\":\"y\"}"));
+    cache.insert(
+        hot,
+        1,
+        Bytes::from_static(b"{\"key\":\"x\",\"value\":\"y\"}"),
+    );
+    cache.insert(
+        hot,
+        1,
+        Bytes::from_static(b"{\"key\":\"x\",\"value\":\"y\"}"),
+    );
     c.bench_function("cache/hit", |b| {
-        b.iter(|| black_box(cache.get(black_box(hot))))
+        b.iter(|| black_box(cache.get(black_box(hot), 1)))
     });
     c.bench_function("cache/miss", |b| {
-        b.iter(|| black_box(cache.get(black_box(hot ^ 1))))
+        b.iter(|| black_box(cache.get(black_box(hot ^ 1), 1)))
     });
 
     let key = uuid::Uuid::from_u128(hot);

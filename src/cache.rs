@@ -13,10 +13,14 @@ use bytes::Bytes;
 use lru::LruCache;
 use prometheus::IntCounter;
 
+/// Each entry remembers the dataset generation it was rendered from: a request that
+/// raced a reload cannot leave a body of the old file in the cache for the new one.
+type Shard = LruCache<u128, (u64, Bytes)>;
+
 /// A fixed-capacity LRU keyed by the 128-bit key. Capacity 0 disables it: every
 /// lookup is a miss and nothing is stored, at the cost of one branch.
 pub struct Cache {
-    shards: Box<[Mutex<LruCache<u128, Bytes>>]>,
+    shards: Box<[Mutex<Shard>]>,
     doorkeeper: Doorkeeper,
     /// Prometheus counters rather than bare atomics: the same cost on the hot path, and
     /// `/metrics` exports them as they are.
@@ -52,7 +56,7 @@ impl Cache {
         }
     }
 
-    fn shard(&self, key: u128) -> Option<&Mutex<LruCache<u128, Bytes>>> {
+    fn shard(&self, key: u128) -> Option<&Mutex<Shard>> {
         if self.shards.is_empty() {
             return None;
         }
@@ -63,10 +67,13 @@ impl Cache {
     }
 
     /// Returns the cached entry, counting a hit or a miss.
-    pub fn get(&self, key: u128) -> Option<Bytes> {
-        let found = self
-            .shard(key)
-            .and_then(|shard| lock(shard).get(&key).cloned());
+    pub fn get(&self, key: u128, generation: u64) -> Option<Bytes> {
+        let found = self.shard(key).and_then(|shard| {
+            lock(shard)
+                .get(&key)
+                .filter(|(rendered_for, _)| *rendered_for == generation)
+                .map(|(_, body)| body.clone())
+        });
         let counter = if found.is_some() {
             &self.hits
         } else {
@@ -77,10 +84,10 @@ impl Cache {
     }
 
     /// Stores `value` if `key` was asked for before: see `Doorkeeper`.
-    pub fn insert(&self, key: u128, value: Bytes) {
+    pub fn insert(&self, key: u128, generation: u64, value: Bytes) {
         if let Some(shard) = self.shard(key) {
             if self.doorkeeper.seen_before(key) {
-                lock(shard).put(key, value);
+                lock(shard).put(key, (generation, value));
             }
         }
     }
@@ -187,19 +194,21 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    const GEN: u64 = 1;
+
     #[test]
     fn hits_misses_and_eviction() {
         let cache = Cache::new(4);
         assert!(cache.capacity() >= 4);
-        assert_eq!(cache.get(1), None);
-        cache.insert(1, Bytes::from_static(b"one"));
-        assert_eq!(cache.get(1), None, "a key seen once is not admitted");
-        cache.insert(1, Bytes::from_static(b"one"));
-        assert_eq!(cache.get(1), Some(Bytes::from_static(b"one")));
+        assert_eq!(cache.get(1, GEN), None);
+        cache.insert(1, GEN, Bytes::from_static(b"one"));
+        assert_eq!(cache.get(1, GEN), None, "a key seen once is not admitted");
+        cache.insert(1, GEN, Bytes::from_static(b"one"));
+        assert_eq!(cache.get(1, GEN), Some(Bytes::from_static(b"one")));
         assert_eq!((cache.hits(), cache.misses()), (1, 2));
         for key in 0..1000u128 {
-            cache.insert(key << 64 | key, Bytes::new());
-            cache.insert(key << 64 | key, Bytes::new());
+            cache.insert(key << 64 | key, GEN, Bytes::new());
+            cache.insert(key << 64 | key, GEN, Bytes::new());
         }
         assert!(cache.len() <= cache.capacity());
         cache.purge();
@@ -207,10 +216,22 @@ mod tests {
     }
 
     #[test]
+    fn entries_of_another_generation_are_misses() {
+        let cache = Cache::new(4);
+        cache.insert(7, 1, Bytes::from_static(b"old"));
+        cache.insert(7, 1, Bytes::from_static(b"old"));
+        assert_eq!(cache.get(7, 1), Some(Bytes::from_static(b"old")));
+        assert_eq!(cache.get(7, 2), None, "rendered from the previous dataset");
+        cache.insert(7, 2, Bytes::from_static(b"new"));
+        assert_eq!(cache.get(7, 2), Some(Bytes::from_static(b"new")));
+        assert_eq!(cache.get(7, 1), None);
+    }
+
+    #[test]
     fn zero_capacity_stores_nothing() {
         let cache = Cache::new(0);
-        cache.insert(1, Bytes::from_static(b"one"));
-        assert_eq!(cache.get(1), None);
+        cache.insert(1, GEN, Bytes::from_static(b"one"));
+        assert_eq!(cache.get(1, GEN), None);
         assert_eq!(cache.capacity(), 0);
         assert_eq!(cache.misses(), 1);
     }

@@ -22,14 +22,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use poem::listener::TcpAcceptor;
-use poem::Server;
 use tokio::net::TcpListener;
 use tokio::sync::watch as signal_channel;
 
 use crate::cache::Cache;
 use crate::cli::ServeArgs;
 use crate::dataset::LoadError;
+use crate::http::conn::{ConnectionGate, ConnectionLimits};
 use crate::http::{AppState, HttpSettings};
 use crate::reload::{ReloadError, Reloader, Trigger};
 
@@ -71,14 +70,6 @@ pub struct App {
     shutdown_timeout: Duration,
     watch: Option<Duration>,
     connections: ConnectionLimits,
-}
-
-/// Per-listener connection protection (see `http::conn`).
-#[derive(Debug, Clone, Copy)]
-struct ConnectionLimits {
-    max_connections: usize,
-    header_read_timeout: Duration,
-    idle_timeout: Duration,
 }
 
 impl App {
@@ -158,30 +149,29 @@ impl App {
         tracing::info!(api = %self.api_addr, admin = %self.admin_addr, data = %data.display(), "listening");
         let (stop_api_tx, stop_api) = signal_channel::channel(false);
         let (stop_admin_tx, stop_admin) = signal_channel::channel(false);
-        let timeout = Some(self.shutdown_timeout);
         let limits = self.connections;
         if let Some(limit) = &self.state.rate_limit {
             http::ratelimit::spawn_pruning(limit);
         }
         let api = tokio::spawn(
-            Server::new_with_acceptor(acceptor("api", self.api, limits)?)
-                .name("api")
-                .idle_timeout(limits.idle_timeout)
-                .run_with_graceful_shutdown(
-                    http::api_endpoint(self.state.clone()),
-                    stopped(stop_api),
-                    timeout,
-                ),
+            http::server::Listener {
+                name: "api",
+                socket: self.api,
+                gate: ConnectionGate::new(limits),
+                endpoint: http::api_endpoint(self.state.clone()),
+                fast: Some(self.state.clone()),
+            }
+            .serve(stopped(stop_api), self.shutdown_timeout),
         );
         let admin = tokio::spawn(
-            Server::new_with_acceptor(acceptor("admin", self.admin, limits)?)
-                .name("admin")
-                .idle_timeout(limits.idle_timeout)
-                .run_with_graceful_shutdown(
-                    http::admin::admin_endpoint(self.state.clone()),
-                    stopped(stop_admin),
-                    timeout,
-                ),
+            http::server::Listener {
+                name: "admin",
+                socket: self.admin,
+                gate: ConnectionGate::new(limits),
+                endpoint: http::admin::admin_endpoint(self.state.clone()),
+                fast: None,
+            }
+            .serve(stopped(stop_admin), self.shutdown_timeout),
         );
 
         let state = self.state.clone();
@@ -246,20 +236,6 @@ async fn bind(listener: &'static str, addr: &str) -> Result<(TcpListener, Socket
     let socket = TcpListener::bind(addr).await.map_err(err)?;
     let local = socket.local_addr().map_err(err)?;
     Ok((socket, local))
-}
-
-fn acceptor(
-    listener: &'static str,
-    socket: TcpListener,
-    limits: ConnectionLimits,
-) -> Result<http::conn::GuardedAcceptor, AppError> {
-    let tcp =
-        TcpAcceptor::from_tokio(socket).map_err(|source| AppError::Serve { listener, source })?;
-    Ok(http::conn::GuardedAcceptor::new(
-        tcp,
-        limits.max_connections,
-        limits.header_read_timeout,
-    ))
 }
 
 async fn stopped(mut stop: signal_channel::Receiver<bool>) {

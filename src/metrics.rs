@@ -50,7 +50,7 @@ pub struct Metrics {
     registry: Registry,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
-    http_in_flight: IntGauge,
+    pub(crate) http_in_flight: IntGauge,
     pub lookups_found: IntCounter,
     pub lookups_missing: IntCounter,
     /// Keys another shard owns (`--key-prefixes`), answered 421.
@@ -282,7 +282,13 @@ impl Metrics {
     /// Counts one answered request. The series handles are cached per worker thread:
     /// `with_label_values` hashes three strings and takes a lock shared by all threads,
     /// which measurably costs on a path this short.
-    fn observe(&self, method: &Method, route: &'static str, status: StatusCode, started: Instant) {
+    pub(crate) fn observe(
+        &self,
+        method: &Method,
+        route: &'static str,
+        status: StatusCode,
+        started: Instant,
+    ) {
         let key = (self.id, method_label(method), route, status.as_u16());
         let elapsed = started.elapsed().as_secs_f64();
         SERIES.with(|series| {
@@ -391,10 +397,10 @@ impl<E: Endpoint<Output = Response>> Endpoint for HttpMetricsEndpoint<E> {
 
 /// Counts a request in flight until dropped, so a request whose client went away (and
 /// whose future hyper drops mid-way) still leaves the gauge.
-struct InFlight<'a>(&'a IntGauge);
+pub(crate) struct InFlight<'a>(&'a IntGauge);
 
 impl<'a> InFlight<'a> {
-    fn enter(gauge: &'a IntGauge) -> Self {
+    pub(crate) fn enter(gauge: &'a IntGauge) -> Self {
         gauge.inc();
         Self(gauge)
     }

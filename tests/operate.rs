@@ -71,11 +71,12 @@ async fn metrics_count_requests_by_route_template_and_status() {
         series(&text, "kvserve_lookups_total{result=\"missing\"}"),
         Some(2.0)
     );
-    // The rendered-answer cache admits a key on its second miss: the first two GETs of
-    // KEY miss (the second stores it), the third and the legacy route hit; KEY2's JSON
-    // was never asked for.
+    // The rendered-answer cache is asked before the index and admits a key on its
+    // second miss: the first two GETs of KEY miss (the second stores it), the third and
+    // the legacy route hit, the GET of the missing key misses; KEY2's JSON was never
+    // asked for.
     assert_eq!(series(&text, "kvserve_cache_hits_total"), Some(2.0));
-    assert_eq!(series(&text, "kvserve_cache_misses_total"), Some(2.0));
+    assert_eq!(series(&text, "kvserve_cache_misses_total"), Some(3.0));
     assert_eq!(series(&text, "kvserve_cache_entries"), Some(1.0));
     assert_eq!(series(&text, "kvserve_http_requests_in_flight"), Some(0.0));
     assert_eq!(series(&text, "kvserve_dataset_keys"), Some(4.0));

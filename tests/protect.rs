@@ -918,6 +918,73 @@ async fn slowloris_connections_are_closed_while_others_are_served() {
     s.stop().await.unwrap();
 }
 
+/// Reads one HTTP/1.1 response (head and `Content-Length` body) from a raw stream and
+/// returns its status code.
+fn read_response(stream: &mut TcpStream) -> u16 {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    head[9..12].parse().unwrap()
+}
+
+/// Waits for the server to close `stream`; returns how long that took.
+fn time_until_closed(stream: &mut TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => started.elapsed(),
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => started.elapsed(),
+        other => panic!("expected the server to close the connection, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_live_while_busy_and_close_when_idle_or_stalled() {
+    let (_dir, s) =
+        TestServer::with_sample(&["--header-read-timeout", "1s", "--idle-timeout", "3s"]).await;
+    let api = s.api;
+    tokio::task::spawn_blocking(move || {
+        let request = format!("GET /v1/keys/{KEY} HTTP/1.1\r\nHost: x\r\n\r\n");
+        // Busy for longer than both deadlines, one request every 300 ms: never closed.
+        let mut stream = TcpStream::connect(api).unwrap();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(4200) {
+            stream.write_all(request.as_bytes()).unwrap();
+            assert_eq!(read_response(&mut stream), 200);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        // Then silent: closed by the idle deadline (3 s), not the header one (1 s).
+        let idle = time_until_closed(&mut stream, Duration::from_secs(10));
+        assert!(idle >= Duration::from_millis(2000), "{idle:?}");
+
+        // A second request head that stalls half-way is cut by the header deadline.
+        let mut stream = TcpStream::connect(api).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        assert_eq!(read_response(&mut stream), 200);
+        stream.write_all(b"GET /v1/keys/").unwrap();
+        let stalled = time_until_closed(&mut stream, Duration::from_secs(10));
+        assert!(stalled < Duration::from_millis(2500), "{stalled:?}");
+    })
+    .await
+    .unwrap();
+    s.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_max_connections_are_closed() {
     let (_dir, s) = TestServer::with_sample(&["--max-connections", "2"]).await;

@@ -6,7 +6,9 @@
 #   benches/load/run.sh                 # 1M lines, 10 s per scenario (about 3 minutes)
 #   LINES=10000000 benches/load/run.sh  # the 10M-line figures (about 8 minutes)
 #
-# Knobs: LINES, DURATION (seconds per scenario), CONNECTIONS (64), THREADS (wrk, 2).
+# Knobs: LINES, DURATION (seconds per scenario), CONNECTIONS (64), THREADS (wrk, 2),
+# SAMPLE_KEYS (1,000,000: the keys wrk picks from; ten times the default LRU capacity,
+# so "uniform" is a working set the cache cannot hold and "zipf" one it mostly can).
 # "Server CPU per request" is the server's utime+stime from /proc/PID/stat over the
 # scenario divided by the requests answered: on a 2-core machine shared with wrk it is
 # a fairer figure than req/s alone.
@@ -17,6 +19,7 @@ LINES=${LINES:-1000000}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
+SAMPLE_KEYS=${SAMPLE_KEYS:-1000000}
 WORK=target/bench
 API=127.0.0.1:18080
 ADMIN=127.0.0.1:19080
@@ -36,9 +39,9 @@ if [ ! -f "$DATA" ]; then
   echo "generating $DATA" >&2
   "$KV" gen --lines "$LINES" --out "$DATA" --seed 1
 fi
-SAMPLE="$WORK/keys-$LINES.txt"
-# Every n-th key, at most 100k of them: spread over the whole file.
-awk -v step=$(( LINES / 100000 > 0 ? LINES / 100000 : 1 )) 'NR % step == 1 { print $1 }' "$DATA" > "$SAMPLE"
+SAMPLE="$WORK/keys-$LINES-$SAMPLE_KEYS.txt"
+# Every n-th key, at most SAMPLE_KEYS of them: spread over the whole file.
+awk -v step=$(( LINES / SAMPLE_KEYS > 0 ? LINES / SAMPLE_KEYS : 1 )) '(NR - 1) % step == 0 { print $1 }' "$DATA" > "$SAMPLE"
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 peak_rss_kb() { awk '/VmHWM/ { print $2 }' "/proc/$1/status"; }
@@ -119,6 +122,11 @@ start "kvserve-no-cache" "http://$ADMIN/readyz" "$KV" --data "$DATA" --addr "$AP
   --log-level "info,kvserve::access=off" --cache-capacity 0
 TARGET=$API scenario "v1-memory-uniform-no-cache" "/v1/keys/%s" uniform
 TARGET=$API scenario "v1-memory-zipf-no-cache" "/v1/keys/%s" zipf
+stop
+start "kvserve-mmap-no-cache" "http://$ADMIN/readyz" "$KV" --data "$DATA" --storage mmap --addr "$API" \
+  --admin-addr "$ADMIN" --log-level "info,kvserve::access=off" --cache-capacity 0
+TARGET=$API scenario "v1-mmap-uniform-no-cache" "/v1/keys/%s" uniform
+TARGET=$API scenario "v1-mmap-zipf-no-cache" "/v1/keys/%s" zipf
 stop
 
 python3 benches/load/report.py "$RESULTS"

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use poem::http::{header, HeaderValue};
+use poem::http::{header, HeaderMap, HeaderValue, Uri};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 use poem_openapi::registry::{MetaSecurityScheme, Registry};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
@@ -223,9 +223,8 @@ impl Authenticator {
 
     /// Verifies the request's bearer token (signature, `exp`, `nbf`, issuer, audience)
     /// and returns who it speaks for.
-    pub fn authenticate(&self, req: &Request) -> Result<Principal, AuthFailure> {
-        if req
-            .uri()
+    pub fn authenticate(&self, uri: &Uri, headers: &HeaderMap) -> Result<Principal, AuthFailure> {
+        if uri
             .query()
             .is_some_and(|q| q.split('&').any(|p| p.starts_with("access_token=")))
         {
@@ -233,7 +232,7 @@ impl Authenticator {
                 "tokens in the query string are not accepted (they end up in logs); use the Authorization header".to_owned(),
             ));
         }
-        let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Err(AuthFailure::Missing);
         };
         if value.len() > MAX_TOKEN_BYTES {
@@ -443,34 +442,55 @@ impl<E: Endpoint<Output = Response>> Endpoint for RequireScopeEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
-        let Some(auth) = self.state.auth.as_ref() else {
-            return self.inner.call(req).await;
-        };
-        if (self.is_open)(req.uri().path()) {
-            return self.inner.call(req).await;
-        }
-        let checked = auth.authenticate(&req).and_then(|principal| {
-            if principal.has_scope(self.scope) {
-                Ok(principal)
-            } else {
-                Err(AuthFailure::InsufficientScope(self.scope))
-            }
-        });
-        match checked {
-            Ok(principal) => {
+        match authorize(
+            &self.state,
+            req.uri(),
+            req.headers(),
+            self.scope,
+            self.is_open,
+        ) {
+            Ok(Some(principal)) => {
                 req.set_data(principal);
                 self.inner.call(req).await
             }
-            Err(failure) => {
-                self.state
-                    .metrics
-                    .auth_failures
-                    .with_label_values(&[failure.reason()])
-                    .inc();
-                Ok(failure.into_response())
-            }
+            Ok(None) => self.inner.call(req).await,
+            Err(refusal) => Ok(*refusal),
         }
     }
+}
+
+/// The check `RequireScope` makes, also called by the hot routes' fast path so both
+/// paths admit exactly the same requests. `Ok(None)`: auth is off or the path is open.
+/// A refusal is counted in `kvserve_auth_failures_total` and comes back as the answer
+/// (boxed, as in every check of this kind: refusals are rare and a `Response` is big).
+pub fn authorize(
+    state: &AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    scope: &'static str,
+    is_open: fn(&str) -> bool,
+) -> Result<Option<Principal>, Box<Response>> {
+    let Some(auth) = state.auth.as_ref() else {
+        return Ok(None);
+    };
+    if is_open(uri.path()) {
+        return Ok(None);
+    }
+    let checked = auth.authenticate(uri, headers).and_then(|principal| {
+        if principal.has_scope(scope) {
+            Ok(principal)
+        } else {
+            Err(AuthFailure::InsufficientScope(scope))
+        }
+    });
+    checked.map(Some).map_err(|failure| {
+        state
+            .metrics
+            .auth_failures
+            .with_label_values(&[failure.reason()])
+            .inc();
+        Box::new(failure.into_response())
+    })
 }
 
 /// Declares the bearer scheme on an operation, so the spec lists it and Swagger UI's

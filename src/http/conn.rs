@@ -1,11 +1,18 @@
 //! Connection-level protection, below HTTP: at most `--max-connections` open
-//! connections per listener, and a deadline for reading each request head
+//! connections per listener, a deadline for reading each request head
 //! (`--header-read-timeout`), so a client trickling headers a byte at a time
-//! (slowloris) cannot hold a connection open.
+//! (slowloris) cannot hold a connection open, and a deadline for idle keep-alive
+//! connections (`--idle-timeout`).
 //!
-//! poem does not give hyper a timer, so hyper's own header timeout is inactive; the
-//! deadline is enforced here on the byte stream instead: a request head starts with
-//! its first byte and ends at the blank line (`\r\n\r\n`).
+//! Both deadlines are enforced here on the byte stream: a request head starts with its
+//! first byte and ends at the blank line (`\r\n\r\n`); a connection is idle from the
+//! moment an answer is written until the next byte arrives. hyper's own header timeout
+//! would do the first but allocates a timer per request, which showed in profiles.
+//!
+//! One timer per connection serves both deadlines and is re-armed lazily: moving a
+//! deadline later only records it, and when the timer fires early it is pushed to the
+//! recorded deadline. A busy keep-alive connection so touches the timer wheel about
+//! once per timeout period rather than twice per request.
 
 use std::future::Future;
 use std::io;
@@ -14,79 +21,77 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use poem::http::uri::Scheme;
-use poem::listener::{Acceptor, TcpAcceptor};
-use poem::web::{LocalAddr, RemoteAddr};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
-pub struct GuardedAcceptor {
-    inner: TcpAcceptor,
-    connections: Arc<Semaphore>,
-    max_connections: usize,
-    header_timeout: Duration,
+/// The per-listener connection budget and deadlines.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
-impl GuardedAcceptor {
-    pub fn new(inner: TcpAcceptor, max_connections: usize, header_timeout: Duration) -> Self {
+/// Admits connections while fewer than `--max-connections` are open.
+pub struct ConnectionGate {
+    limits: ConnectionLimits,
+    open: Arc<Semaphore>,
+}
+
+impl ConnectionGate {
+    pub fn new(limits: ConnectionLimits) -> Self {
         Self {
-            inner,
-            connections: Arc::new(Semaphore::new(max_connections)),
-            max_connections,
-            header_timeout,
+            limits,
+            open: Arc::new(Semaphore::new(limits.max_connections)),
         }
+    }
+
+    /// Wraps an accepted connection, or `None` if the limit is reached: the caller
+    /// closes it at once, which tells the client to go elsewhere; waiting would only
+    /// fill the kernel's backlog.
+    pub fn admit(&self, stream: TcpStream) -> Option<GuardedStream> {
+        let permit = self.open.clone().try_acquire_owned().ok()?;
+        Some(GuardedStream::new(stream, permit, self.limits))
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limits.max_connections
     }
 }
 
-impl Acceptor for GuardedAcceptor {
-    type Io = GuardedStream;
-
-    fn local_addr(&self) -> Vec<LocalAddr> {
-        self.inner.local_addr()
-    }
-
-    async fn accept(&mut self) -> io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
-        loop {
-            let (stream, local, remote, scheme) = self.inner.accept().await?;
-            match self.connections.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let guarded = GuardedStream::new(stream, permit, self.header_timeout);
-                    return Ok((guarded, local, remote, scheme));
-                }
-                Err(_) => {
-                    // Closing at once tells the client to go elsewhere; waiting would
-                    // only fill the kernel's backlog.
-                    tracing::warn!(%remote, limit = self.max_connections, "connection refused: --max-connections reached");
-                    drop(stream);
-                }
-            }
-        }
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// A request head is being read; it must be complete by the deadline.
+    Head(Instant),
+    /// A request is being answered: no deadline (`--request-timeout` covers it).
+    Busy,
+    /// The last answer is written and nothing new has arrived since.
+    Idle(Instant),
 }
 
 pub struct GuardedStream {
     inner: TcpStream,
     _permit: OwnedSemaphorePermit,
-    header_timeout: Duration,
-    /// Set while a request head is being read: fires when it took too long.
-    deadline: Option<Pin<Box<Sleep>>>,
-    /// Whether the next byte read starts a new request head.
-    awaiting_head: bool,
+    limits: ConnectionLimits,
+    phase: Phase,
+    /// Fires no later than the current phase's deadline (see the module docs).
+    timer: Pin<Box<Sleep>>,
     /// The last bytes of the head so far, to find `\r\n\r\n` across reads.
     tail: u32,
 }
 
 impl GuardedStream {
-    fn new(inner: TcpStream, permit: OwnedSemaphorePermit, header_timeout: Duration) -> Self {
+    fn new(inner: TcpStream, permit: OwnedSemaphorePermit, limits: ConnectionLimits) -> Self {
+        // A new connection must send its first head in time too.
+        let deadline = Instant::now() + limits.header_read_timeout;
         Self {
             inner,
             _permit: permit,
-            header_timeout,
-            // A new connection must send its first head in time too.
-            deadline: Some(Box::pin(tokio::time::sleep(header_timeout))),
-            awaiting_head: false,
+            limits,
+            phase: Phase::Head(deadline),
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
             tail: 0,
         }
     }
@@ -102,6 +107,47 @@ impl GuardedStream {
         }
         false
     }
+
+    /// Moves to `phase`, pulling the timer earlier only if the new deadline needs it.
+    fn enter(&mut self, phase: Phase) {
+        if let Phase::Head(deadline) | Phase::Idle(deadline) = phase {
+            if deadline < self.timer.deadline() {
+                self.timer.as_mut().reset(deadline);
+            }
+        }
+        self.phase = phase;
+    }
+
+    /// What a fired timer means now: `Some` ends the read with that outcome.
+    fn on_timer(&mut self, now: Instant) -> Option<io::Result<()>> {
+        match self.phase {
+            Phase::Head(deadline) if deadline <= now => Some(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request head not received within --header-read-timeout",
+            ))),
+            // End of stream while idle: hyper closes the connection quietly.
+            Phase::Idle(deadline) if deadline <= now => Some(Ok(())),
+            Phase::Head(deadline) | Phase::Idle(deadline) => {
+                self.timer.as_mut().reset(deadline);
+                None
+            }
+            Phase::Busy => {
+                let shortest = self
+                    .limits
+                    .header_read_timeout
+                    .min(self.limits.idle_timeout);
+                self.timer.as_mut().reset(now + shortest);
+                None
+            }
+        }
+    }
+
+    fn on_write(&mut self) {
+        // An answer is going out: whatever is read next belongs to a new request.
+        if self.phase == Phase::Busy {
+            self.enter(Phase::Idle(Instant::now() + self.limits.idle_timeout));
+        }
+    }
 }
 
 impl AsyncRead for GuardedStream {
@@ -111,12 +157,9 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if let Some(deadline) = this.deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "request head not received within --header-read-timeout",
-                )));
+        while this.timer.as_mut().poll(cx).is_ready() {
+            if let Some(outcome) = this.on_timer(Instant::now()) {
+                return Poll::Ready(outcome);
             }
         }
         let before = buf.filled().len();
@@ -124,12 +167,22 @@ impl AsyncRead for GuardedStream {
         if let Poll::Ready(Ok(())) = result {
             let read = &buf.filled()[before..];
             if !read.is_empty() {
-                if this.awaiting_head {
-                    this.awaiting_head = false;
-                    this.deadline = Some(Box::pin(tokio::time::sleep(this.header_timeout)));
-                }
-                if this.deadline.is_some() && this.scan_head(read) {
-                    this.deadline = None;
+                let in_head = match this.phase {
+                    Phase::Head(_) => true,
+                    Phase::Idle(_) => {
+                        this.tail = 0;
+                        true
+                    }
+                    Phase::Busy => false,
+                };
+                if in_head {
+                    if this.scan_head(read) {
+                        this.phase = Phase::Busy;
+                    } else if let Phase::Idle(_) = this.phase {
+                        // A head has begun but not ended: only now is its clock needed.
+                        let deadline = Instant::now() + this.limits.header_read_timeout;
+                        this.enter(Phase::Head(deadline));
+                    }
                 }
             }
         }
@@ -143,10 +196,7 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        // An answer is going out: whatever is read next belongs to a new request.
-        if self.deadline.is_none() {
-            self.awaiting_head = true;
-        }
+        self.on_write();
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -163,9 +213,7 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.deadline.is_none() {
-            self.awaiting_head = true;
-        }
+        self.on_write();
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

@@ -6,11 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use poem::http::header;
+use poem::http::{header, HeaderMap, Uri};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::problem::{Problem, ProblemKind};
+use super::AppState;
 
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
@@ -20,12 +21,14 @@ pub struct LimitSettings {
     pub request_timeout: Option<Duration>,
 }
 
-pub struct Limits {
+/// The limits of one listener, shared by its middleware and the hot routes' fast path
+/// (one `--max-in-flight` budget for both).
+pub struct RequestLimits {
     settings: LimitSettings,
     in_flight: Option<Arc<Semaphore>>,
 }
 
-impl Limits {
+impl RequestLimits {
     pub fn new(settings: LimitSettings) -> Self {
         let in_flight = settings.max_in_flight.map(|n| Arc::new(Semaphore::new(n)));
         Self {
@@ -33,7 +36,61 @@ impl Limits {
             in_flight,
         }
     }
+
+    /// Checks what can be checked from the request head, and takes an in-flight slot
+    /// that the caller holds until the answer is built. `Err` is the refusal to send.
+    pub fn admit(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<Option<OwnedSemaphorePermit>, Box<Response>> {
+        let uri_len = uri.path_and_query().map_or(0, |p| p.as_str().len());
+        if uri_len > self.settings.max_uri_bytes {
+            return Err(Box::new(
+                Problem::new(
+                    ProblemKind::UriTooLong,
+                    format!(
+                        "the request target is {uri_len} bytes; at most {} are accepted",
+                        self.settings.max_uri_bytes
+                    ),
+                )
+                .into_response(),
+            ));
+        }
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.settings.max_body_bytes as u64) {
+            return Err(Box::new(
+                Problem::new(
+                    ProblemKind::BodyTooLarge,
+                    format!(
+                        "the request body is larger than {} bytes",
+                        self.settings.max_body_bytes
+                    ),
+                )
+                .into_response(),
+            ));
+        }
+        match &self.in_flight {
+            Some(semaphore) => match semaphore.clone().try_acquire_owned() {
+                Ok(permit) => Ok(Some(permit)),
+                Err(_) => Err(Box::new(
+                    Problem::new(
+                        ProblemKind::Overloaded,
+                        "too many requests in flight (--max-in-flight); retry shortly",
+                    )
+                    .into_response(),
+                )),
+            },
+            None => Ok(None),
+        }
+    }
 }
+
+/// `RequestLimits` and `--request-timeout` as a poem middleware.
+pub struct Limits(pub Arc<AppState>);
 
 impl<E: Endpoint<Output = Response>> Middleware<E> for Limits {
     type Output = LimitsEndpoint<E>;
@@ -41,63 +98,26 @@ impl<E: Endpoint<Output = Response>> Middleware<E> for Limits {
     fn transform(&self, ep: E) -> Self::Output {
         LimitsEndpoint {
             inner: ep,
-            settings: self.settings.clone(),
-            in_flight: self.in_flight.clone(),
+            state: self.0.clone(),
         }
     }
 }
 
 pub struct LimitsEndpoint<E> {
     inner: E,
-    settings: LimitSettings,
-    in_flight: Option<Arc<Semaphore>>,
+    state: Arc<AppState>,
 }
 
 impl<E: Endpoint<Output = Response>> Endpoint for LimitsEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
-        let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-        if uri_len > self.settings.max_uri_bytes {
-            return Ok(Problem::new(
-                ProblemKind::UriTooLong,
-                format!(
-                    "the request target is {uri_len} bytes; at most {} are accepted",
-                    self.settings.max_uri_bytes
-                ),
-            )
-            .into_response());
-        }
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > self.settings.max_body_bytes as u64) {
-            return Ok(Problem::new(
-                ProblemKind::BodyTooLarge,
-                format!(
-                    "the request body is larger than {} bytes",
-                    self.settings.max_body_bytes
-                ),
-            )
-            .into_response());
-        }
         // Held until the answer is built; dropped with the future if the client leaves.
-        let _permit = match &self.in_flight {
-            Some(semaphore) => match semaphore.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    return Ok(Problem::new(
-                        ProblemKind::Overloaded,
-                        "too many requests in flight (--max-in-flight); retry shortly",
-                    )
-                    .into_response())
-                }
-            },
-            None => None,
+        let _permit = match self.state.limits.admit(req.uri(), req.headers()) {
+            Ok(permit) => permit,
+            Err(refusal) => return Ok(*refusal),
         };
-        match self.settings.request_timeout {
+        match self.state.limits.settings.request_timeout {
             None => self.inner.call(req).await,
             Some(limit) => match tokio::time::timeout(limit, self.inner.call(req)).await {
                 Ok(result) => result,

@@ -15,6 +15,7 @@ pub mod payload;
 pub mod problem;
 pub mod ratelimit;
 pub mod request_log;
+pub mod server;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub auth: Option<auth::Authenticator>,
     /// `None`: no rate limit.
     pub rate_limit: Option<Arc<ratelimit::ClientRateLimit>>,
+    /// The API listener's request limits (`--max-uri-bytes`, `--max-in-flight`, ...).
+    pub limits: limits::RequestLimits,
     shutting_down: AtomicBool,
 }
 
@@ -60,6 +63,7 @@ impl AppState {
         Ok(Self {
             dataset: DatasetSlot::default(),
             metrics: Metrics::new(&cache)?,
+            limits: limits::RequestLimits::new(settings.limits.clone()),
             cache,
             settings,
             reloader,
@@ -166,16 +170,23 @@ pub fn api_endpoint(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
     .with(auth::RequireScope {
         state: state.clone(),
         scope: auth::SCOPE_READ,
-        is_open: |path| path == "/openapi.json" || path == "/docs" || path.starts_with("/docs/"),
+        is_open: is_open_path,
     })
-    .with(limits::Limits::new(state.settings.limits.clone()))
+    .with(limits::Limits(state.clone()))
     .with(HttpMetrics(state))
     .with(request_log::RequestLog)
     .with(security_headers())
 }
 
+/// The API paths anyone may read without a token: the spec and its viewer.
+pub fn is_open_path(path: &str) -> bool {
+    path == "/openapi.json" || path == "/docs" || path.starts_with("/docs/")
+}
+
+const NOSNIFF: poem::http::HeaderValue = poem::http::HeaderValue::from_static("nosniff");
+
 /// `X-Content-Type-Options: nosniff` on every answer of both listeners.
 pub fn security_headers() -> poem::middleware::SetHeader {
     poem::middleware::SetHeader::new()
-        .overriding(poem::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .overriding(poem::http::header::X_CONTENT_TYPE_OPTIONS, NOSNIFF)
 }

@@ -15,12 +15,13 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
-use poem::http::{HeaderName, HeaderValue};
+use poem::http::{HeaderMap, HeaderName, HeaderValue};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 
 use super::auth::Principal;
 use super::problem::{Problem, ProblemKind};
 use super::AppState;
+use crate::metrics::Metrics;
 
 /// How often idle client state is dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
@@ -80,13 +81,17 @@ impl ClientRateLimit {
         self.limiter.shrink_to_fit();
     }
 
-    fn client(&self, req: &Request) -> ClientKey {
-        if let Some(subject) = req.data::<Principal>().and_then(|p| p.subject.clone()) {
+    fn client(
+        &self,
+        principal: Option<&Principal>,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> ClientKey {
+        if let Some(subject) = principal.and_then(|p| p.subject.clone()) {
             return ClientKey::Subject(subject);
         }
         if self.trust_forwarded_for {
-            let forwarded = req
-                .headers()
+            let forwarded = headers
                 .get("x-forwarded-for")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.split(',').next())
@@ -95,8 +100,52 @@ impl ClientRateLimit {
                 return ClientKey::Address(ip);
             }
         }
-        let peer = req.remote_addr().as_socket_addr().map(|a| a.ip());
         ClientKey::Address(peer.unwrap_or(IpAddr::from([0, 0, 0, 0])))
+    }
+
+    /// Takes one request from the client's bucket. `Ok`: the `RateLimit-Policy` and
+    /// `RateLimit` headers for the answer; `Err`: the 429 answer itself (counted in
+    /// `kvserve_rate_limited_total`). Shared by the middleware and the fast path.
+    pub fn check(
+        &self,
+        metrics: &Metrics,
+        principal: Option<&Principal>,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<[(HeaderName, HeaderValue); 2], Box<Response>> {
+        let key = self.client(principal, headers, peer);
+        match self.limiter.check_key(&key) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                let used = u64::from(self.burst.saturating_sub(remaining));
+                let reset = used.div_ceil(u64::from(self.per_second));
+                Ok([
+                    (RATELIMIT_POLICY, self.policy.clone()),
+                    (RATELIMIT, self.state_header(remaining, reset)),
+                ])
+            }
+            Err(not_until) => {
+                metrics.rate_limited.inc();
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+                let mut resp = Problem::new(
+                    ProblemKind::RateLimited,
+                    format!(
+                        "more than {} requests per second (bursts of {}); retry in {retry_after} s",
+                        self.per_second, self.burst
+                    ),
+                )
+                .into_response();
+                let headers = resp.headers_mut();
+                headers.insert(
+                    poem::http::header::RETRY_AFTER,
+                    HeaderValue::from(retry_after),
+                );
+                headers.insert(RATELIMIT_POLICY, self.policy.clone());
+                headers.insert(RATELIMIT, self.state_header(0, retry_after));
+                Err(Box::new(resp))
+            }
+        }
     }
 
     /// The `RateLimit` header value: remaining requests and seconds until the bucket
@@ -154,39 +203,21 @@ impl<E: Endpoint<Output = Response>> Endpoint for RateLimitEndpoint<E> {
         let Some(limit) = self.state.rate_limit.as_ref() else {
             return self.inner.call(req).await;
         };
-        let key = limit.client(&req);
-        match limit.limiter.check_key(&key) {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                let used = u64::from(limit.burst.saturating_sub(remaining));
-                let reset = used.div_ceil(u64::from(limit.per_second));
+        let peer = req.remote_addr().as_socket_addr().map(|a| a.ip());
+        match limit.check(
+            &self.state.metrics,
+            req.data::<Principal>(),
+            req.headers(),
+            peer,
+        ) {
+            Ok(headers) => {
                 let mut resp = self.inner.call(req).await?;
-                let headers = resp.headers_mut();
-                headers.insert(RATELIMIT_POLICY, limit.policy.clone());
-                headers.insert(RATELIMIT, limit.state_header(remaining, reset));
+                for (name, value) in headers {
+                    resp.headers_mut().insert(name, value);
+                }
                 Ok(resp)
             }
-            Err(not_until) => {
-                self.state.metrics.rate_limited.inc();
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
-                let mut resp = Problem::new(
-                    ProblemKind::RateLimited,
-                    format!(
-                        "more than {} requests per second (bursts of {}); retry in {retry_after} s",
-                        limit.per_second, limit.burst
-                    ),
-                )
-                .into_response();
-                let headers = resp.headers_mut();
-                headers.insert(
-                    poem::http::header::RETRY_AFTER,
-                    HeaderValue::from(retry_after),
-                );
-                headers.insert(RATELIMIT_POLICY, limit.policy.clone());
-                headers.insert(RATELIMIT, limit.state_header(0, retry_after));
-                Ok(resp)
-            }
+            Err(refusal) => Ok(*refusal),
         }
     }
 }

@@ -1,0 +1,186 @@
+//! The HTTP/1.1 server beneath both listeners: kvserve drives hyper itself and hands
+//! requests to the poem endpoint, instead of running poem's `Server`.
+//!
+//! Why: measured, poem's server and middleware chain cost about half again the CPU of
+//! a bare hyper server per request (BENCHMARKS.md). Driving hyper here lets the hot
+//! routes (`http::fast`) be answered straight from hyper's request, with the same
+//! checks the middleware makes, while every other request goes through poem unchanged.
+//! It also lets the connection deadlines (`http::conn`) use one timer per connection.
+//!
+//! HTTP/1.1 only: kvserve sits behind a load balancer or ingress that speaks HTTP/1.1
+//! to its upstreams; cleartext HTTP/2 (h2c) is not offered.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body_util::combinators::BoxBody;
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
+use poem::http::uri::Scheme;
+use poem::web::{LocalAddr, RemoteAddr};
+use poem::{Endpoint, Response};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::conn::ConnectionGate;
+use super::{fast, AppState};
+
+type Body = BoxBody<Bytes, io::Error>;
+type HyperResponse = hyper::Response<Body>;
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again,
+/// so the loop does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// One listener: its socket, connection gate, the poem endpoint for every request,
+/// and, on the API listener, the state the hot routes are answered from.
+pub struct Listener<E> {
+    pub name: &'static str,
+    pub socket: TcpListener,
+    pub gate: ConnectionGate,
+    pub endpoint: E,
+    pub fast: Option<Arc<AppState>>,
+}
+
+impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
+    /// Serves until `stop` resolves, then stops accepting, asks every connection to
+    /// finish its current request and close, and waits up to `drain` for them; the
+    /// ones still open after that are dropped.
+    pub async fn serve(self, stop: impl Future<Output = ()>, drain: Duration) -> io::Result<()> {
+        let local = LocalAddr(self.socket.local_addr()?.into());
+        let endpoint = Arc::new(self.endpoint);
+        let (closing_tx, closing) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        tokio::pin!(stop);
+        loop {
+            let accepted = tokio::select! {
+                () = &mut stop => break,
+                accepted = self.socket.accept() => accepted,
+            };
+            while connections.try_join_next().is_some() {}
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(listener = self.name, error = %err, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let Some(stream) = self.gate.admit(stream) else {
+                tracing::warn!(listener = self.name, remote = %peer, limit = self.gate.limit(), "connection refused: --max-connections reached");
+                continue;
+            };
+            let service = ConnectionService {
+                endpoint: endpoint.clone(),
+                fast: self.fast.clone(),
+                local: local.clone(),
+                peer,
+            };
+            let mut closing = closing.clone();
+            connections.spawn(async move {
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.keep_alive(true).header_read_timeout(None);
+                let conn = http.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                let done = tokio::select! {
+                    biased;
+                    finished = conn.as_mut() => Some(finished),
+                    _ = wait_closing(&mut closing) => None,
+                };
+                let finished = match done {
+                    Some(finished) => finished,
+                    None => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(err) = finished {
+                    tracing::debug!(remote = %peer, error = %err, "connection ended with an error");
+                }
+            });
+        }
+        drop(self.socket);
+        let _ = closing_tx.send(true);
+        let drained = tokio::time::timeout(drain, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                listener = self.name,
+                open = connections.len(),
+                "connections still open after --shutdown-timeout are closed"
+            );
+            connections.shutdown().await;
+        }
+        Ok(())
+    }
+}
+
+async fn wait_closing(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|closing| *closing).await;
+}
+
+/// The hyper service of one connection.
+struct ConnectionService<E> {
+    endpoint: Arc<E>,
+    fast: Option<Arc<AppState>>,
+    local: LocalAddr,
+    peer: SocketAddr,
+}
+
+impl<E: Endpoint<Output = Response> + 'static> hyper::service::Service<hyper::Request<Incoming>>
+    for ConnectionService<E>
+{
+    type Response = HyperResponse;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        if let Some(state) = &self.fast {
+            if let Some(resp) = fast::serve(state, &req, self.peer) {
+                return Answer::Ready(Some(resp.into()));
+            }
+        }
+        let req = poem::Request::from((
+            req,
+            self.local.clone(),
+            RemoteAddr(self.peer.into()),
+            Scheme::HTTP,
+        ));
+        let endpoint = self.endpoint.clone();
+        // Boxed so the fast path's future stays small: the framework's is large, and
+        // hyper would otherwise move it on every request.
+        Answer::Framework(Box::pin(
+            async move { endpoint.get_response(req).await.into() },
+        ))
+    }
+}
+
+/// An answer already made (the fast path) or still being made by the framework.
+enum Answer {
+    Ready(Option<HyperResponse>),
+    Framework(Pin<Box<dyn Future<Output = HyperResponse> + Send>>),
+}
+
+impl Future for Answer {
+    type Output = Result<HyperResponse, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Answer::Ready(resp) => match resp.take() {
+                Some(resp) => Poll::Ready(Ok(resp)),
+                // Polled again after completion: a caller bug, but not worth a panic.
+                None => Poll::Pending,
+            },
+            Answer::Framework(fut) => fut.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
