@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 
 use bytes::Bytes;
 use memmap2::{Advice, Mmap};
@@ -41,6 +41,7 @@ impl MappedFile {
         })?;
         // Hints only: a failure costs speed, not correctness.
         let _ = map.advise(Advice::Sequential);
+        exit_cleanly_on_sigbus();
         Ok(Arc::new(Self { map, _file: file }))
     }
 
@@ -51,5 +52,39 @@ impl MappedFile {
     /// After the load, lookups touch pages at random: stop reading ahead.
     pub fn expect_random_access(&self) {
         let _ = self.map.advise(Advice::Random);
+    }
+}
+
+/// The exit status after a fault in the mapping: EX_TEMPFAIL, "try again": a restart
+/// reads the file afresh.
+pub const SIGBUS_EXIT_CODE: i32 = 75;
+
+const SIGBUS_MESSAGE: &[u8] = b"kvserve: fatal: SIGBUS reading the memory-mapped data file \
+(--storage mmap): the file was most likely truncated in place while mapped. Exiting with \
+status 75; a restart loads the file as it is now. Publish new data files by renaming them \
+over the old one, never by rewriting a file in place.\n";
+
+/// Installs the SIGBUS handler once per process, when the first file is mapped.
+fn exit_cleanly_on_sigbus() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // SAFETY: `on_sigbus` only calls async-signal-safe functions (write, _exit);
+        // the sigaction struct is fully initialised (zeroed, then the handler set).
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_sigbus as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            if libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()) != 0 {
+                tracing::warn!("cannot install the SIGBUS handler; a truncated data file would end the process with a bare \"Bus error\"");
+            }
+        }
+    });
+}
+
+extern "C" fn on_sigbus(_signal: libc::c_int) {
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is static.
+    unsafe {
+        libc::write(2, SIGBUS_MESSAGE.as_ptr().cast(), SIGBUS_MESSAGE.len());
+        libc::_exit(SIGBUS_EXIT_CODE);
     }
 }

@@ -205,17 +205,34 @@ pub fn spawn_binary_with_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Process {
-    let mut child = Command::new(binary())
+    let mut command = Command::new(binary());
+    command
         .envs(env.iter().copied())
-        .args([
-            "--data",
-            data.to_str().unwrap(),
-            "--addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
+        .args(serve_args(data, extra));
+    spawn_command(command)
+}
+
+/// The arguments of a server on port 0 for `data`, then `extra`.
+pub fn serve_args(data: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--data",
+        data.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// Starts `command` (kvserve, perhaps behind a wrapper such as `setpriv`) and reads the
+/// bound addresses from its log.
+pub fn spawn_command(mut command: Command) -> Process {
+    let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -286,6 +303,41 @@ pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Reads one HTTP/1.1 response (head and `Content-Length` body) from a raw stream:
+/// `Ok(None)` if the server closed the connection before sending a byte of it, an
+/// error if it closed half-way.
+pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Option<(u16, Vec<u8>)>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(0) if head.is_empty() => return Ok(None),
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => head.push(byte[0]),
+            Err(err) if head.is_empty() && err.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Ok(None)
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let line = line.to_ascii_lowercase();
+            line.strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body)?;
+    let status = head
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head}")))?;
+    Ok(Some((status, body)))
 }
 
 pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
