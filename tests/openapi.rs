@@ -1,5 +1,8 @@
 //! The OpenAPI document: checked in, generated from the code, and complete.
 
+mod common;
+
+use common::TestServer;
 use serde_json::Value;
 
 const CHECKED_IN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
@@ -99,4 +102,46 @@ fn key_parameters_carry_an_example_from_the_sample_data() {
             "the example key of {path} must exist in data/sample.data"
         );
     }
+}
+
+/// The served document says what this server checks: with a JWT key, the checked-in
+/// spec as it is; without one, the same routes and answers with no security
+/// requirement, in `/openapi.json` and in the document Swagger UI shows.
+#[tokio::test]
+async fn the_served_spec_requires_a_token_only_when_auth_is_on() {
+    let secret = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/jwt/hs256.secret"
+    );
+    let (_dir, with_auth) = TestServer::with_sample(&["--jwt-hs256-secret-file", secret]).await;
+    let served = with_auth.get("/openapi.json").await.text().await.unwrap();
+    assert_eq!(
+        format!("{served}\n"),
+        std::fs::read_to_string(CHECKED_IN).unwrap()
+    );
+    with_auth.stop().await.unwrap();
+
+    let (_dir, open) = TestServer::with_sample(&[]).await;
+    let served: Value = open.get("/openapi.json").await.json().await.unwrap();
+    let mut expected = spec();
+    for item in expected["paths"].as_object_mut().unwrap().values_mut() {
+        for op in item.as_object_mut().unwrap().values_mut() {
+            assert!(op.as_object_mut().unwrap().remove("security").is_some());
+        }
+    }
+    expected["components"]
+        .as_object_mut()
+        .unwrap()
+        .remove("securitySchemes")
+        .unwrap();
+    assert_eq!(served, expected);
+    let docs = open.get("/docs").await;
+    assert_eq!(docs.status(), 200);
+    let html = docs.text().await.unwrap();
+    assert!(html.contains("SwaggerUIBundle") && html.contains("/v1/keys/{key}"));
+    assert!(
+        !html.contains("bearerAuth"),
+        "Swagger UI would offer Authorize"
+    );
+    open.stop().await.unwrap();
 }

@@ -6,42 +6,20 @@
 #   benches/load/run.sh                 # 1M lines, 10 s per scenario (about 3 minutes)
 #   LINES=10000000 benches/load/run.sh  # the 10M-line figures (about 8 minutes)
 #
-# Knobs: LINES, DURATION (seconds per scenario), CONNECTIONS (64), THREADS (wrk, 2),
-# SAMPLE_KEYS (1,000,000: the keys wrk picks from; ten times the default LRU capacity,
-# so "uniform" is a working set the cache cannot hold and "zipf" one it mostly can).
+# Knobs: DURATION (seconds per scenario), and those of benches/load/common.sh.
 # "Server CPU per request" is the server's utime+stime from /proc/PID/stat over the
 # scenario divided by the requests answered: on a 2-core machine shared with wrk it is
 # a fairer figure than req/s alone.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-LINES=${LINES:-1000000}
 DURATION=${DURATION:-10}
-CONNECTIONS=${CONNECTIONS:-64}
-THREADS=${THREADS:-2}
-SAMPLE_KEYS=${SAMPLE_KEYS:-1000000}
-WORK=target/bench
-API=127.0.0.1:18080
-ADMIN=127.0.0.1:19080
+source benches/load/common.sh
 BASE=127.0.0.1:18100
 TICKS=$(getconf CLK_TCK)
-mkdir -p "$WORK"
 RESULTS="$WORK/results.jsonl"
 : > "$RESULTS"
-
-command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
-cargo build --release --quiet
 cargo build --release --quiet --example baseline
-KV=target/release/kvserve
-
-DATA="$WORK/data-$LINES.data"
-if [ ! -f "$DATA" ]; then
-  echo "generating $DATA" >&2
-  "$KV" gen --lines "$LINES" --out "$DATA" --seed 1
-fi
-SAMPLE="$WORK/keys-$LINES-$SAMPLE_KEYS.txt"
-# Every n-th key, at most SAMPLE_KEYS of them: spread over the whole file.
-awk -v step=$(( LINES / SAMPLE_KEYS > 0 ? LINES / SAMPLE_KEYS : 1 )) '(NR - 1) % step == 0 { print $1 }' "$DATA" > "$SAMPLE"
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 peak_rss_kb() { awk '/VmHWM/ { print $2 }' "/proc/$1/status"; }

@@ -156,11 +156,10 @@ pub fn openapi_json() -> String {
 /// it runs after authentication), the fast path of the hot routes, then routing.
 pub fn api_endpoint(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
     let service = api_service(state.clone());
-    let docs = service.swagger_ui();
-    let spec = service.spec_endpoint();
+    let (docs, spec) = served_spec(&service, state.auth.is_some());
     problem::with_problems(
         Route::new()
-            .nest("/docs", docs)
+            .at("/docs", docs)
             .at("/openapi.json", spec)
             .nest("/", service)
             .data(state.clone())
@@ -176,6 +175,57 @@ pub fn api_endpoint(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
     .with(HttpMetrics(state))
     .with(request_log::RequestLog)
     .with(security_headers())
+}
+
+/// Swagger UI and the spec as this server runs: with auth on, the document as checked
+/// in (every data route requires the bearer scheme); with auth off, the same without
+/// the security requirements, so neither clients nor Swagger UI ask for a token that
+/// nothing checks (schemathesis holds the server to whichever it serves).
+fn served_spec(
+    service: &ApiService,
+    auth_on: bool,
+) -> (
+    impl Endpoint<Output = Response>,
+    impl Endpoint<Output = Response>,
+) {
+    let checked_in = service.spec();
+    let mut html = service.swagger_ui_html();
+    let spec = if auth_on {
+        checked_in
+    } else {
+        let open = without_security(&checked_in);
+        // The UI embeds the document verbatim; swap in the one served.
+        html = html.replacen(&checked_in, &open, 1);
+        open
+    };
+    let docs = poem::endpoint::make_sync(move |_| poem::web::Html(html.clone()));
+    let spec = poem::endpoint::make_sync(move |_| {
+        Response::builder()
+            .content_type("application/json")
+            .body(spec.clone())
+    });
+    (docs.map_to_response(), spec)
+}
+
+/// The OpenAPI document with every `security` requirement and scheme removed.
+fn without_security(spec: &str) -> String {
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(spec) else {
+        return spec.to_owned();
+    };
+    if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        for operation in paths
+            .values_mut()
+            .filter_map(|item| item.as_object_mut())
+            .flat_map(|item| item.values_mut())
+            .filter_map(|op| op.as_object_mut())
+        {
+            operation.remove("security");
+        }
+    }
+    if let Some(components) = doc.get_mut("components").and_then(|c| c.as_object_mut()) {
+        components.remove("securitySchemes");
+    }
+    serde_json::to_string_pretty(&doc).unwrap_or_else(|_| spec.to_owned())
 }
 
 /// The API paths anyone may read without a token: the spec and its viewer.
