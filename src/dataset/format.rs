@@ -100,7 +100,11 @@ const HEX: [u8; 256] = {
 /// and because a publisher is better served by "expected `-` at character 9" than by a
 /// message about the other UUID forms.
 pub fn parse_hyphenated(text: &[u8]) -> Result<u128, LineError> {
-    debug_assert_eq!(text.len(), KEY_LEN);
+    // A public function must not panic on its input: text of another length is an
+    // error, not an out-of-bounds index (found by the `line` fuzz target's checks).
+    if text.len() != KEY_LEN {
+        return Err(LineError::KeyLength { len: text.len() });
+    }
     let (mut high, mut low) = (0u64, 0u64);
     let mut invalid = 0u8;
     for (n, &at) in DIGITS.iter().enumerate() {
@@ -233,6 +237,21 @@ mod tests {
         assert_eq!(
             parse(&format!("{simple} v")),
             Err(LineError::KeyLength { len: 32 })
+        );
+    }
+
+    #[test]
+    fn keys_of_the_wrong_length_are_errors_not_panics() {
+        for len in [0, 1, 35, 37, 100] {
+            let text = "a".repeat(len);
+            assert_eq!(
+                parse_hyphenated(text.as_bytes()),
+                Err(LineError::KeyLength { len })
+            );
+        }
+        assert_eq!(
+            parse_hyphenated(KEY.as_bytes()),
+            Ok(0x72cf48f7_d604_4423_b012_4e2329f5117b)
         );
     }
 

@@ -33,6 +33,31 @@ const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 /// Loads and checks a data file (DESIGN.md section 2). Either the whole file is valid
 /// and a `Dataset` is returned, or nothing is: there is no partially loaded state.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset, LoadError> {
+    load_split(path, opts, None)
+}
+
+/// `load`, but the file is cut into line-aligned chunks of about `chunk_bytes` bytes
+/// (0 counts as 1, which makes every line its own chunk) and parsed by `opts.threads`
+/// threads whatever its size.
+///
+/// For the property tests and fuzz targets only: the files they generate are far
+/// below `PARALLEL_MIN_BYTES`, so `load` would parse them as one chunk on one thread
+/// and never exercise chunk seams, error ordering across chunks or duplicates found in
+/// different chunks.
+#[doc(hidden)]
+pub fn load_with_chunk_bytes(
+    path: &Path,
+    opts: &LoadOptions,
+    chunk_bytes: usize,
+) -> Result<Dataset, LoadError> {
+    load_split(path, opts, Some(chunk_bytes.max(1)))
+}
+
+fn load_split(
+    path: &Path,
+    opts: &LoadOptions,
+    chunk_bytes: Option<usize>,
+) -> Result<Dataset, LoadError> {
     let started = Instant::now();
     let span = tracing::info_span!("load", path = %path.display());
     let _enter = span.enter();
@@ -94,7 +119,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset, LoadError> {
     let version = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&buf));
 
     let hashed = Instant::now();
-    let parsed = parse(&buf, path, opts)?;
+    let parsed = parse(&buf, path, opts, chunk_bytes)?;
     let parse_done = Instant::now();
     if let Some((mapped, probe)) = mapped {
         integrity::check_unchanged(&probe, path, &before)?;
@@ -197,7 +222,13 @@ struct Shared<'a> {
     lines_done: AtomicU64,
 }
 
-fn parse(bytes: &[u8], path: &Path, opts: &LoadOptions) -> Result<Parsed, LoadError> {
+/// `chunk_bytes` is `load_with_chunk_bytes`'s forced chunk size; `None` in production.
+fn parse(
+    bytes: &[u8],
+    path: &Path,
+    opts: &LoadOptions,
+    chunk_bytes: Option<usize>,
+) -> Result<Parsed, LoadError> {
     let body_start = if bytes.starts_with(UTF8_BOM) {
         UTF8_BOM.len()
     } else {
@@ -207,12 +238,19 @@ fn parse(bytes: &[u8], path: &Path, opts: &LoadOptions) -> Result<Parsed, LoadEr
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let threads = if bytes.len() < PARALLEL_MIN_BYTES {
-        1
-    } else {
-        threads
+    let (threads, step) = match chunk_bytes {
+        Some(step) => (threads, step),
+        None => {
+            let threads = if bytes.len() < PARALLEL_MIN_BYTES {
+                1
+            } else {
+                threads
+            };
+            let pieces = threads * CHUNKS_PER_THREAD;
+            (threads, (bytes.len() - body_start) / pieces)
+        }
     };
-    let chunks = split_lines(bytes, body_start, threads * CHUNKS_PER_THREAD);
+    let chunks = split_lines(bytes, body_start, step);
     let index = index::new_index(estimate_lines(&bytes[body_start..]));
     let shared = Shared {
         bytes,
@@ -455,11 +493,12 @@ fn first_invalid_utf8(bytes: &[u8], from: usize, end: usize) -> usize {
     }
 }
 
-/// Splits `bytes[start..]` into about `pieces` ranges that each begin at a line start.
-fn split_lines(bytes: &[u8], start: usize, pieces: usize) -> Vec<(usize, usize)> {
+/// Splits `bytes[start..]` into ranges of about `step` bytes (at least one line each)
+/// that each begin at a line start.
+fn split_lines(bytes: &[u8], start: usize, step: usize) -> Vec<(usize, usize)> {
     let len = bytes.len();
-    let step = ((len - start) / pieces.max(1)).max(1);
-    let mut ranges = Vec::with_capacity(pieces);
+    let step = step.max(1);
+    let mut ranges = Vec::new();
     let mut from = start;
     while from < len {
         let nominal = from.saturating_add(step).min(len);
@@ -556,8 +595,8 @@ mod tests {
     #[test]
     fn chunks_start_at_line_starts_and_cover_everything() {
         let text = b"aaa\nbb\n\nccccc\nd";
-        for pieces in 1..10 {
-            let ranges = split_lines(text, 0, pieces);
+        for step in 0..=text.len() + 1 {
+            let ranges = split_lines(text, 0, step);
             assert_eq!(ranges.first().unwrap().0, 0);
             assert_eq!(ranges.last().unwrap().1, text.len());
             for w in ranges.windows(2) {
@@ -565,6 +604,9 @@ mod tests {
                 assert_eq!(text[w[1].0 - 1], b'\n');
             }
         }
+        // The smallest step makes every line its own chunk.
+        assert_eq!(split_lines(text, 0, 1).len(), 5);
+        assert_eq!(split_lines(text, 0, text.len()), vec![(0, text.len())]);
     }
 
     #[test]

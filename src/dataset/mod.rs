@@ -20,6 +20,8 @@ use bytes::Bytes;
 
 pub use format::LineError;
 pub use load::load;
+#[doc(hidden)]
+pub use load::load_with_chunk_bytes;
 
 /// The highest `--max-line-bytes` accepted (16 MiB - 1): a bound on what one request
 /// can make the server send, not a limit of the index.
