@@ -1,8 +1,7 @@
 //! The ceiling for kvserve's HTTP figures: a bare hyper 1.x server answering every
 //! request with a fixed ~100-byte JSON body, on the same Tokio runtime settings as
-//! kvserve (multi-threaded, one worker per core) and the same allocator.
-//! `benches/load/run.sh` drives it with the same wrk script and connection count as
-//! kvserve and reports the ratio.
+//! kvserve (multi-threaded, one worker per core). `benches/load/run.sh` drives it with
+//! the same wrk script and connection count as kvserve and reports the ratio.
 //!
 //! Run: `cargo run --release --example baseline -- 127.0.0.1:8100`
 
@@ -16,10 +15,6 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-
-/// The same allocator as kvserve's binary, so the comparison measures the HTTP path.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The size and shape of a kvserve answer for a typical value.
 const BODY: &[u8] = br#"{"key":"72cf48f7-d604-4423-b012-4e2329f5117b","value":"zsda pl focnygogk x cjuu cmwrolqrmu wgdwxr"}"#;

@@ -66,8 +66,11 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub load: LoadArgs,
 
-    /// Entries in the LRU of rendered responses; 0 turns the cache off.
-    #[arg(long, env = "KVSERVE_CACHE_CAPACITY", default_value_t = 100_000)]
+    /// Entries in the LRU of rendered responses; 0 (the default) turns the cache off.
+    /// Off by default because, measured (BENCHMARKS.md), with the file in memory or in
+    /// the page cache a hit costs what rendering costs and a miss adds to it; turn it on
+    /// with `--storage mmap` when the file is far larger than RAM and traffic is skewed.
+    #[arg(long, env = "KVSERVE_CACHE_CAPACITY", default_value_t = 0)]
     pub cache_capacity: usize,
 
     /// `max-age` of the `Cache-Control` header on found keys (e.g. `60s`, `5m`).

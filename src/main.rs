@@ -6,11 +6,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kvserve::cli::{Cli, Command, GenArgs, ServeArgs, TokenArgs, VerifyArgs};
 use kvserve::{dataset, http, telemetry, App};
 
-/// Small short-lived allocations per request (headers, bodies) are what this server
-/// makes most; mimalloc serves them from per-thread pages (see BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     // jsonwebtoken 11 has no implicit crypto backend; without this the first token
     // check would panic.

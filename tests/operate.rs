@@ -30,7 +30,7 @@ async fn admin_post(s: &TestServer, path: &str, body: Option<Value>) -> reqwest:
 
 #[tokio::test]
 async fn metrics_count_requests_by_route_template_and_status() {
-    let (_dir, s) = TestServer::with_sample(&[]).await;
+    let (_dir, s) = TestServer::with_sample(&["--cache-capacity", "100"]).await;
     for _ in 0..3 {
         s.get(&format!("/v1/keys/{KEY}")).await;
     }
@@ -143,7 +143,7 @@ async fn admin_dataset_describes_what_is_served() {
 async fn a_good_reload_swaps_the_data_and_purges_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     let data = write_file(dir.path(), "r.data", sample_lines());
-    let s = TestServer::start(&data, &[]).await;
+    let s = TestServer::start(&data, &["--cache-capacity", "100"]).await;
     let etag_before = s.get(&format!("/v1/keys/{KEY}")).await.headers()["etag"].clone();
 
     write_file(
@@ -359,7 +359,7 @@ async fn admin_bad_paths_and_methods_are_problems() {
 
 #[tokio::test]
 async fn cache_purge_empties_the_lru() {
-    let (_dir, s) = TestServer::with_sample(&[]).await;
+    let (_dir, s) = TestServer::with_sample(&["--cache-capacity", "100"]).await;
     // Twice each: the cache admits a key on its second miss.
     for _ in 0..2 {
         s.get(&format!("/v1/keys/{KEY}")).await;
