@@ -66,12 +66,12 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub load: LoadArgs,
 
-    /// Entries in the LRU of rendered responses; 0 (the default) turns the cache off.
-    /// Off by default because, measured (BENCHMARKS.md), with the file in memory or in
-    /// the page cache a hit costs what rendering costs and a miss adds to it; turn it on
-    /// with `--storage mmap` when the file is far larger than RAM and traffic is skewed.
-    #[arg(long, env = "KVSERVE_CACHE_CAPACITY", default_value_t = 0)]
-    pub cache_capacity: usize,
+    /// Entries in the LRU of rendered responses; 0 turns it off. Default: 0 with
+    /// `--storage memory`, 100000 with `--storage mmap`. Measured (BENCHMARKS.md): with
+    /// the values in memory a hit costs what rendering costs and a miss adds to it, so
+    /// the LRU only pays where a value may have to come back from disk.
+    #[arg(long, env = "KVSERVE_CACHE_CAPACITY")]
+    pub cache_capacity: Option<usize>,
 
     /// `max-age` of the `Cache-Control` header on found keys (e.g. `60s`, `5m`).
     #[arg(long, env = "KVSERVE_CACHE_MAX_AGE", default_value = "60s", value_parser = parse_duration)]
@@ -102,6 +102,19 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "KVSERVE_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+/// The LRU size when `--cache-capacity` is not given and the storage is mmap.
+pub const MMAP_CACHE_CAPACITY: usize = 100_000;
+
+impl ServeArgs {
+    /// `--cache-capacity`, or the default for the storage mode.
+    pub fn cache_capacity(&self) -> usize {
+        self.cache_capacity.unwrap_or(match self.load.storage {
+            Storage::Memory => 0,
+            Storage::Mmap => MMAP_CACHE_CAPACITY,
+        })
+    }
 }
 
 /// JWT authentication: on when one key source is given. The HS256 secret may also come
@@ -361,5 +374,17 @@ mod tests {
         assert_eq!(cli.serve.addr, "127.0.0.1:1");
         let cli = Cli::try_parse_from(["kvserve", "verify", "x.data", "--skip-invalid"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Verify(ref v)) if v.load.skip_invalid));
+    }
+
+    #[test]
+    fn the_lru_defaults_to_the_storage_mode() {
+        let capacity = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["kvserve"].iter().chain(args)).unwrap();
+            cli.serve.cache_capacity()
+        };
+        assert_eq!(capacity(&[]), 0);
+        assert_eq!(capacity(&["--storage", "mmap"]), MMAP_CACHE_CAPACITY);
+        assert_eq!(capacity(&["--storage", "mmap", "--cache-capacity", "0"]), 0);
+        assert_eq!(capacity(&["--cache-capacity", "7"]), 7);
     }
 }

@@ -105,7 +105,7 @@ impl App {
                 protect.trust_forwarded_for,
             )
         });
-        let state = AppState::new(Cache::new(args.cache_capacity), settings, reloader)?
+        let state = AppState::new(Cache::new(args.cache_capacity()), settings, reloader)?
             .with_auth(auth)
             .with_rate_limit(rate_limit);
         Ok(Self {

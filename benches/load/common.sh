@@ -24,3 +24,15 @@ fi
 SAMPLE="$WORK/keys-$LINES-$SAMPLE_KEYS.txt"
 # Every n-th key, at most SAMPLE_KEYS of them: spread over the whole file.
 awk -v step=$(( LINES / SAMPLE_KEYS > 0 ? LINES / SAMPLE_KEYS : 1 )) '(NR - 1) % step == 0 { print $1 }' "$DATA" > "$SAMPLE"
+
+# wait_ready URL PID LOG: returns once URL answers 200; if the process PID ends first
+# (a refused data file, a port in use), prints LOG and exits.
+wait_ready() {
+  for _ in $(seq 1 2400); do
+    curl -sf -o /dev/null "$1" && return 0
+    kill -0 "$2" 2>/dev/null || { cat "$3" >&2; exit 1; }
+    sleep 0.05
+  done
+  echo "not ready after 120 s: $1" >&2
+  exit 1
+}

@@ -21,11 +21,7 @@ source benches/load/common.sh
 PID=$!
 SAMPLER=
 trap 'kill $PID 2>/dev/null || true; [ -n "$SAMPLER" ] && kill $SAMPLER 2>/dev/null || true' EXIT
-for _ in $(seq 1 1200); do
-  curl -sf -o /dev/null "http://$ADMIN/readyz" && break
-  kill -0 "$PID" 2>/dev/null || { cat "$WORK/soak.log" >&2; exit 1; }
-  sleep 0.05
-done
+wait_ready "http://$ADMIN/readyz" "$PID" "$WORK/soak.log"
 
 wrk_run() { # seconds rate
   KEYS_FILE="$SAMPLE" KEYS_PATH="/v1/keys/%s" KEYS_DIST=uniform KEYS_RATE="${2:-}" KEYS_CONNECTIONS="$CONNECTIONS" \

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Interleaved A/B of server CPU per request: the bare hyper baseline and each kvserve
+# configuration given, one after another, ROUNDS times (2 s warm-up, DURATION s
+# measured, same wrk load). On this noisy VM a figure drifts by 20 % over minutes, so a
+# single pass (run.sh) can put two configurations in different weather; alternating
+# them and taking medians of the per-round ratios cancels most of that.
+#
+#   benches/load/ab.sh "" "--cache-capacity 100000" "--storage mmap"
+#   LINES=10000000 DIST=zipf benches/load/ab.sh ""
+#
+# Each argument is one kvserve configuration (extra flags; "" is the default).
+# Knobs: ROUNDS (5), DURATION (8), DIST (uniform|zipf), KEYS_PATH (/v1/keys/%s), and
+# those of benches/load/common.sh.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-8}
+DIST=${DIST:-uniform}
+KEYS_PATH=${KEYS_PATH:-/v1/keys/%s}
+source benches/load/common.sh
+cargo build --release --quiet --example baseline
+BASE=127.0.0.1:18100
+TICKS=$(getconf CLK_TCK)
+OUT="$WORK/ab.tsv"
+: > "$OUT"
+
+PID=
+trap '[ -n "$PID" ] && kill $PID 2>/dev/null || true' EXIT
+
+# measure TARGET PATH_TEMPLATE: one warm-up and one measured wrk run; prints the server
+# CPU per request (µs) and the rate (req/s).
+measure() {
+  KEYS_FILE="$SAMPLE" KEYS_PATH="$2" KEYS_DIST="$DIST" \
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s benches/load/keys.lua "http://$1" >/dev/null 2>&1 || true
+  local before after out requests
+  before=$(awk '{ print $14 + $15 }' "/proc/$PID/stat")
+  out=$(KEYS_FILE="$SAMPLE" KEYS_PATH="$2" KEYS_DIST="$DIST" \
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" -s benches/load/keys.lua "http://$1" | tail -n 1)
+  after=$(awk '{ print $14 + $15 }' "/proc/$PID/stat")
+  requests=$(echo "$out" | sed -E 's/.*"requests": ([0-9]+).*/\1/')
+  printf '%s\t%s' "$(echo "scale=3; ($after - $before) * 1000000 / $TICKS / $requests" | bc)" \
+    "$(echo "$out" | sed -E 's/.*"rps": ([0-9.]+).*/\1/')"
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  target/release/examples/baseline "$BASE" > "$WORK/baseline.log" 2>&1 &
+  PID=$!
+  wait_ready "http://$BASE/" "$PID" "$WORK/baseline.log"
+  printf '%s\tbaseline\t%s\n' "$round" "$(measure "$BASE" "/%s")" | tee -a "$OUT" >&2
+  kill "$PID"; wait "$PID" 2>/dev/null || true
+  for config in "$@"; do
+    # shellcheck disable=SC2086 # a configuration is a list of flags
+    "$KV" --data "$DATA" --addr "$API" --admin-addr "$ADMIN" \
+      --log-level "info,kvserve::access=off" $config > "$WORK/ab-kvserve.log" 2>&1 &
+    PID=$!
+    wait_ready "http://$ADMIN/readyz" "$PID" "$WORK/ab-kvserve.log"
+    printf '%s\tkvserve %s\t%s\n' "$round" "$config" "$(measure "$API" "$KEYS_PATH")" | tee -a "$OUT" >&2
+    kill "$PID"; wait "$PID" 2>/dev/null || true
+  done
+done
+PID=
+
+python3 - "$OUT" "$LINES" "$DIST" "$KEYS_PATH" <<'EOF'
+import statistics, sys
+from collections import defaultdict
+path, lines, dist, keys_path = sys.argv[1:]
+cpu, rate = defaultdict(dict), defaultdict(dict)  # config -> round -> µs, req/s
+for line in open(path):
+    round_, config, us, rps = line.rstrip("\n").split("\t")
+    cpu[config][round_], rate[config][round_] = float(us), float(rps)
+base = cpu.pop("baseline")
+print(f"{int(lines):,} lines, {dist} keys, GET {keys_path}, {len(base)} rounds:\n")
+print("| server | req/s, median | CPU / request, median | each round (µs) | median of per-round CPU ratios to baseline |")
+print("|---|---:|---:|---|---:|")
+print(f"| bare hyper baseline | {statistics.median(rate['baseline'].values()):,.0f} | "
+      f"{statistics.median(base.values()):.1f} µs | {', '.join(f'{v:.1f}' for v in base.values())} | 1.00× |")
+for config, rounds in cpu.items():
+    ratios = [us / base[r] for r, us in rounds.items() if r in base]
+    print(f"| {config.replace('kvserve', '', 1).strip() or 'kvserve (defaults)'} | "
+          f"{statistics.median(rate[config].values()):,.0f} | {statistics.median(rounds.values()):.1f} µs | "
+          f"{', '.join(f'{v:.1f}' for v in rounds.values())} | {statistics.median(ratios):.2f}× |")
+EOF
