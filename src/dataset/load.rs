@@ -326,6 +326,12 @@ fn parse(
         return Err(to_load_error(bytes, path, offset, failure));
     }
     log_skipped(bytes, path, samples, skipped);
+    if foreign > 0 {
+        // The tables were sized for every line of the file; a shard reading a file it
+        // shares with other shards keeps only its keys. Re-fitting costs one rehash of
+        // the owned entries and gives back the rest (half the index for a 2-way split).
+        index.shrink_to_fit();
+    }
     Ok(Parsed {
         index,
         skipped,
@@ -607,6 +613,35 @@ mod tests {
         // The smallest step makes every line its own chunk.
         assert_eq!(split_lines(text, 0, 1).len(), 5);
         assert_eq!(split_lines(text, 0, text.len()), vec![(0, text.len())]);
+    }
+
+    #[test]
+    fn a_shard_sizes_its_index_for_its_own_keys() {
+        let dir = std::env::temp_dir().join(format!("kvserve-shard-index-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("all.data");
+        let mut text = String::new();
+        for i in 0..20_000u128 {
+            // Keys spread over all 16 first hex digits.
+            let key =
+                uuid::Uuid::from_u128(i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835));
+            text.push_str(&format!("{key} v{i}\n"));
+        }
+        std::fs::write(&path, text).unwrap();
+        let whole = load(&path, &LoadOptions::default()).unwrap();
+        let opts = LoadOptions {
+            key_prefixes: "0-7".parse().unwrap(),
+            ..LoadOptions::default()
+        };
+        let half = load(&path, &opts).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(half.len() > 9_000 && half.len() < 11_000, "{}", half.len());
+        assert!(
+            half.index.capacity() * 3 <= whole.index.capacity() * 2,
+            "shard index {} slots against {} for the whole file",
+            half.index.capacity(),
+            whole.index.capacity()
+        );
     }
 
     #[test]
