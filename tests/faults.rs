@@ -298,15 +298,6 @@ fn an_unreadable_or_half_written_file_on_reload_keeps_the_old_data() {
     p.child.wait().unwrap();
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 /// A port already taken is a start-up error that names the listener and address, and
 /// the exit status is non-zero: an orchestrator sees the failure instead of a process
 /// that never serves.

@@ -80,7 +80,7 @@ fn unreadable_file_is_refused() {
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
     // Root reads anything, so as root the check runs as `nobody`, in a folder nobody
     // may enter, which is what an unreadable file looks like to a service account.
-    let out = if unsafe_is_root() {
+    let out = if is_root() {
         std::fs::set_permissions(
             dir.path(),
             std::os::unix::fs::PermissionsExt::from_mode(0o711),
@@ -102,15 +102,6 @@ fn unreadable_file_is_refused() {
         text.contains("cannot open data file") && text.contains("Permission denied"),
         "{text}"
     );
-}
-
-fn unsafe_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 #[test]

@@ -614,14 +614,7 @@ fn bad_auth_configuration_is_refused_at_start() {
     ];
     for (args, needle) in cases {
         let out = std::process::Command::new(binary())
-            .args([
-                "--data",
-                data.to_str().unwrap(),
-                "--addr",
-                "127.0.0.1:0",
-                "--admin-addr",
-                "127.0.0.1:0",
-            ])
+            .args(serve_args(&data, &[]))
             .args(&args)
             .output()
             .unwrap();

@@ -16,7 +16,6 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use poem::http::{header, HeaderMap, HeaderValue, Method, Uri};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
@@ -111,7 +110,7 @@ pub fn serve<B>(state: &AppState, req: &hyper::Request<B>, peer: SocketAddr) -> 
     let access = Access::begin(headers, method, Some(peer));
     let span = access.span(uri.path());
     let metrics = &state.metrics;
-    let started = Instant::now();
+    let started = access.started();
     let in_flight = InFlight::enter(&metrics.http_in_flight);
     let mut resp = span.in_scope(|| admitted(state, uri, headers, peer, route));
     drop(in_flight);
