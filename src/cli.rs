@@ -192,7 +192,13 @@ pub struct ProtectArgs {
     #[arg(long, env = "KVSERVE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
-    /// Keep-alive connections idle this long are closed.
+    /// Time a client has to send a request's body, from the end of its headers; a
+    /// slower body gets 408 and the connection is closed.
+    #[arg(long, env = "KVSERVE_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+
+    /// Keep-alive connections this long without a byte in either direction, once the
+    /// last answer is handed over, are closed.
     #[arg(long, env = "KVSERVE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 

@@ -120,6 +120,7 @@ impl App {
                 max_connections: protect.max_connections,
                 header_read_timeout: protect.header_read_timeout,
                 idle_timeout: protect.idle_timeout,
+                body_read_timeout: protect.body_read_timeout,
             },
         })
     }

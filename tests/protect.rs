@@ -959,6 +959,271 @@ async fn keep_alive_connections_live_while_busy_and_close_when_idle_or_stalled()
     s.stop().await.unwrap();
 }
 
+/// Whether the server has closed `stream` (reads end of stream or a reset) within `limit`.
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blank_lines_do_not_hold_connections_and_probes_answer_during_a_flood() {
+    let (_dir, s) = TestServer::with_sample(&[
+        "--max-connections",
+        "20",
+        "--header-read-timeout",
+        "1s",
+        "--idle-timeout",
+        "3s",
+    ])
+    .await;
+    let (api, admin) = (s.api, s.admin);
+    tokio::task::spawn_blocking(move || {
+        // HTTP/1.1 parsers skip empty lines before a request line (RFC 9112 §2.2): these
+        // bytes are not a request head, whatever `\r\n\r\n` looks like.
+        let started = Instant::now();
+        let mut flood: Vec<TcpStream> = (0..20)
+            .map(|i| {
+                let mut stream = TcpStream::connect(api).unwrap();
+                let blank: &[u8] = if i % 2 == 0 { b"\r\n\r\n" } else { b"\n\n\n" };
+                stream.write_all(blank).unwrap();
+                stream
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        for stream in &mut flood {
+            let _ = stream.write_all(b"\r\n");
+        }
+        // The API listener is full; the admin listener has slots of its own.
+        assert_eq!(
+            http_status(admin, "/readyz"),
+            Some(200),
+            "probe during the flood"
+        );
+        assert_eq!(http_status(admin, "/livez"), Some(200));
+        for (i, stream) in flood.iter_mut().enumerate() {
+            assert!(
+                closed_within(stream, Duration::from_secs(4)),
+                "blank-line connection {i} still open after {:?}",
+                started.elapsed()
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(http_status(api, &format!("/v1/keys/{KEY}")), Some(200));
+    })
+    .await
+    .unwrap();
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_lf_and_expect_continue_clients_keep_their_connection() {
+    let (_dir, s) =
+        TestServer::with_sample(&["--header-read-timeout", "1s", "--idle-timeout", "5s"]).await;
+    let api = s.api;
+    tokio::task::spawn_blocking(move || {
+        // Header lines ended by a bare LF, as hyper accepts them: one request every 300 ms
+        // for longer than the header deadline, never cut.
+        let mut stream = TcpStream::connect(api).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(2500) {
+            write!(stream, "GET /v1/keys/{KEY} HTTP/1.1\nHost: x\n\n").unwrap();
+            assert_eq!(status_of(&mut stream), 200, "after {:?}", started.elapsed());
+            std::thread::sleep(Duration::from_millis(300));
+        }
+
+        // `Expect: 100-continue`: the interim answer is not the end of the request, and
+        // the body is not a new request head.
+        let mut stream = TcpStream::connect(api).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let body = format!(r#"{{"keys": ["{KEY}"]}}"#);
+        write!(stream, "POST /v1/keys/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n", body.len()).unwrap();
+        assert_eq!(status_of(&mut stream), 100);
+        stream.write_all(body.as_bytes()).unwrap();
+        assert_eq!(status_of(&mut stream), 200);
+        // Quiet for longer than the header deadline, within the idle one.
+        std::thread::sleep(Duration::from_millis(1500));
+        write!(stream, "GET /v1/keys/{KEY} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(status_of(&mut stream), 200, "the kept-alive connection still serves");
+    })
+    .await
+    .unwrap();
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_the_whole_answer_and_a_stalled_one_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = "v".repeat(8 << 20);
+    let data = write_file(dir.path(), "big.data", format!("{KEY} {big}\n"));
+    let s = TestServer::start(
+        &data,
+        &["--max-line-bytes", "12MiB", "--idle-timeout", "1s"],
+    )
+    .await;
+    let api = s.api;
+    tokio::task::spawn_blocking(move || {
+        let request = format!("GET /v1/keys/{KEY}/value HTTP/1.1\r\nHost: x\r\n\r\n");
+        // About 2.6 MB/s through a small receive window: three times the idle timeout,
+        // with bytes moving all along.
+        let mut stream = TcpStream::connect(api).unwrap();
+        shrink_receive_buffer(&stream);
+        stream.write_all(request.as_bytes()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let started = Instant::now();
+        let mut received = 0usize;
+        let mut buf = vec![0u8; 64 << 10];
+        while received < big.len() {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => received += n,
+                Err(err) => panic!("after {received} bytes: {err}"),
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        assert!(
+            received > big.len(),
+            "got {received} bytes in {:?}",
+            started.elapsed()
+        );
+        assert!(
+            started.elapsed() > Duration::from_secs(1),
+            "not slow enough to test"
+        );
+
+        // A reader that stops reading for longer than the idle timeout is cut.
+        let mut stalled = TcpStream::connect(api).unwrap();
+        shrink_receive_buffer(&stalled);
+        stalled.write_all(request.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(2500));
+        assert!(closed_within(&mut stalled, Duration::from_secs(5)));
+    })
+    .await
+    .unwrap();
+    s.stop().await.unwrap();
+}
+
+fn shrink_receive_buffer(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 64 << 10;
+    // SAFETY: a valid socket descriptor and a c_int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt SO_RCVBUF");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_hyper_cannot_parse_get_problem_json() {
+    let (_dir, s) = TestServer::with_sample(&[]).await;
+    let api = s.api;
+    let answers = tokio::task::spawn_blocking(move || {
+        let ask = |head: Vec<u8>| {
+            let mut stream = TcpStream::connect(api).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let _ = stream.write_all(&head);
+            let (status, body) = read_response(&mut stream).unwrap().expect("an answer");
+            let problem: Value = serde_json::from_slice(&body)
+                .unwrap_or_else(|err| panic!("{status}: {err}: {body:?}"));
+            (
+                status,
+                problem["type"].as_str().unwrap_or_default().to_owned(),
+            )
+        };
+        let raw_byte = b"GET /v1/keys/\xff HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        let many_headers = format!(
+            "GET /livez HTTP/1.1\r\nHost: x\r\n{}\r\n",
+            (0..120)
+                .map(|i| format!("X-H{i}: v\r\n"))
+                .collect::<String>()
+        );
+        let huge_header = format!(
+            "GET /livez HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(500 << 10)
+        );
+        let huge_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+        [
+            ask(raw_byte),
+            ask(many_headers.into_bytes()),
+            ask(huge_header.into_bytes()),
+            ask(huge_uri.into_bytes()),
+        ]
+    })
+    .await
+    .unwrap();
+    let expect = |status: u16, kind: &str| (status, format!("urn:kvserve:problem:{kind}"));
+    assert_eq!(answers[0], expect(400, "malformed-request"));
+    assert_eq!(answers[1], expect(431, "headers-too-large"));
+    assert_eq!(answers[2], expect(431, "headers-too-large"));
+    assert_eq!(answers[3], expect(414, "uri-too-long"));
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_bodies_get_408_on_both_listeners() {
+    let (_dir, s) = TestServer::with_sample(&["--body-read-timeout", "1s"]).await;
+    let (api, admin) = (s.api, s.admin);
+    let answers = tokio::task::spawn_blocking(move || {
+        let trickle = |addr, path: &str, content_type: &str| {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            write!(stream, "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: 100\r\n\r\n{{").unwrap();
+            let started = Instant::now();
+            // One byte every 200 ms: the body is never complete before the deadline.
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 1024];
+            while started.elapsed() < Duration::from_secs(6) {
+                let _ = stream.write_all(b" ");
+                match stream.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                    Err(_) => {}
+                }
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+                    break;
+                }
+            }
+            let text = String::from_utf8_lossy(&answer).into_owned();
+            (text.get(9..12).unwrap_or_default().to_owned(), text, started.elapsed())
+        };
+        [
+            trickle(api, "/v1/keys/batch", "application/json"),
+            trickle(admin, "/admin/reload", "application/json"),
+        ]
+    })
+    .await
+    .unwrap();
+    for (status, text, elapsed) in answers {
+        assert_eq!(status, "408", "{text}");
+        assert!(text.contains("urn:kvserve:problem:body-timeout"), "{text}");
+        assert!(text.contains("--body-read-timeout"), "{text}");
+        assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+    }
+    s.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_max_connections_are_closed() {
     let (_dir, s) = TestServer::with_sample(&["--max-connections", "2"]).await;

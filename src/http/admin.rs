@@ -78,10 +78,10 @@ async fn reload_dataset(Data(state): Data<&Arc<AppState>>, body: Body) -> Respon
 /// Reads the optional body: empty, `{}` or `{"path": "..."}`.
 async fn reload_path(body: Body) -> Result<Option<String>, Problem> {
     let invalid = |detail: String| Problem::new(ProblemKind::InvalidBody, detail);
-    let bytes = body
-        .into_bytes_limit(64 * 1024)
-        .await
-        .map_err(|err| invalid(format!("the request body could not be read: {err}")))?;
+    let bytes = body.into_bytes_limit(64 * 1024).await.map_err(|err| {
+        super::body::deadline_problem(&err)
+            .unwrap_or_else(|| invalid(format!("the request body could not be read: {err}")))
+    })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }

@@ -126,11 +126,15 @@ impl<'a> ApiExtractor<'a> for BatchBody {
         match body.take()?.into_bytes_limit(limit).await {
             Ok(bytes) => Ok(Self(bytes)),
             Err(ReadBodyError::PayloadTooLarge) => Err(too_large().into()),
-            Err(err) => Err(refuse(
-                ProblemKind::InvalidBody,
-                format!("the request body could not be read: {err}"),
-            )
-            .into()),
+            Err(err) => Err(super::body::deadline_problem(&err)
+                .map(ProblemError)
+                .unwrap_or_else(|| {
+                    refuse(
+                        ProblemKind::InvalidBody,
+                        format!("the request body could not be read: {err}"),
+                    )
+                })
+                .into()),
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 mod batch;
+pub mod body;
 pub mod conn;
 pub mod fast;
 pub mod key;

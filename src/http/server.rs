@@ -29,7 +29,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::conn::ConnectionGate;
+use super::body::DeadlineBody;
+use super::conn::{ConnectionGate, Progress};
 use super::{fast, AppState};
 
 type Body = BoxBody<Bytes, io::Error>;
@@ -73,7 +74,7 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
                     continue;
                 }
             };
-            let Some(stream) = self.gate.admit(stream) else {
+            let Some((stream, progress)) = self.gate.admit(stream) else {
                 tracing::warn!(listener = self.name, remote = %peer, limit = self.gate.limit(), "connection refused: --max-connections reached");
                 continue;
             };
@@ -82,6 +83,8 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
                 fast: self.fast.clone(),
                 local: local.clone(),
                 peer,
+                progress,
+                body_read_timeout: self.gate.body_read_timeout(),
             };
             let mut closing = closing.clone();
             connections.spawn(async move {
@@ -134,44 +137,91 @@ struct ConnectionService<E> {
     fast: Option<Arc<AppState>>,
     local: LocalAddr,
     peer: SocketAddr,
+    /// Tells the connection's deadlines where each request begins and ends.
+    progress: Arc<Progress>,
+    body_read_timeout: Duration,
 }
 
 impl<E: Endpoint<Output = Response> + 'static> hyper::service::Service<hyper::Request<Incoming>>
     for ConnectionService<E>
 {
-    type Response = HyperResponse;
+    type Response = hyper::Response<Answered>;
     type Error = Infallible;
     type Future = Answer;
 
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        self.progress.begin();
+        let progress = self.progress.clone();
         if let Some(state) = &self.fast {
             if let Some(resp) = fast::serve(state, &req, self.peer) {
-                return Answer::Ready(Some(resp.into()));
+                return Answer::Ready(Some(answered(resp.into(), progress)));
             }
         }
-        let req = poem::Request::from((
+        let has_body = !hyper::body::Body::is_end_stream(req.body());
+        let mut req = poem::Request::from((
             req,
             self.local.clone(),
             RemoteAddr(self.peer.into()),
             Scheme::HTTP,
         ));
+        if has_body {
+            let body = DeadlineBody::new(req.take_body().into(), self.body_read_timeout);
+            req.set_body(poem::Body::from(BoxBody::new(body)));
+        }
         let endpoint = self.endpoint.clone();
         // Boxed so the fast path's future stays small: the framework's is large, and
         // hyper would otherwise move it on every request.
-        Answer::Framework(Box::pin(
-            async move { endpoint.get_response(req).await.into() },
-        ))
+        Answer::Framework(Box::pin(async move {
+            answered(endpoint.get_response(req).await.into(), progress)
+        }))
+    }
+}
+
+/// An answer's body that reports to the connection's deadlines when hyper is done
+/// with it (written in full, or dropped for HEAD and on errors).
+pub struct Answered {
+    body: Body,
+    progress: Arc<Progress>,
+}
+
+fn answered(resp: HyperResponse, progress: Arc<Progress>) -> hyper::Response<Answered> {
+    resp.map(|body| Answered { body, progress })
+}
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        self.progress.end();
+    }
+}
+
+impl hyper::body::Body for Answered {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, io::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
 /// An answer already made (the fast path) or still being made by the framework.
 enum Answer {
-    Ready(Option<HyperResponse>),
-    Framework(Pin<Box<dyn Future<Output = HyperResponse> + Send>>),
+    Ready(Option<hyper::Response<Answered>>),
+    Framework(Pin<Box<dyn Future<Output = hyper::Response<Answered>> + Send>>),
 }
 
 impl Future for Answer {
-    type Output = Result<HyperResponse, Infallible>;
+    type Output = Result<hyper::Response<Answered>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {

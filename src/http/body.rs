@@ -1,0 +1,83 @@
+//! Request bodies with a deadline (`--body-read-timeout`): a client that trickles a
+//! body, or declares one and never sends it, would otherwise hold its connection and
+//! the handler reading it for as long as it likes.
+//!
+//! The clock starts when hyper hands the request over (the head is complete) and the
+//! whole body must have arrived by the deadline; bytes do not extend it, so a body
+//! sent a byte a second is cut like one never sent. Only requests that have a body pay
+//! for the timer; the hot routes (GET, HEAD) have none.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::body::{Body, Frame, SizeHint};
+use poem::error::ReadBodyError;
+use tokio::time::Sleep;
+
+use super::problem::{Problem, ProblemKind};
+
+/// A request body that fails with `TimedOut` once its deadline has passed.
+pub struct DeadlineBody {
+    inner: BoxBody<Bytes, io::Error>,
+    deadline: Pin<Box<Sleep>>,
+    limit: Duration,
+}
+
+impl DeadlineBody {
+    pub fn new(inner: BoxBody<Bytes, io::Error>, limit: Duration) -> Self {
+        Self {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+            limit,
+        }
+    }
+}
+
+impl Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {}
+            ready => return ready,
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the request body did not arrive within {} (--body-read-timeout)",
+                    humantime::format_duration(this.limit)
+                ),
+            ))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The 408 problem for a body cut by its deadline; `None` for any other read error.
+pub fn deadline_problem(err: &ReadBodyError) -> Option<Problem> {
+    match err {
+        ReadBodyError::Io(err) if err.kind() == io::ErrorKind::TimedOut => {
+            Some(Problem::new(ProblemKind::BodyTimeout, err.to_string()))
+        }
+        _ => None,
+    }
+}
