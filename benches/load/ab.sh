@@ -8,7 +8,9 @@
 #   benches/load/ab.sh "" "--cache-capacity 100000" "--storage mmap"
 #   LINES=10000000 DIST=zipf benches/load/ab.sh ""
 #
-# Each argument is one kvserve configuration (extra flags; "" is the default).
+# Each argument is one kvserve configuration (extra flags; "" is the default). A
+# configuration starting with @PATH runs the kvserve binary at PATH instead of this
+# tree's, to compare builds:  benches/load/ab.sh "@../old/target/release/kvserve" ""
 # Knobs: ROUNDS (5), DURATION (8), DIST (uniform|zipf), KEYS_PATH (/v1/keys/%s), and
 # those of benches/load/common.sh.
 set -euo pipefail
@@ -50,9 +52,13 @@ for round in $(seq 1 "$ROUNDS"); do
   printf '%s\tbaseline\t%s\n' "$round" "$(measure "$BASE" "/%s")" | tee -a "$OUT" >&2
   kill "$PID"; wait "$PID" 2>/dev/null || true
   for config in "$@"; do
+    bin=$KV flags=$config
+    if [[ $config == @* ]]; then
+      bin=${config%% *} flags=${config#"$bin"} bin=${bin#@}
+    fi
     # shellcheck disable=SC2086 # a configuration is a list of flags
-    "$KV" --data "$DATA" --addr "$API" --admin-addr "$ADMIN" \
-      --log-level "info,kvserve::access=off" $config > "$WORK/ab-kvserve.log" 2>&1 &
+    "$bin" --data "$DATA" --addr "$API" --admin-addr "$ADMIN" \
+      --log-level "info,kvserve::access=off" $flags > "$WORK/ab-kvserve.log" 2>&1 &
     PID=$!
     wait_ready "http://$ADMIN/readyz" "$PID" "$WORK/ab-kvserve.log"
     printf '%s\tkvserve %s\t%s\n' "$round" "$config" "$(measure "$API" "$KEYS_PATH")" | tee -a "$OUT" >&2
