@@ -166,14 +166,37 @@ impl AuthArgs {
 /// Rate limits, load shedding and connection limits.
 #[derive(Debug, Clone, Args)]
 pub struct ProtectArgs {
-    /// Requests per second per client (off when unset). The client is the token's
-    /// `sub` with auth on, else the peer address.
+    /// Requests per second per client address (off when unset), checked before
+    /// authentication: requests without a valid token count too, and a refused one
+    /// costs no signature check. The address is the peer's, or the first
+    /// `X-Forwarded-For` entry with `--trust-forwarded-for`.
     #[arg(long, env = "KVSERVE_RATE_LIMIT", value_name = "N")]
     pub rate_limit: Option<std::num::NonZeroU32>,
 
-    /// Requests a client may send at once before the rate applies (default: the rate).
-    #[arg(long, env = "KVSERVE_RATE_LIMIT_BURST", value_name = "B")]
+    /// Requests one address may send at once before `--rate-limit` applies (default:
+    /// the rate).
+    #[arg(
+        long,
+        env = "KVSERVE_RATE_LIMIT_BURST",
+        value_name = "B",
+        requires = "rate_limit"
+    )]
     pub rate_limit_burst: Option<std::num::NonZeroU32>,
+
+    /// Requests per second per token subject (`sub`; off when unset), checked after
+    /// authentication. Needs a JWT key.
+    #[arg(long, env = "KVSERVE_SUBJECT_RATE_LIMIT", value_name = "N")]
+    pub subject_rate_limit: Option<std::num::NonZeroU32>,
+
+    /// Requests one subject may send at once before `--subject-rate-limit` applies
+    /// (default: the rate).
+    #[arg(
+        long,
+        env = "KVSERVE_SUBJECT_RATE_LIMIT_BURST",
+        value_name = "B",
+        requires = "subject_rate_limit"
+    )]
+    pub subject_rate_limit_burst: Option<std::num::NonZeroU32>,
 
     /// Take the client address from the first `X-Forwarded-For` entry. Only behind a
     /// proxy that sets it: anyone can forge the header.
@@ -229,7 +252,7 @@ pub struct TokenArgs {
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub ttl: Duration,
 
-    /// The `sub` claim (who the token speaks for; rate limits are per subject).
+    /// The `sub` claim (who the token speaks for; `--subject-rate-limit` is per subject).
     #[arg(long, default_value = "local")]
     pub sub: String,
 
@@ -380,6 +403,24 @@ mod tests {
         assert_eq!(cli.serve.addr, "127.0.0.1:1");
         let cli = Cli::try_parse_from(["kvserve", "verify", "x.data", "--skip-invalid"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Verify(ref v)) if v.load.skip_invalid));
+    }
+
+    #[test]
+    fn a_burst_needs_its_rate() {
+        let parse = |args: &[&str]| Cli::try_parse_from(["kvserve"].iter().chain(args));
+        assert!(parse(&["--rate-limit-burst", "5"]).is_err());
+        assert!(parse(&["--subject-rate-limit-burst", "5"]).is_err());
+        let cli = parse(&[
+            "--subject-rate-limit",
+            "2",
+            "--subject-rate-limit-burst",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.serve.protect.subject_rate_limit_burst.map(|b| b.get()),
+            Some(5)
+        );
     }
 
     #[test]

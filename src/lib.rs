@@ -50,6 +50,8 @@ pub enum AppError {
     Watch(#[from] watch::WatchError),
     #[error(transparent)]
     Auth(#[from] http::auth::AuthConfigError),
+    #[error("--subject-rate-limit limits per verified token subject, but no JWT key is configured (--jwt-hs256-secret-file, --jwt-public-key-file, --jwt-jwks-file or KVSERVE_JWT_HS256_SECRET); use --rate-limit to limit per client address")]
+    SubjectLimitWithoutAuth,
     #[error("refusing to serve the admin listener on {addr} without authentication: bind it to a loopback address, configure a JWT key, or pass --admin-insecure")]
     InsecureAdmin { addr: SocketAddr },
     #[error("the {listener} listener failed: {source}")]
@@ -75,6 +77,9 @@ pub struct App {
 impl App {
     pub async fn bind(args: &ServeArgs) -> Result<Self, AppError> {
         let auth = http::auth::Authenticator::from_config(&args.auth.config())?;
+        if args.protect.subject_rate_limit.is_some() && auth.is_none() {
+            return Err(AppError::SubjectLimitWithoutAuth);
+        }
         let (api, api_addr) = bind("api", &args.addr).await?;
         let (admin, admin_addr) = bind("admin", &args.admin_addr).await?;
         let protect = &args.protect;
@@ -98,13 +103,16 @@ impl App {
             },
         };
         let reloader = Reloader::new(args.data.clone(), args.load.options());
-        let rate_limit = protect.rate_limit.map(|rate| {
-            http::ratelimit::ClientRateLimit::new(
-                rate,
-                protect.rate_limit_burst,
-                protect.trust_forwarded_for,
-            )
-        });
+        let spec = |per_second, burst| http::ratelimit::LimitSpec { per_second, burst };
+        let rate_limit = http::ratelimit::RateLimits::new(
+            protect
+                .rate_limit
+                .map(|n| spec(n, protect.rate_limit_burst)),
+            protect
+                .subject_rate_limit
+                .map(|n| spec(n, protect.subject_rate_limit_burst)),
+            protect.trust_forwarded_for,
+        );
         let state = AppState::new(Cache::new(args.cache_capacity()), settings, reloader)?
             .with_auth(auth)
             .with_rate_limit(rate_limit);

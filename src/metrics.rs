@@ -19,6 +19,7 @@ use prometheus::{
 
 use crate::cache::Cache;
 use crate::dataset::DatasetInfo;
+use crate::http::ratelimit::LimitKind;
 
 /// Buckets from 50 µs: most answers take well under a millisecond, and a histogram
 /// starting at 5 ms (the client library default) would put them all in one bucket.
@@ -63,7 +64,8 @@ pub struct Metrics {
     dataset_loaded_timestamp: Gauge,
     reloads_success: IntCounter,
     reloads_failure: IntCounter,
-    pub rate_limited: IntCounter,
+    rate_limited_peer: IntCounter,
+    rate_limited_subject: IntCounter,
     pub auth_failures: IntCounterVec,
 }
 
@@ -127,11 +129,18 @@ impl Metrics {
         for reason in AUTH_FAILURE_REASONS {
             auth_failures.with_label_values(&[reason]);
         }
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "kvserve_rate_limited_total",
+                "Requests refused by a rate limit, by limit (peer: per address, before \
+                 authentication; subject: per token subject, after it)",
+            ),
+            &["limit"],
+        )
+        .map_err(err("kvserve_rate_limited_total"))?;
         let gauge = |name: &'static str, help: &str| IntGauge::new(name, help).map_err(err(name));
         let float_gauge =
             |name: &'static str, help: &str| Gauge::new(name, help).map_err(err(name));
-        let counter =
-            |name: &'static str, help: &str| IntCounter::new(name, help).map_err(err(name));
         let build_info = prometheus::IntGaugeVec::new(
             Opts::new(
                 "kvserve_build_info",
@@ -171,10 +180,8 @@ impl Metrics {
             )?,
             reloads_success: reloads.with_label_values(&["success"]),
             reloads_failure: reloads.with_label_values(&["failure"]),
-            rate_limited: counter(
-                "kvserve_rate_limited_total",
-                "Requests refused by the rate limiter",
-            )?,
+            rate_limited_peer: rate_limited.with_label_values(&[LimitKind::Peer.name()]),
+            rate_limited_subject: rate_limited.with_label_values(&[LimitKind::Subject.name()]),
             http_requests,
             http_duration,
             http_in_flight,
@@ -228,10 +235,7 @@ impl Metrics {
             Box::new(metrics.dataset_loaded_timestamp.clone()),
         )?;
         reg("kvserve_dataset_reloads_total", Box::new(reloads))?;
-        reg(
-            "kvserve_rate_limited_total",
-            Box::new(metrics.rate_limited.clone()),
-        )?;
+        reg("kvserve_rate_limited_total", Box::new(rate_limited))?;
         reg(
             "kvserve_auth_failures_total",
             Box::new(metrics.auth_failures.clone()),
@@ -245,6 +249,14 @@ impl Metrics {
             registry,
             ..metrics
         })
+    }
+
+    /// `kvserve_rate_limited_total{limit}`: every 429 of a rate limit.
+    pub fn rate_limited(&self, limit: LimitKind) -> &IntCounter {
+        match limit {
+            LimitKind::Peer => &self.rate_limited_peer,
+            LimitKind::Subject => &self.rate_limited_subject,
+        }
     }
 
     /// Called whenever a dataset is installed (first load and every reload).

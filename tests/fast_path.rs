@@ -18,8 +18,20 @@ const SECRET: &str = concat!(
 );
 
 fn token(scope: &str) -> String {
+    token_for(scope, "local")
+}
+
+fn token_for(scope: &str, sub: &str) -> String {
     let out = Command::new(binary())
-        .args(["token", "--secret-file", SECRET, "--scope", scope])
+        .args([
+            "token",
+            "--secret-file",
+            SECRET,
+            "--scope",
+            scope,
+            "--sub",
+            sub,
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -58,6 +70,8 @@ fn fast_path_and_framework_path_answer_alike() {
         "--jwt-hs256-secret-file",
         SECRET,
         "--rate-limit",
+        "1000",
+        "--subject-rate-limit",
         "1000",
         "--max-uri-bytes",
         "300",
@@ -131,6 +145,75 @@ fn fast_path_and_framework_path_answer_alike() {
                 (status, headers, body)
             };
             assert_eq!(strip(a), strip(b), "{method} {path} {bearer:?} {extra:?}");
+        }
+    }
+    for p in [&mut fast, &mut framework] {
+        p.child.kill().unwrap();
+        p.child.wait().unwrap();
+    }
+}
+
+/// Over either rate limit, both paths refuse alike, headers (`RateLimit` values
+/// included) and body: the per-address limit before the token is looked at, the
+/// per-subject limit after.
+#[test]
+fn rate_limited_answers_are_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "r.data", sample_lines());
+    let args = [
+        "--jwt-hs256-secret-file",
+        SECRET,
+        "--trust-forwarded-for",
+        "--rate-limit",
+        "1",
+        "--rate-limit-burst",
+        "3",
+        "--subject-rate-limit",
+        "1",
+        "--subject-rate-limit-burst",
+        "1",
+    ];
+    let mut fast = spawn_binary(&data, &args);
+    let mut framework = spawn_binary_with_env(
+        &data,
+        &args,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")],
+    );
+    for p in [&fast, &framework] {
+        wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    }
+    let path = format!("/v1/keys/{KEY}");
+    let request = |client: &str, bearer: Option<&str>| {
+        let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {client}\r\n{auth}Connection: close\r\n\r\n"
+        )
+    };
+    let alice = token_for("kv:read", "alice");
+    // One address with no token: 3 × 401 (the burst), then 429 without a token check.
+    // One subject: 200, then 429 from the subject limit.
+    let scenarios: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            vec![request("192.0.2.1", None); 4],
+            vec!["401", "401", "401", "429"],
+        ),
+        (
+            vec![request("192.0.2.2", Some(&alice)); 2],
+            vec!["200", "429"],
+        ),
+    ];
+    for (requests, expected) in scenarios {
+        // Each server gets the whole scenario at once, so the buckets' refill (1 per
+        // second) plays no part.
+        let a: Vec<_> = requests.iter().map(|r| exchange(fast.api, r)).collect();
+        let b: Vec<_> = requests
+            .iter()
+            .map(|r| exchange(framework.api, r))
+            .collect();
+        for ((a, b), status) in a.into_iter().zip(b).zip(expected) {
+            assert!(a.0.contains(status), "{} instead of {status}", a.0);
+            assert!(a.1.iter().any(|h| h.starts_with("ratelimit:")), "{:?}", a.1);
+            assert_eq!(a, b, "{status}");
         }
     }
     for p in [&mut fast, &mut framework] {

@@ -90,7 +90,15 @@ async fn metrics_count_requests_by_route_template_and_status() {
         series(&text, "kvserve_dataset_reloads_total{result=\"success\"}"),
         Some(0.0)
     );
-    assert_eq!(series(&text, "kvserve_rate_limited_total"), Some(0.0));
+    for limit in ["peer", "subject"] {
+        assert_eq!(
+            series(
+                &text,
+                &format!("kvserve_rate_limited_total{{limit=\"{limit}\"}}")
+            ),
+            Some(0.0)
+        );
+    }
     assert_eq!(
         series(
             &text,

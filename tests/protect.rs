@@ -628,6 +628,80 @@ fn bad_auth_configuration_is_refused_at_start() {
     }
 }
 
+/// The two kinds of data route the rate limits guard: a hot route (answered by the fast
+/// path) and a route only the poem chain answers.
+#[derive(Debug, Clone, Copy)]
+enum DataRoute {
+    Key,
+    Batch,
+}
+
+const DATA_ROUTES: [DataRoute; 2] = [DataRoute::Key, DataRoute::Batch];
+
+/// A request for `KEY` on `route`, from `client` (an `X-Forwarded-For` address, for
+/// servers run with `--trust-forwarded-for`) with `auth` (an `Authorization` value).
+async fn request(
+    s: &TestServer,
+    route: DataRoute,
+    client: Option<&str>,
+    auth: Option<&str>,
+) -> reqwest::Response {
+    let mut req = match route {
+        DataRoute::Key => s.client.get(s.url(&format!("/v1/keys/{KEY}"))),
+        DataRoute::Batch => s
+            .client
+            .post(s.url("/v1/keys/batch"))
+            .json(&json!({"keys": [KEY]})),
+    };
+    if let Some(client) = client {
+        req = req.header("X-Forwarded-For", client);
+    }
+    if let Some(auth) = auth {
+        req = req.header("Authorization", auth);
+    }
+    req.send().await.unwrap()
+}
+
+/// The entries of the `RateLimit` header: (policy name, `r`, `t`).
+fn rate_limit_state(resp: &reqwest::Response) -> Vec<(String, u64, u64)> {
+    let value = resp.headers()["ratelimit"].to_str().unwrap();
+    value
+        .split(',')
+        .map(|item| {
+            let mut parts = item.trim().split(';');
+            let name = parts.next().unwrap().trim_matches('"').to_owned();
+            let (mut r, mut t) = (None, None);
+            for param in parts {
+                match param.split_once('=') {
+                    Some(("r", v)) => r = v.parse().ok(),
+                    Some(("t", v)) => t = v.parse().ok(),
+                    _ => {}
+                }
+            }
+            (name, r.expect(value), t.expect(value))
+        })
+        .collect()
+}
+
+fn retry_after(resp: &reqwest::Response) -> u64 {
+    resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn metrics_text(s: &TestServer) -> String {
+    s.client
+        .get(s.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_burst_over_the_limit_gets_429_with_headers_and_refills() {
     let dir = tempfile::tempdir().unwrap();
@@ -652,24 +726,19 @@ async fn a_burst_over_the_limit_gets_429_with_headers_and_refills() {
     for i in 0..5 {
         let resp = from("192.0.2.1").await.unwrap();
         assert_eq!(resp.status(), 200, "request {i}");
-        assert_eq!(resp.headers()["ratelimit-policy"], "\"default\";q=5;w=1");
+        assert_eq!(resp.headers()["ratelimit-policy"], "\"peer\";q=5;w=1");
         let state = resp.headers()["ratelimit"].to_str().unwrap().to_owned();
         assert!(
-            state.starts_with(&format!("\"default\";r={};t=", 4 - i)),
+            state.starts_with(&format!("\"peer\";r={};t=", 4 - i)),
             "{state}"
         );
     }
     let resp = from("192.0.2.1").await.unwrap();
-    let retry: u64 = resp.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(retry >= 1);
+    assert!(retry_after(&resp) >= 1);
     assert!(resp.headers()["ratelimit"]
         .to_str()
         .unwrap()
-        .starts_with("\"default\";r=0;t="));
+        .starts_with("\"peer\";r=0;t="));
     assert_eq!(
         problem(resp, 429).await["type"],
         "urn:kvserve:problem:rate-limited"
@@ -679,41 +748,210 @@ async fn a_burst_over_the_limit_gets_429_with_headers_and_refills() {
     // The bucket refills at 5 per second.
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert_eq!(from("192.0.2.1").await.unwrap().status(), 200);
-    let text = s
-        .client
-        .get(s.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(series(&text, "kvserve_rate_limited_total"), Some(1.0));
+    let text = metrics_text(&s).await;
+    assert_eq!(
+        series(&text, "kvserve_rate_limited_total{limit=\"peer\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(&text, "kvserve_rate_limited_total{limit=\"subject\"}"),
+        Some(0.0)
+    );
     s.stop().await.unwrap();
 }
 
+/// The per-address limit runs before authentication: a flood of bad signatures from
+/// one address gets 429 after the burst, and those requests never reach the signature
+/// check (`kvserve_auth_failures_total` stops growing).
 #[tokio::test]
-async fn with_auth_the_limit_is_per_subject() {
-    let (_dir, s) = hs256_server(&["--rate-limit", "2", "--rate-limit-burst", "2"]).await;
-    let path = format!("/v1/keys/{KEY}");
-    let alice = format!(
+async fn bad_signatures_from_one_address_get_429_before_any_signature_check() {
+    let (_dir, s) = hs256_server(&[
+        "--rate-limit",
+        "1",
+        "--rate-limit-burst",
+        "5",
+        "--trust-forwarded-for",
+    ])
+    .await;
+    let forged = format!(
         "Bearer {}",
-        hs256(&json!({"sub": "alice", "scope": "kv:read", "exp": now() + 60}))
+        sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(b"not the server's secret"),
+            &claims("kv:read"),
+            None,
+        )
     );
-    let bob = format!(
-        "Bearer {}",
-        hs256(&json!({"sub": "bob", "scope": "kv:read", "exp": now() + 60}))
-    );
-    for _ in 0..2 {
-        assert_eq!(get_with(&s, &path, Some(&alice)).await.status(), 200);
+    let mut refused_by_auth = 0;
+    for (route, client) in DATA_ROUTES.into_iter().zip(["192.0.2.1", "192.0.2.2"]) {
+        let mut statuses = Vec::new();
+        for _ in 0..30 {
+            let resp = request(&s, route, Some(client), Some(&forged)).await;
+            let status = resp.status().as_u16();
+            if status == 429 {
+                assert!(retry_after(&resp) >= 1, "{route:?}");
+                assert_eq!(rate_limit_state(&resp)[0].1, 0, "{route:?}");
+                assert_eq!(
+                    problem(resp, 429).await["type"],
+                    "urn:kvserve:problem:rate-limited"
+                );
+            }
+            statuses.push(status);
+        }
+        // The burst of 5 reaches the signature check; after it, at most a refill or
+        // two on a slow machine (1 per second).
+        let unauthorized = statuses.iter().filter(|&&s| s == 401).count();
+        assert_eq!(&statuses[..5], &[401; 5], "{route:?}: {statuses:?}");
+        assert!(unauthorized <= 7, "{route:?}: {statuses:?}");
+        assert_eq!(
+            statuses.iter().filter(|&&s| s == 429).count(),
+            30 - unauthorized,
+            "{route:?}: {statuses:?}"
+        );
+        refused_by_auth += unauthorized;
     }
-    assert_eq!(get_with(&s, &path, Some(&alice)).await.status(), 429);
+    let text = metrics_text(&s).await;
     assert_eq!(
-        get_with(&s, &path, Some(&bob)).await.status(),
-        200,
-        "same address, other subject"
+        series(
+            &text,
+            "kvserve_auth_failures_total{reason=\"invalid_token\"}"
+        ),
+        Some(refused_by_auth as f64),
+        "only the requests let through were verified"
+    );
+    assert_eq!(
+        series(&text, "kvserve_rate_limited_total{limit=\"peer\"}"),
+        Some((60 - refused_by_auth) as f64)
     );
     s.stop().await.unwrap();
+}
+
+/// `--subject-rate-limit` is keyed by the verified `sub`, after authentication: two
+/// subjects from one address have a bucket each, and the 429 names both policies.
+#[tokio::test]
+async fn with_auth_the_subject_limit_is_per_subject() {
+    let (_dir, s) = hs256_server(&[
+        "--rate-limit",
+        "100",
+        "--rate-limit-burst",
+        "100",
+        "--subject-rate-limit",
+        "2",
+        "--subject-rate-limit-burst",
+        "2",
+    ])
+    .await;
+    let bearer = |sub: &str| {
+        format!(
+            "Bearer {}",
+            hs256(&json!({"sub": sub, "scope": "kv:read", "exp": now() + 60}))
+        )
+    };
+    let both = "\"peer\";q=100;w=1, \"subject\";q=2;w=1";
+    for (route, (first, second)) in DATA_ROUTES
+        .into_iter()
+        .zip([("alice", "bob"), ("carol", "dave")])
+    {
+        let (first, second) = (bearer(first), bearer(second));
+        for i in 0..2u64 {
+            let resp = request(&s, route, None, Some(&first)).await;
+            assert_eq!(resp.status(), 200, "{route:?} {i}");
+            assert_eq!(resp.headers()["ratelimit-policy"], both);
+            // Both states, the one closest to its limit first.
+            let state = rate_limit_state(&resp);
+            assert_eq!(state.len(), 2, "{state:?}");
+            assert_eq!((state[0].0.as_str(), state[0].1), ("subject", 1 - i));
+            assert_eq!(state[1].0, "peer");
+        }
+        let resp = request(&s, route, None, Some(&first)).await;
+        assert!(retry_after(&resp) >= 1);
+        assert_eq!(resp.headers()["ratelimit-policy"], both);
+        let state = rate_limit_state(&resp);
+        assert_eq!((state[0].0.as_str(), state[0].1), ("subject", 0));
+        assert_eq!(state[1].0, "peer");
+        assert_eq!(
+            problem(resp, 429).await["type"],
+            "urn:kvserve:problem:rate-limited"
+        );
+        assert_eq!(
+            request(&s, route, None, Some(&second)).await.status(),
+            200,
+            "{route:?}: same address, other subject"
+        );
+    }
+    let text = metrics_text(&s).await;
+    assert_eq!(
+        series(&text, "kvserve_rate_limited_total{limit=\"subject\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        series(&text, "kvserve_rate_limited_total{limit=\"peer\"}"),
+        Some(0.0)
+    );
+    s.stop().await.unwrap();
+}
+
+/// Rate 1, burst 10: the policy is 10 requests per 10 s, and `t` (seconds until the
+/// bucket is full again) means the same on a 200 and on the 429 after it.
+#[tokio::test]
+async fn rate_limit_headers_agree_between_200_and_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "rlh.data", sample_lines());
+    let s = TestServer::start(
+        &data,
+        &[
+            "--rate-limit",
+            "1",
+            "--rate-limit-burst",
+            "10",
+            "--trust-forwarded-for",
+        ],
+    )
+    .await;
+    for (route, client) in DATA_ROUTES.into_iter().zip(["192.0.2.1", "192.0.2.2"]) {
+        let mut last_t = 0;
+        for i in 0..10u64 {
+            let resp = request(&s, route, Some(client), None).await;
+            assert_eq!(resp.status(), 200, "{route:?} {i}");
+            assert_eq!(resp.headers()["ratelimit-policy"], "\"peer\";q=10;w=10");
+            let state = rate_limit_state(&resp);
+            let (name, r, t) = state[0].clone();
+            assert_eq!((name.as_str(), r), ("peer", 9 - i), "{route:?}");
+            assert_eq!(t, 10 - r, "{route:?}: one second per request used");
+            last_t = t;
+        }
+        let resp = request(&s, route, Some(client), None).await;
+        assert_eq!(resp.status(), 429, "{route:?}");
+        assert_eq!(resp.headers()["ratelimit-policy"], "\"peer\";q=10;w=10");
+        let (name, r, t) = rate_limit_state(&resp)[0].clone();
+        assert_eq!((name.as_str(), r), ("peer", 0));
+        assert!(
+            t <= last_t && t + 1 >= last_t,
+            "{route:?}: t={t} on the 429 right after t={last_t} on a 200"
+        );
+        let retry = retry_after(&resp);
+        assert!(
+            (1..=2).contains(&retry),
+            "{route:?}: one request refills in 1 s, not {retry}"
+        );
+    }
+    s.stop().await.unwrap();
+}
+
+#[test]
+fn a_subject_limit_without_a_jwt_key_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "s.data", sample_lines());
+    let out = std::process::Command::new(binary())
+        .args(serve_args(&data, &["--subject-rate-limit", "5"]))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--subject-rate-limit") && stderr.contains("JWT"),
+        "{stderr}"
+    );
 }
 
 /// 100k forged `X-Forwarded-For` addresses: without `--trust-forwarded-for` they are

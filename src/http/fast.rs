@@ -24,6 +24,7 @@ use super::api::{lookup, Lookup, Shape};
 use super::auth::{self, SCOPE_READ};
 use super::legacy::{self, LegacyAnswer};
 use super::problem::{Problem, ProblemKind};
+use super::ratelimit::Standings;
 use super::request_log::Access;
 use super::AppState;
 use crate::metrics::{route_label, InFlight, RouteLabel};
@@ -122,7 +123,8 @@ pub fn serve<B>(state: &AppState, req: &hyper::Request<B>, peer: SocketAddr) -> 
     Some(resp)
 }
 
-/// The middle layers of `http::api_endpoint`: limits, authentication, rate limit.
+/// The middle layers of `http::api_endpoint`, in their order: limits, the per-address
+/// rate limit, authentication, the per-subject rate limit.
 fn admitted(
     state: &AppState,
     uri: &Uri,
@@ -134,23 +136,28 @@ fn admitted(
         Ok(permit) => permit,
         Err(refusal) => return *refusal,
     };
-    let principal = match auth::authorize(state, uri, headers, SCOPE_READ, super::is_open_path) {
-        Ok(principal) => principal,
-        Err(refusal) => return *refusal,
+    let Some(limits) = &state.rate_limit else {
+        return match auth::authorize(state, uri, headers, SCOPE_READ, super::is_open_path) {
+            Ok(_) => answer(state, uri, headers, route),
+            Err(refusal) => *refusal,
+        };
     };
-    let Some(limit) = &state.rate_limit else {
-        return answer(state, uri, headers, route);
-    };
-    match limit.check(&state.metrics, principal.as_ref(), headers, Some(peer.ip())) {
-        Ok(rate_headers) => {
-            let mut resp = answer(state, uri, headers, route);
-            for (name, value) in rate_headers {
-                resp.headers_mut().insert(name, value);
+    let (metrics, peer) = (&state.metrics, Some(peer.ip()));
+    let mut standings = Standings::default();
+    if let Err(refused) = limits.check_peer(&mut standings, metrics, headers, peer) {
+        return limits.refusal(refused, &standings);
+    }
+    let mut resp = match auth::authorize(state, uri, headers, SCOPE_READ, super::is_open_path) {
+        Ok(principal) => {
+            match limits.check_subject(&mut standings, metrics, principal.as_ref(), headers, peer) {
+                Ok(()) => answer(state, uri, headers, route),
+                Err(refused) => return limits.refusal(refused, &standings),
             }
-            resp
         }
         Err(refusal) => *refusal,
-    }
+    };
+    limits.stamp(&standings, resp.headers_mut());
+    resp
 }
 
 /// The answer of a hot route, labelled with its route for metrics and the access log.

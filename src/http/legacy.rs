@@ -96,7 +96,7 @@ pub enum LegacyResponse {
     /// The token lacks the `kv:read` scope.
     #[oai(status = 403)]
     Forbidden(ProblemJson, #[oai(header = "WWW-Authenticate")] String),
-    /// Over the client's rate limit (`--rate-limit`).
+    /// Over a rate limit: per client address (`--rate-limit`) or per token subject (`--subject-rate-limit`).
     #[oai(status = 429)]
     TooManyRequests(ProblemJson, #[oai(header = "Retry-After")] u32),
     /// The data file is still loading, or the server is overloaded.

@@ -48,8 +48,8 @@ pub struct AppState {
     pub reloader: Reloader,
     /// `None`: authentication is off.
     pub auth: Option<auth::Authenticator>,
-    /// `None`: no rate limit.
-    pub rate_limit: Option<Arc<ratelimit::ClientRateLimit>>,
+    /// `None`: neither rate limit is on.
+    pub rate_limit: Option<Arc<ratelimit::RateLimits>>,
     /// The API listener's request limits (`--max-uri-bytes`, `--max-in-flight`, ...).
     pub limits: limits::RequestLimits,
     shutting_down: AtomicBool,
@@ -79,7 +79,7 @@ impl AppState {
         self
     }
 
-    pub fn with_rate_limit(mut self, limit: Option<ratelimit::ClientRateLimit>) -> Self {
+    pub fn with_rate_limit(mut self, limit: Option<ratelimit::RateLimits>) -> Self {
         self.rate_limit = limit.map(Arc::new);
         self
     }
@@ -153,8 +153,10 @@ pub fn openapi_json() -> String {
 /// `/openapi.json`, and problem+json for every error, including unknown routes.
 ///
 /// Layers, outermost first: security headers, request id and access log, metrics,
-/// limits and shedding, authentication, rate limit (keyed by the verified subject, so
-/// it runs after authentication), the fast path of the hot routes, then routing.
+/// limits and shedding, the per-address rate limit (before authentication, so a flood
+/// of bad tokens is refused before any signature is checked), authentication, the
+/// per-subject rate limit (keyed by the verified `sub`, so after it), the fast path of
+/// the hot routes, then routing. `fast::admitted` makes the same checks in this order.
 pub fn api_endpoint(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
     let service = api_service(state.clone());
     let (docs, spec) = served_spec(&service, state.auth.is_some());
@@ -166,12 +168,13 @@ pub fn api_endpoint(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
             .data(state.clone())
             .with(fast::FastRoutes(state.clone())),
     )
-    .with(ratelimit::RateLimit(state.clone()))
+    .with(ratelimit::SubjectRateLimit(state.clone()))
     .with(auth::RequireScope {
         state: state.clone(),
         scope: auth::SCOPE_READ,
         is_open: is_open_path,
     })
+    .with(ratelimit::PeerRateLimit(state.clone()))
     .with(limits::Limits(state.clone()))
     .with(HttpMetrics(state))
     .with(request_log::RequestLog)
