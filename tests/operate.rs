@@ -547,3 +547,51 @@ fn sighup_reloads_the_file_and_logs_json() {
         .iter()
         .any(|e| e["message"] == "starting kvserve with this configuration"));
 }
+
+/// `--watch` debounces on events about the data file only: another file in the folder
+/// written to all the time does not hold back the reload of a replaced data file.
+#[tokio::test]
+async fn watch_is_not_starved_by_writes_to_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "busy.data", sample_lines());
+    let s = TestServer::start(&data, &["--watch", "--watch-debounce", "300ms"]).await;
+    // A log file next to the data, appended to every 100 ms for up to 15 s.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noise = std::thread::spawn({
+        let (stop, path) = (stop.clone(), dir.path().join("noise.log"));
+        move || {
+            let started = Instant::now();
+            let mut log = File::create(path).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                && started.elapsed() < Duration::from_secs(15)
+            {
+                std::io::Write::write_all(&mut log, b"noise\n").unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let staged = write_file(dir.path(), "busy.data.tmp", format!("{KEY} watched\n"));
+    std::fs::rename(&staged, &data).unwrap();
+    let mut picked_up = false;
+    while !noise.is_finished() {
+        let value = s
+            .get(&format!("/v1/keys/{KEY}/value"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        if value == "watched" {
+            picked_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    noise.join().unwrap();
+    assert!(
+        picked_up,
+        "the replaced file was not reloaded while another file was being written"
+    );
+    s.stop().await.unwrap();
+}
