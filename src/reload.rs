@@ -78,6 +78,8 @@ pub enum ReloadError {
     Panicked,
     #[error("cannot start the loader thread: {0}")]
     Spawn(std::io::Error),
+    #[error("the reload was cancelled: the server is shutting down")]
+    Cancelled,
 }
 
 /// Where and how to load, and the lock that keeps loads one at a time.
@@ -87,8 +89,11 @@ pub struct Reloader {
     /// The file being served: the configured one, or the last one a reload named.
     current: Mutex<PathBuf>,
     options: LoadOptions,
-    /// A Tokio mutex because it is held across the (awaited) load.
-    running: tokio::sync::Mutex<()>,
+    /// Owned by the running load, not by whoever asked for it: the guard moves into
+    /// the load's own task, so a caller that goes away (an HTTP client hanging up)
+    /// cannot let a second load start while the first one still holds a copy of the
+    /// file in memory.
+    running: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Reloader {
@@ -97,7 +102,7 @@ impl Reloader {
             current: Mutex::new(data.clone()),
             configured: data,
             options,
-            running: tokio::sync::Mutex::new(()),
+            running: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -164,33 +169,56 @@ impl Reloader {
 /// Loads `requested` (or the current file) and swaps it in. With `wait` false a
 /// second concurrent call fails with `Busy` instead of queueing (the HTTP route's
 /// 409); signals and file watching queue.
+///
+/// The load runs in its own task, which owns the reload lock and does the install,
+/// the metrics and the logging; the caller only awaits its result. Dropping the
+/// caller (a client that disconnects) leaves the load running, still one at a time,
+/// still logged and counted.
 pub async fn reload(
-    state: &AppState,
+    state: &Arc<AppState>,
     requested: Option<&str>,
     trigger: Trigger,
     wait: bool,
 ) -> Result<Arc<Dataset>, ReloadError> {
     let reloader = &state.reloader;
-    let _running = if wait {
-        reloader.running.lock().await
+    let running = if wait {
+        reloader.running.clone().lock_owned().await
     } else {
-        reloader.running.try_lock().map_err(|_| ReloadError::Busy)?
+        reloader
+            .running
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| ReloadError::Busy)?
     };
     let span = tracing::info_span!("reload", %trigger);
-    let result = async {
-        let path = match requested {
-            Some(requested) => reloader.resolve(requested)?,
-            None => reloader.current_path(),
-        };
-        tracing::info!(path = %path.display(), %trigger, "loading data file");
-        let dataset = load_on_thread(path.clone(), reloader.options.clone()).await?;
-        Ok::<_, ReloadError>((path, dataset))
+    // A refused request (path not allowed) is not a failed reload: nothing was loaded.
+    let path = match requested {
+        Some(requested) => span.in_scope(|| reloader.resolve(requested))?,
+        None => reloader.current_path(),
+    };
+    let load =
+        tokio::spawn(load_and_install(state.clone(), path, trigger, running).instrument(span));
+    match load.await {
+        Ok(result) => result,
+        Err(err) if err.is_panic() => Err(ReloadError::Panicked),
+        Err(_) => Err(ReloadError::Cancelled),
     }
-    .instrument(span)
-    .await;
+}
+
+/// The reload proper, in its own task; `_running` is the reload lock, released when
+/// the new dataset is installed or the failure recorded.
+async fn load_and_install(
+    state: Arc<AppState>,
+    path: PathBuf,
+    trigger: Trigger,
+    _running: tokio::sync::OwnedMutexGuard<()>,
+) -> Result<Arc<Dataset>, ReloadError> {
+    let reloader = &state.reloader;
+    tracing::info!(path = %path.display(), %trigger, "loading data file");
+    let result = load_on_thread(path.clone(), reloader.options.clone()).await;
     let counted = trigger != Trigger::Startup;
     match result {
-        Ok((path, dataset)) => {
+        Ok(dataset) => {
             let dataset = state.dataset.install(dataset);
             // Rendered answers of the old dataset must not outlive it.
             state.cache.purge();
@@ -211,9 +239,6 @@ pub async fn reload(
             );
             Ok(dataset)
         }
-        // A refused request (busy, path not allowed) is not a failed reload: nothing
-        // was loaded.
-        Err(err @ (ReloadError::Busy | ReloadError::PathNotAllowed { .. })) => Err(err),
         Err(err) => {
             if counted {
                 state.metrics.record_reload(false);
@@ -223,7 +248,6 @@ pub async fn reload(
         }
     }
 }
-
 /// Loads on a plain thread, not `spawn_blocking`: if shutdown comes mid-load, the
 /// process can exit without waiting for the runtime's blocking pool to finish it.
 async fn load_on_thread(path: PathBuf, options: LoadOptions) -> Result<Dataset, ReloadError> {

@@ -395,3 +395,56 @@ fn ten_thousand_idle_connections_stay_bounded_and_requests_are_answered() {
     p.child.kill().unwrap();
     p.child.wait().unwrap();
 }
+
+/// The reload lock belongs to the load, not to the request that asked for it: a client
+/// that gives up (`curl -m 0.2`) leaves its load running, so a second reload is still
+/// refused with 409 instead of starting a second copy of the file in memory, and the
+/// orphaned load's outcome is still logged and counted.
+#[test]
+fn a_reload_whose_client_left_keeps_the_lock_and_is_logged_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "orphan.data", sample_lines());
+    let mut p = spawn_binary(&path, &["--lock-timeout", "60s"]);
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    // A publisher rewriting the file under its exclusive lock holds the reload in its
+    // lock wait for as long as the test wants: no timing involved.
+    let publisher = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    publisher.lock().unwrap();
+    {
+        let mut client = TcpStream::connect(p.admin).unwrap();
+        write!(
+            client,
+            "POST /admin/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        wait_until("the reload to start loading", || {
+            p.log().matches("loading data file").count() >= 2
+        });
+    } // the client hangs up
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = request(p.admin, "POST", "/admin/reload").expect("an answer");
+    assert_eq!(status, 409, "the first load still runs: {body}");
+
+    // The publisher leaves a broken file: the orphaned load fails, and says so.
+    publisher.set_len(0).unwrap();
+    (&publisher).write_all(b"this line is broken\n").unwrap();
+    publisher.unlock().unwrap();
+    let failures = || {
+        request(p.admin, "GET", "/metrics").and_then(|(_, text)| {
+            series(&text, "kvserve_dataset_reloads_total{result=\"failure\"}")
+        })
+    };
+    wait_until("the orphaned load's failure to be counted", || {
+        failures() == Some(1.0)
+    });
+    let log = p.log();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("reload failed")
+            && l.contains("orphan.data:1")),
+        "{log}"
+    );
+    assert_eq!(value_of(p.api, KEY), Some((200, VALUE.to_owned())));
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+}
