@@ -448,3 +448,59 @@ fn a_reload_whose_client_left_keeps_the_lock_and_is_logged_and_counted() {
     p.child.kill().unwrap();
     p.child.wait().unwrap();
 }
+
+/// Runs `command` for at most `within`; `None` (and the child killed) if it hangs.
+fn output_within(mut command: Command, within: Duration) -> Option<std::process::Output> {
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(within) {
+        Ok(output) => Some(output.unwrap()),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            None
+        }
+    }
+}
+
+fn mkfifo(path: &Path) {
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a directory entry.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o644) }, 0, "mkfifo");
+}
+
+/// A FIFO named as the data file (or as its `.sha256`) is refused at once, naming the
+/// path and what it is, by `serve` and by `verify`: reading it would block for ever.
+#[test]
+fn a_fifo_as_the_data_file_is_refused_at_start_up_and_by_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.data");
+    mkfifo(&fifo);
+    let good = write_file(dir.path(), "good.data", sample_lines());
+    mkfifo(&dir.path().join("good.data.sha256"));
+    for (file, named) in [(&fifo, "pipe.data"), (&good, "good.data.sha256")] {
+        let mut serve = Command::new(binary());
+        serve.args(serve_args(file, &[]));
+        let mut verify = Command::new(binary());
+        verify.arg("verify").arg(file);
+        for (what, command) in [("serve", serve), ("verify", verify)] {
+            let out = output_within(command, Duration::from_secs(15))
+                .unwrap_or_else(|| panic!("{what} {named} hangs"));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{what} {named}: {stderr}");
+            assert!(
+                stderr.contains(named) && stderr.contains("FIFO"),
+                "{what} {named}: {stderr}"
+            );
+        }
+    }
+}

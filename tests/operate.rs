@@ -595,3 +595,61 @@ async fn watch_is_not_starved_by_writes_to_other_files() {
     );
     s.stop().await.unwrap();
 }
+
+fn mkfifo(path: &std::path::Path) {
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a directory entry.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o644) }, 0, "mkfifo");
+}
+
+/// A reload that takes its time to answer, given a generous deadline: long enough for
+/// any honest reload of these small files, short enough that a hang fails the test.
+async fn admin_post_within(s: &TestServer, body: Option<Value>) -> reqwest::Response {
+    let mut req = s
+        .client
+        .post(s.admin_url("/admin/reload"))
+        .timeout(Duration::from_secs(10));
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    req.send()
+        .await
+        .expect("the reload answers instead of hanging")
+}
+
+/// A FIFO (or a FIFO as the `.sha256` sidecar) in the data folder is refused at once
+/// with a reason naming it, instead of blocking the reload — and with it every other
+/// reload — for ever.
+#[tokio::test]
+async fn a_fifo_in_the_data_folder_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "f.data", sample_lines());
+    mkfifo(&dir.path().join("pipe.data"));
+    write_file(dir.path(), "side.data", format!("{KEY} side\n"));
+    mkfifo(&dir.path().join("side.data.sha256"));
+    let s = TestServer::start(&data, &[]).await;
+    for (path, named) in [
+        ("pipe.data", "pipe.data"),
+        ("side.data", "side.data.sha256"),
+    ] {
+        let resp = admin_post_within(&s, Some(json!({ "path": path }))).await;
+        let body = problem(resp, 422).await;
+        assert_eq!(body["type"], "urn:kvserve:problem:reload-failed");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(named) && detail.contains("FIFO"),
+            "{detail}"
+        );
+    }
+    // Nothing was left holding the reload lock.
+    assert_eq!(admin_post_within(&s, None).await.status(), 200);
+    assert_eq!(
+        s.get(&format!("/v1/keys/{KEY}/value"))
+            .await
+            .text()
+            .await
+            .unwrap(),
+        VALUE
+    );
+    s.stop().await.unwrap();
+}

@@ -1,9 +1,12 @@
-//! The integrity steps of a load (DESIGN.md section 2): a shared advisory lock so a
-//! publisher holding an exclusive lock is never read half-written, a stat before and
-//! after so a file changed under us is refused, and the SHA-256 check.
+//! The integrity steps of a load (DESIGN.md section 2): an open that never blocks and
+//! refuses anything but a regular file, a shared advisory lock so a publisher holding an exclusive lock is never
+//! read half-written, a stat before and after so a file changed under us is refused,
+//! and the SHA-256 check.
 
-use std::fs::{File, TryLockError};
-use std::os::unix::fs::MetadataExt;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,6 +17,64 @@ use super::LoadError;
 /// How often a blocked lock is retried. Short enough that a publisher releasing its lock
 /// is noticed quickly, long enough not to spin.
 const LOCK_POLL: Duration = Duration::from_millis(20);
+
+/// Why `open_regular` did not hand out a file.
+#[derive(Debug)]
+pub enum OpenRefusal {
+    Io(std::io::Error),
+    /// Not a regular file; says what it is instead ("a FIFO (named pipe)", ...).
+    NotRegular(&'static str),
+}
+
+/// Opens `path` for reading, and refuses it unless it is a regular file.
+///
+/// The open never blocks: `O_NONBLOCK` makes opening a FIFO return at once (instead of
+/// waiting for a writer that may never come), `fstat` on the open descriptor refuses
+/// anything but a regular file before a byte is read, and only then is `O_NONBLOCK`
+/// cleared for the reads.
+pub fn open_regular(path: &Path) -> Result<File, OpenRefusal> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(OpenRefusal::Io)?;
+    let meta = file.metadata().map_err(OpenRefusal::Io)?;
+    if !meta.is_file() {
+        return Err(OpenRefusal::NotRegular(kind_of(&meta.file_type())));
+    }
+    clear_nonblocking(&file).map_err(OpenRefusal::Io)?;
+    Ok(file)
+}
+
+fn clear_nonblocking(file: &File) -> std::io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function's caller owns, for the duration of
+    // the call; F_GETFL/F_SETFL touch only its status flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// What a non-regular file is, for the error message.
+fn kind_of(file_type: &std::fs::FileType) -> &'static str {
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else {
+        "something else"
+    }
+}
 
 /// Takes a shared `flock` on `file`, waiting up to `timeout` for an exclusive holder.
 ///
@@ -126,6 +187,7 @@ pub fn sidecar_path(path: &Path) -> PathBuf {
 }
 
 /// Finds the expected digest: the `--sha256` flag wins, else the sidecar if present.
+/// The sidecar is opened as the data file is: never blocking, regular files only.
 pub fn expected_sha256(
     path: &Path,
     flag: Option<&str>,
@@ -138,21 +200,42 @@ pub fn expected_sha256(
         return Ok(Some((hex, ChecksumSource::Flag)));
     }
     let sidecar = sidecar_path(path);
-    let text = match std::fs::read_to_string(&sidecar) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
+    let mut file = match open_regular(&sidecar) {
+        Ok(file) => file,
+        Err(OpenRefusal::Io(err)) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(OpenRefusal::Io(source)) => {
             return Err(LoadError::ChecksumFile {
                 path: sidecar,
                 source,
             })
         }
+        Err(refusal) => return Err(refusal.into_load_error(&sidecar)),
     };
+    let mut text = String::new();
+    // A sidecar is one line; reading at most 64 KiB of it bounds what a wrong file costs.
+    file.by_ref()
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|source| LoadError::ChecksumFile {
+            path: sidecar.clone(),
+            source,
+        })?;
     let hex = parse_sidecar(&text).ok_or_else(|| LoadError::ChecksumFormat {
         source_desc: sidecar.display().to_string(),
         reason: "expected `<64 hex characters>  <file name>` as `sha256sum` writes it".to_owned(),
     })?;
     Ok(Some((hex, ChecksumSource::Sidecar(sidecar))))
+}
+
+impl OpenRefusal {
+    /// The load error for a refused data file or sidecar at `path`.
+    pub fn into_load_error(self, path: &Path) -> LoadError {
+        let path = path.to_path_buf();
+        match self {
+            OpenRefusal::Io(source) => LoadError::Open { path, source },
+            OpenRefusal::NotRegular(kind) => LoadError::NotAFile { path, kind },
+        }
+    }
 }
 
 /// Reads the first line of a `sha256sum` output file: the digest is the first word.
@@ -190,6 +273,23 @@ mod tests {
         assert_eq!(parse_sidecar(&format!("\n{hex} *data.txt")), Some(hex));
         assert_eq!(parse_sidecar("abc  data.txt"), None);
         assert_eq!(parse_sidecar(""), None);
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates a directory entry.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o644) }, 0);
+        assert!(matches!(
+            open_regular(&fifo),
+            Err(OpenRefusal::NotRegular("a FIFO (named pipe)"))
+        ));
+        assert!(matches!(
+            open_regular(dir.path()),
+            Err(OpenRefusal::NotRegular("a directory"))
+        ));
     }
 
     #[test]

@@ -96,8 +96,8 @@ pub enum LoadError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("data file {} is not a regular file", path.display())]
-    NotAFile { path: PathBuf },
+    #[error("{} is not a regular file but {kind}; refused without reading it", path.display())]
+    NotAFile { path: PathBuf, kind: &'static str },
     #[error("data file {} is {len} bytes, more than the {max} bytes the index can address", path.display(), max = MAX_FILE_LEN)]
     TooLarge { path: PathBuf, len: u64 },
     #[error("data file {} is locked exclusively by another process (a publisher still writing it?); gave up after {waited} (--lock-timeout)", path.display())]
