@@ -289,6 +289,7 @@ impl LoadArgs {
             storage: self.storage,
             threads: self.load_threads,
             key_prefixes: self.key_prefixes,
+            confine_to: None,
         }
     }
 }

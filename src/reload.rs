@@ -82,9 +82,15 @@ pub enum ReloadError {
     Cancelled,
 }
 
+/// Why a reload path is refused, whatever the path is: the same words whether or not
+/// something exists where it leads, so a refusal tells nothing about files outside.
+const NOT_IN_FOLDER: &str = "it must be the name of a file in the data file's folder (no `/`), \
+and a symlink must not lead out of that folder";
+
 /// Where and how to load, and the lock that keeps loads one at a time.
 pub struct Reloader {
-    /// The configured data file; reload paths must stay inside its folder.
+    /// The configured data file; trusted wherever it points. Any other file must stay
+    /// inside its folder.
     configured: PathBuf,
     /// The file being served: the configured one, or the last one a reload named.
     current: Mutex<PathBuf>,
@@ -127,40 +133,44 @@ impl Reloader {
         }
     }
 
-    /// Resolves a path given to `POST /admin/reload`: relative to the data file's
-    /// folder, no `..`, and after following symlinks still inside that folder.
-    pub fn resolve(&self, requested: &str) -> Result<PathBuf, ReloadError> {
-        let refuse = |reason: String| ReloadError::PathNotAllowed {
-            path: requested.to_owned(),
-            reason,
-        };
-        if requested.is_empty() {
-            return Err(refuse("it is empty".to_owned()));
+    /// How to load `path`: as configured, plus confinement to the folder for every
+    /// file but the configured one. Checked at each load, on the file opened, so a
+    /// symlink accepted once and repointed later is caught by the next reload of it.
+    fn options_for(&self, path: &Path) -> LoadOptions {
+        let mut options = self.options.clone();
+        if path != self.configured {
+            options.confine_to = Some(self.folder());
         }
-        let path = Path::new(requested);
-        if path.components().any(|c| c == Component::ParentDir) {
-            return Err(refuse("`..` is not allowed".to_owned()));
+        options
+    }
+
+    /// Resolves a path given to `POST /admin/reload`: the name of a file directly in
+    /// the data file's folder (the folder `--watch` watches), which, if it is a
+    /// symlink, must lead to a file inside that folder.
+    ///
+    /// Confinement is decided before existence and every refusal reads the same, so
+    /// the answer never tells whether something exists outside the folder. A name
+    /// that is confined but missing is left for the load to report (422). The load
+    /// checks the file it opens again, which is what closes the race with a symlink
+    /// repointed after this check.
+    pub fn resolve(&self, requested: &str) -> Result<PathBuf, ReloadError> {
+        let refuse = || ReloadError::PathNotAllowed {
+            path: requested.to_owned(),
+            reason: NOT_IN_FOLDER.to_owned(),
+        };
+        let mut components = Path::new(requested).components();
+        let name = match (components.next(), components.next()) {
+            (Some(Component::Normal(name)), None) if !requested.contains('/') => name,
+            _ => return Err(refuse()),
+        };
+        // The configured file by its own name: trusted like at start-up.
+        if Some(name) == self.configured.file_name() {
+            return Ok(self.configured.clone());
         }
         let folder = self.folder();
-        let joined = if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            folder.join(path)
-        };
-        let open_err = |source| LoadError::Open {
-            path: joined.clone(),
-            source,
-        };
-        let canonical_folder = folder.canonicalize().map_err(|source| LoadError::Open {
-            path: folder.clone(),
-            source,
-        })?;
-        let canonical = joined.canonicalize().map_err(open_err)?;
-        if !canonical.starts_with(&canonical_folder) {
-            return Err(refuse(format!(
-                "it resolves outside the data file's folder {}",
-                folder.display()
-            )));
+        let joined = folder.join(name);
+        if !crate::dataset::integrity::leads_into(&joined, &folder) {
+            return Err(refuse());
         }
         Ok(joined)
     }
@@ -215,7 +225,7 @@ async fn load_and_install(
 ) -> Result<Arc<Dataset>, ReloadError> {
     let reloader = &state.reloader;
     tracing::info!(path = %path.display(), %trigger, "loading data file");
-    let result = load_on_thread(path.clone(), reloader.options.clone()).await;
+    let result = load_on_thread(path.clone(), reloader.options_for(&path)).await;
     let counted = trigger != Trigger::Startup;
     match result {
         Ok(dataset) => {

@@ -4,7 +4,8 @@
 //! file and rename it over the old one, which a watch on the old inode would miss.
 //! Events are debounced: a reload starts once the data file and its `.sha256` have
 //! been quiet for the debounce period, so a publisher writing in several steps causes
-//! one reload.
+//! one reload. Only files directly in the folder are watched, which is also where
+//! `POST /admin/reload` may point (a file name, no `/`).
 
 use std::ffi::OsString;
 use std::path::Path;

@@ -291,6 +291,11 @@ async fn reload_paths_must_stay_in_the_data_folder() {
         "/etc/hostname".to_owned(),
         "link.data".to_owned(),
         String::new(),
+        // A path is a file name: even an absolute path to a file in the folder is
+        // refused, as are subfolders (which `--watch` does not watch).
+        dir.path().join("inside.data").display().to_string(),
+        "./inside.data".to_owned(),
+        "inside.data/".to_owned(),
     ] {
         let resp = admin_post(&s, "/admin/reload", Some(json!({ "path": path }))).await;
         let body = problem(resp, 400).await;
@@ -299,12 +304,8 @@ async fn reload_paths_must_stay_in_the_data_folder() {
             "{path}: {body}"
         );
     }
-    // Inside the folder: by name, by absolute path, or through a link that stays inside.
-    for path in [
-        "inside.data".to_owned(),
-        dir.path().join("inside.data").display().to_string(),
-        "good-link.data".to_owned(),
-    ] {
+    // Inside the folder: by name, or through a link that stays inside.
+    for path in ["inside.data".to_owned(), "good-link.data".to_owned()] {
         assert_eq!(
             admin_post(&s, "/admin/reload", Some(json!({ "path": path })))
                 .await
@@ -651,5 +652,115 @@ async fn a_fifo_in_the_data_folder_is_refused_without_blocking() {
             .unwrap(),
         VALUE
     );
+    s.stop().await.unwrap();
+}
+
+/// A symlink accepted by one reload is checked again by every later one: repointed
+/// out of the folder, the next path-less reload refuses it without reading a byte of
+/// the target, so nothing of it can show up in the answer.
+#[tokio::test]
+async fn a_symlink_repointed_outside_is_refused_on_the_next_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "s.data", sample_lines());
+    write_file(dir.path(), "inside.data", format!("{KEY} inside\n"));
+    let secret = write_file(outside.path(), "secret", "TOP-SECRET first line\n");
+    let link = dir.path().join("link.data");
+    std::os::unix::fs::symlink(dir.path().join("inside.data"), &link).unwrap();
+    let s = TestServer::start(&data, &[]).await;
+    let resp = admin_post(&s, "/admin/reload", Some(json!({"path": "link.data"}))).await;
+    assert_eq!(resp.status(), 200);
+
+    // Repointed (the way a publisher swaps a link: a new one renamed over the old).
+    let repoint = |target: &std::path::Path| {
+        let staged = dir.path().join("link.data.tmp");
+        std::os::unix::fs::symlink(target, &staged).unwrap();
+        std::fs::rename(&staged, &link).unwrap();
+    };
+    repoint(&secret);
+    let resp = admin_post_within(&s, None).await;
+    let body = problem(resp, 422).await;
+    let text = body.to_string();
+    assert!(!text.contains("TOP-SECRET"), "content from outside: {text}");
+    let detail = body["detail"].as_str().unwrap().to_owned();
+    assert!(detail.contains("outside"), "{text}");
+    // Nor does the refusal tell a missing file or a FIFO out there from a readable one.
+    mkfifo(&outside.path().join("fifo"));
+    for target in ["missing", "fifo"] {
+        repoint(&outside.path().join(target));
+        let resp = admin_post_within(&s, None).await;
+        assert_eq!(
+            problem(resp, 422).await["detail"],
+            detail.as_str(),
+            "{target}"
+        );
+    }
+    assert_eq!(
+        s.get(&format!("/v1/keys/{KEY}/value"))
+            .await
+            .text()
+            .await
+            .unwrap(),
+        "inside",
+        "the previous dataset stays"
+    );
+    assert_eq!(
+        series(
+            &metrics(&s).await,
+            "kvserve_dataset_reloads_total{result=\"failure\"}"
+        ),
+        Some(3.0)
+    );
+    s.stop().await.unwrap();
+
+    // The configured --data file is trusted wherever it points, on reload too.
+    let trusted = dir.path().join("trusted.data");
+    let target = write_file(outside.path(), "target.data", sample_lines());
+    std::os::unix::fs::symlink(&target, &trusted).unwrap();
+    let s = TestServer::start(&trusted, &[]).await;
+    assert_eq!(admin_post_within(&s, None).await.status(), 200);
+    s.stop().await.unwrap();
+}
+
+/// Refusing a path outside the folder does not tell whether it exists: confinement is
+/// checked before existence, and every such path gets the same 400. Subfolders are not
+/// "in the folder" (`--watch` does not see them): a path is a file name.
+#[tokio::test]
+async fn reload_path_refusals_do_not_reveal_what_exists_outside() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "o.data", sample_lines());
+    let exists = write_file(outside.path(), "exists.data", sample_lines());
+    let missing = outside.path().join("missing.data");
+    std::os::unix::fs::symlink(&exists, dir.path().join("to-existing.data")).unwrap();
+    std::os::unix::fs::symlink(&missing, dir.path().join("to-missing.data")).unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    write_file(&dir.path().join("sub"), "x.data", sample_lines());
+    let s = TestServer::start(&data, &[]).await;
+
+    let refusal = |path: String| {
+        let s = &s;
+        async move {
+            let resp = admin_post_within(s, Some(json!({ "path": path }))).await;
+            let body = problem(resp, 400).await;
+            assert_eq!(
+                body["type"], "urn:kvserve:problem:invalid-reload-path",
+                "{path}: {body}"
+            );
+            body["detail"].as_str().unwrap().replace(&path, "<path>")
+        }
+    };
+    for (a, b) in [
+        (exists.display().to_string(), missing.display().to_string()),
+        ("to-existing.data".to_owned(), "to-missing.data".to_owned()),
+        (
+            "sub/../../exists.data".to_owned(),
+            "sub/../../missing.data".to_owned(),
+        ),
+    ] {
+        assert_eq!(refusal(a).await, refusal(b).await);
+    }
+    refusal("sub/x.data".to_owned()).await;
+    refusal(dir.path().join("sub/x.data").display().to_string()).await;
     s.stop().await.unwrap();
 }

@@ -61,7 +61,9 @@ fn load_split(
     let span = tracing::info_span!("load", path = %path.display());
     let _enter = span.enter();
 
-    let file = integrity::open_regular(path).map_err(|refusal| refusal.into_load_error(path))?;
+    let confine_to = opts.confine_to.as_deref();
+    let file = integrity::open_regular(path, confine_to)
+        .map_err(|refusal| refusal.into_load_error(path, confine_to))?;
     let read_err = |source| LoadError::Read {
         path: path.to_path_buf(),
         source,
@@ -92,7 +94,7 @@ fn load_split(
     };
 
     let read_done = Instant::now();
-    let sha256 = match integrity::expected_sha256(path, opts.sha256.as_deref())? {
+    let sha256 = match integrity::expected_sha256(path, opts.sha256.as_deref(), confine_to)? {
         Some((expected, source)) => {
             let actual = integrity::sha256_hex(&buf);
             if actual != expected {
