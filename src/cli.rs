@@ -318,6 +318,7 @@ impl LoadArgs {
             storage: self.storage,
             threads: self.load_threads,
             key_prefixes: self.key_prefixes,
+            confine_to: None,
         }
     }
 }

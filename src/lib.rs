@@ -223,7 +223,7 @@ async fn serve_dataset(state: Arc<AppState>, watch_debounce: Option<Duration>) -
 }
 
 /// SIGHUP asks for a reload of the current file, as daemons conventionally do.
-async fn reload_on_sighup(state: &AppState) {
+async fn reload_on_sighup(state: &Arc<AppState>) {
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(signal) => signal,
         Err(err) => {

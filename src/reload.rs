@@ -78,17 +78,28 @@ pub enum ReloadError {
     Panicked,
     #[error("cannot start the loader thread: {0}")]
     Spawn(std::io::Error),
+    #[error("the reload was cancelled: the server is shutting down")]
+    Cancelled,
 }
+
+/// Why a reload path is refused, whatever the path is: the same words whether or not
+/// something exists where it leads, so a refusal tells nothing about files outside.
+const NOT_IN_FOLDER: &str = "it must be the name of a file in the data file's folder (no `/`), \
+and a symlink must not lead out of that folder";
 
 /// Where and how to load, and the lock that keeps loads one at a time.
 pub struct Reloader {
-    /// The configured data file; reload paths must stay inside its folder.
+    /// The configured data file; trusted wherever it points. Any other file must stay
+    /// inside its folder.
     configured: PathBuf,
     /// The file being served: the configured one, or the last one a reload named.
     current: Mutex<PathBuf>,
     options: LoadOptions,
-    /// A Tokio mutex because it is held across the (awaited) load.
-    running: tokio::sync::Mutex<()>,
+    /// Owned by the running load, not by whoever asked for it: the guard moves into
+    /// the load's own task, so a caller that goes away (an HTTP client hanging up)
+    /// cannot let a second load start while the first one still holds a copy of the
+    /// file in memory.
+    running: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Reloader {
@@ -97,7 +108,7 @@ impl Reloader {
             current: Mutex::new(data.clone()),
             configured: data,
             options,
-            running: tokio::sync::Mutex::new(()),
+            running: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -122,40 +133,44 @@ impl Reloader {
         }
     }
 
-    /// Resolves a path given to `POST /admin/reload`: relative to the data file's
-    /// folder, no `..`, and after following symlinks still inside that folder.
-    pub fn resolve(&self, requested: &str) -> Result<PathBuf, ReloadError> {
-        let refuse = |reason: String| ReloadError::PathNotAllowed {
-            path: requested.to_owned(),
-            reason,
-        };
-        if requested.is_empty() {
-            return Err(refuse("it is empty".to_owned()));
+    /// How to load `path`: as configured, plus confinement to the folder for every
+    /// file but the configured one. Checked at each load, on the file opened, so a
+    /// symlink accepted once and repointed later is caught by the next reload of it.
+    fn options_for(&self, path: &Path) -> LoadOptions {
+        let mut options = self.options.clone();
+        if path != self.configured {
+            options.confine_to = Some(self.folder());
         }
-        let path = Path::new(requested);
-        if path.components().any(|c| c == Component::ParentDir) {
-            return Err(refuse("`..` is not allowed".to_owned()));
+        options
+    }
+
+    /// Resolves a path given to `POST /admin/reload`: the name of a file directly in
+    /// the data file's folder (the folder `--watch` watches), which, if it is a
+    /// symlink, must lead to a file inside that folder.
+    ///
+    /// Confinement is decided before existence and every refusal reads the same, so
+    /// the answer never tells whether something exists outside the folder. A name
+    /// that is confined but missing is left for the load to report (422). The load
+    /// checks the file it opens again, which is what closes the race with a symlink
+    /// repointed after this check.
+    pub fn resolve(&self, requested: &str) -> Result<PathBuf, ReloadError> {
+        let refuse = || ReloadError::PathNotAllowed {
+            path: requested.to_owned(),
+            reason: NOT_IN_FOLDER.to_owned(),
+        };
+        let mut components = Path::new(requested).components();
+        let name = match (components.next(), components.next()) {
+            (Some(Component::Normal(name)), None) if !requested.contains('/') => name,
+            _ => return Err(refuse()),
+        };
+        // The configured file by its own name: trusted like at start-up.
+        if Some(name) == self.configured.file_name() {
+            return Ok(self.configured.clone());
         }
         let folder = self.folder();
-        let joined = if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            folder.join(path)
-        };
-        let open_err = |source| LoadError::Open {
-            path: joined.clone(),
-            source,
-        };
-        let canonical_folder = folder.canonicalize().map_err(|source| LoadError::Open {
-            path: folder.clone(),
-            source,
-        })?;
-        let canonical = joined.canonicalize().map_err(open_err)?;
-        if !canonical.starts_with(&canonical_folder) {
-            return Err(refuse(format!(
-                "it resolves outside the data file's folder {}",
-                folder.display()
-            )));
+        let joined = folder.join(name);
+        if !crate::dataset::integrity::leads_into(&joined, &folder) {
+            return Err(refuse());
         }
         Ok(joined)
     }
@@ -164,33 +179,56 @@ impl Reloader {
 /// Loads `requested` (or the current file) and swaps it in. With `wait` false a
 /// second concurrent call fails with `Busy` instead of queueing (the HTTP route's
 /// 409); signals and file watching queue.
+///
+/// The load runs in its own task, which owns the reload lock and does the install,
+/// the metrics and the logging; the caller only awaits its result. Dropping the
+/// caller (a client that disconnects) leaves the load running, still one at a time,
+/// still logged and counted.
 pub async fn reload(
-    state: &AppState,
+    state: &Arc<AppState>,
     requested: Option<&str>,
     trigger: Trigger,
     wait: bool,
 ) -> Result<Arc<Dataset>, ReloadError> {
     let reloader = &state.reloader;
-    let _running = if wait {
-        reloader.running.lock().await
+    let running = if wait {
+        reloader.running.clone().lock_owned().await
     } else {
-        reloader.running.try_lock().map_err(|_| ReloadError::Busy)?
+        reloader
+            .running
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| ReloadError::Busy)?
     };
     let span = tracing::info_span!("reload", %trigger);
-    let result = async {
-        let path = match requested {
-            Some(requested) => reloader.resolve(requested)?,
-            None => reloader.current_path(),
-        };
-        tracing::info!(path = %path.display(), %trigger, "loading data file");
-        let dataset = load_on_thread(path.clone(), reloader.options.clone()).await?;
-        Ok::<_, ReloadError>((path, dataset))
+    // A refused request (path not allowed) is not a failed reload: nothing was loaded.
+    let path = match requested {
+        Some(requested) => span.in_scope(|| reloader.resolve(requested))?,
+        None => reloader.current_path(),
+    };
+    let load =
+        tokio::spawn(load_and_install(state.clone(), path, trigger, running).instrument(span));
+    match load.await {
+        Ok(result) => result,
+        Err(err) if err.is_panic() => Err(ReloadError::Panicked),
+        Err(_) => Err(ReloadError::Cancelled),
     }
-    .instrument(span)
-    .await;
+}
+
+/// The reload proper, in its own task; `_running` is the reload lock, released when
+/// the new dataset is installed or the failure recorded.
+async fn load_and_install(
+    state: Arc<AppState>,
+    path: PathBuf,
+    trigger: Trigger,
+    _running: tokio::sync::OwnedMutexGuard<()>,
+) -> Result<Arc<Dataset>, ReloadError> {
+    let reloader = &state.reloader;
+    tracing::info!(path = %path.display(), %trigger, "loading data file");
+    let result = load_on_thread(path.clone(), reloader.options_for(&path)).await;
     let counted = trigger != Trigger::Startup;
     match result {
-        Ok((path, dataset)) => {
+        Ok(dataset) => {
             let dataset = state.dataset.install(dataset);
             // Rendered answers of the old dataset must not outlive it.
             state.cache.purge();
@@ -211,9 +249,6 @@ pub async fn reload(
             );
             Ok(dataset)
         }
-        // A refused request (busy, path not allowed) is not a failed reload: nothing
-        // was loaded.
-        Err(err @ (ReloadError::Busy | ReloadError::PathNotAllowed { .. })) => Err(err),
         Err(err) => {
             if counted {
                 state.metrics.record_reload(false);
@@ -223,7 +258,6 @@ pub async fn reload(
         }
     }
 }
-
 /// Loads on a plain thread, not `spawn_blocking`: if shutdown comes mid-load, the
 /// process can exit without waiting for the runtime's blocking pool to finish it.
 async fn load_on_thread(path: PathBuf, options: LoadOptions) -> Result<Dataset, ReloadError> {

@@ -2,8 +2,10 @@
 //!
 //! The folder is watched rather than the file, because publishers usually write a new
 //! file and rename it over the old one, which a watch on the old inode would miss.
-//! Events are debounced: a reload starts once the folder has been quiet for the
-//! debounce period, so a publisher writing in several steps causes one reload.
+//! Events are debounced: a reload starts once the data file and its `.sha256` have
+//! been quiet for the debounce period, so a publisher writing in several steps causes
+//! one reload. Only files directly in the folder are watched, which is also where
+//! `POST /admin/reload` may point (a file name, no `/`).
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -59,10 +61,17 @@ pub fn spawn(
             if !concerns_data_file(&state, &names) {
                 continue;
             }
-            // Wait for quiet: every further event about the file restarts the wait.
+            // Wait for quiet: every further event about the file restarts the wait;
+            // events about other files in the folder do not, or a log written next to
+            // the data would hold back its reload for as long as it is written to.
+            let mut quiet_at = tokio::time::Instant::now() + debounce;
             loop {
-                match tokio::time::timeout(debounce, rx.recv()).await {
-                    Ok(Some(_)) => continue,
+                match tokio::time::timeout_at(quiet_at, rx.recv()).await {
+                    Ok(Some(names)) => {
+                        if concerns_data_file(&state, &names) {
+                            quiet_at = tokio::time::Instant::now() + debounce;
+                        }
+                    }
                     Ok(None) => return,
                     Err(_elapsed) => break,
                 }

@@ -395,3 +395,112 @@ fn ten_thousand_idle_connections_stay_bounded_and_requests_are_answered() {
     p.child.kill().unwrap();
     p.child.wait().unwrap();
 }
+
+/// The reload lock belongs to the load, not to the request that asked for it: a client
+/// that gives up (`curl -m 0.2`) leaves its load running, so a second reload is still
+/// refused with 409 instead of starting a second copy of the file in memory, and the
+/// orphaned load's outcome is still logged and counted.
+#[test]
+fn a_reload_whose_client_left_keeps_the_lock_and_is_logged_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "orphan.data", sample_lines());
+    let mut p = spawn_binary(&path, &["--lock-timeout", "60s"]);
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    // A publisher rewriting the file under its exclusive lock holds the reload in its
+    // lock wait for as long as the test wants: no timing involved.
+    let publisher = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    publisher.lock().unwrap();
+    {
+        let mut client = TcpStream::connect(p.admin).unwrap();
+        write!(
+            client,
+            "POST /admin/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        wait_until("the reload to start loading", || {
+            p.log().matches("loading data file").count() >= 2
+        });
+    } // the client hangs up
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = request(p.admin, "POST", "/admin/reload").expect("an answer");
+    assert_eq!(status, 409, "the first load still runs: {body}");
+
+    // The publisher leaves a broken file: the orphaned load fails, and says so.
+    publisher.set_len(0).unwrap();
+    (&publisher).write_all(b"this line is broken\n").unwrap();
+    publisher.unlock().unwrap();
+    let failures = || {
+        request(p.admin, "GET", "/metrics").and_then(|(_, text)| {
+            series(&text, "kvserve_dataset_reloads_total{result=\"failure\"}")
+        })
+    };
+    wait_until("the orphaned load's failure to be counted", || {
+        failures() == Some(1.0)
+    });
+    let log = p.log();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("reload failed")
+            && l.contains("orphan.data:1")),
+        "{log}"
+    );
+    assert_eq!(value_of(p.api, KEY), Some((200, VALUE.to_owned())));
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+}
+
+/// Runs `command` for at most `within`; `None` (and the child killed) if it hangs.
+fn output_within(mut command: Command, within: Duration) -> Option<std::process::Output> {
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(within) {
+        Ok(output) => Some(output.unwrap()),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            None
+        }
+    }
+}
+
+fn mkfifo(path: &Path) {
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a directory entry.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o644) }, 0, "mkfifo");
+}
+
+/// A FIFO named as the data file (or as its `.sha256`) is refused at once, naming the
+/// path and what it is, by `serve` and by `verify`: reading it would block for ever.
+#[test]
+fn a_fifo_as_the_data_file_is_refused_at_start_up_and_by_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.data");
+    mkfifo(&fifo);
+    let good = write_file(dir.path(), "good.data", sample_lines());
+    mkfifo(&dir.path().join("good.data.sha256"));
+    for (file, named) in [(&fifo, "pipe.data"), (&good, "good.data.sha256")] {
+        let mut serve = Command::new(binary());
+        serve.args(serve_args(file, &[]));
+        let mut verify = Command::new(binary());
+        verify.arg("verify").arg(file);
+        for (what, command) in [("serve", serve), ("verify", verify)] {
+            let out = output_within(command, Duration::from_secs(15))
+                .unwrap_or_else(|| panic!("{what} {named} hangs"));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{what} {named}: {stderr}");
+            assert!(
+                stderr.contains(named) && stderr.contains("FIFO"),
+                "{what} {named}: {stderr}"
+            );
+        }
+    }
+}

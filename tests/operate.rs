@@ -299,6 +299,11 @@ async fn reload_paths_must_stay_in_the_data_folder() {
         "/etc/hostname".to_owned(),
         "link.data".to_owned(),
         String::new(),
+        // A path is a file name: even an absolute path to a file in the folder is
+        // refused, as are subfolders (which `--watch` does not watch).
+        dir.path().join("inside.data").display().to_string(),
+        "./inside.data".to_owned(),
+        "inside.data/".to_owned(),
     ] {
         let resp = admin_post(&s, "/admin/reload", Some(json!({ "path": path }))).await;
         let body = problem(resp, 400).await;
@@ -307,12 +312,8 @@ async fn reload_paths_must_stay_in_the_data_folder() {
             "{path}: {body}"
         );
     }
-    // Inside the folder: by name, by absolute path, or through a link that stays inside.
-    for path in [
-        "inside.data".to_owned(),
-        dir.path().join("inside.data").display().to_string(),
-        "good-link.data".to_owned(),
-    ] {
+    // Inside the folder: by name, or through a link that stays inside.
+    for path in ["inside.data".to_owned(), "good-link.data".to_owned()] {
         assert_eq!(
             admin_post(&s, "/admin/reload", Some(json!({ "path": path })))
                 .await
@@ -554,4 +555,220 @@ fn sighup_reloads_the_file_and_logs_json() {
     assert!(events
         .iter()
         .any(|e| e["message"] == "starting kvserve with this configuration"));
+}
+
+/// `--watch` debounces on events about the data file only: another file in the folder
+/// written to all the time does not hold back the reload of a replaced data file.
+#[tokio::test]
+async fn watch_is_not_starved_by_writes_to_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "busy.data", sample_lines());
+    let s = TestServer::start(&data, &["--watch", "--watch-debounce", "300ms"]).await;
+    // A log file next to the data, appended to every 100 ms for up to 15 s.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noise = std::thread::spawn({
+        let (stop, path) = (stop.clone(), dir.path().join("noise.log"));
+        move || {
+            let started = Instant::now();
+            let mut log = File::create(path).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                && started.elapsed() < Duration::from_secs(15)
+            {
+                std::io::Write::write_all(&mut log, b"noise\n").unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let staged = write_file(dir.path(), "busy.data.tmp", format!("{KEY} watched\n"));
+    std::fs::rename(&staged, &data).unwrap();
+    let mut picked_up = false;
+    while !noise.is_finished() {
+        let value = s
+            .get(&format!("/v1/keys/{KEY}/value"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        if value == "watched" {
+            picked_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    noise.join().unwrap();
+    assert!(
+        picked_up,
+        "the replaced file was not reloaded while another file was being written"
+    );
+    s.stop().await.unwrap();
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a directory entry.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o644) }, 0, "mkfifo");
+}
+
+/// A reload that takes its time to answer, given a generous deadline: long enough for
+/// any honest reload of these small files, short enough that a hang fails the test.
+async fn admin_post_within(s: &TestServer, body: Option<Value>) -> reqwest::Response {
+    let mut req = s
+        .client
+        .post(s.admin_url("/admin/reload"))
+        .timeout(Duration::from_secs(10));
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    req.send()
+        .await
+        .expect("the reload answers instead of hanging")
+}
+
+/// A FIFO (or a FIFO as the `.sha256` sidecar) in the data folder is refused at once
+/// with a reason naming it, instead of blocking the reload — and with it every other
+/// reload — for ever.
+#[tokio::test]
+async fn a_fifo_in_the_data_folder_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "f.data", sample_lines());
+    mkfifo(&dir.path().join("pipe.data"));
+    write_file(dir.path(), "side.data", format!("{KEY} side\n"));
+    mkfifo(&dir.path().join("side.data.sha256"));
+    let s = TestServer::start(&data, &[]).await;
+    for (path, named) in [
+        ("pipe.data", "pipe.data"),
+        ("side.data", "side.data.sha256"),
+    ] {
+        let resp = admin_post_within(&s, Some(json!({ "path": path }))).await;
+        let body = problem(resp, 422).await;
+        assert_eq!(body["type"], "urn:kvserve:problem:reload-failed");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(named) && detail.contains("FIFO"),
+            "{detail}"
+        );
+    }
+    // Nothing was left holding the reload lock.
+    assert_eq!(admin_post_within(&s, None).await.status(), 200);
+    assert_eq!(
+        s.get(&format!("/v1/keys/{KEY}/value"))
+            .await
+            .text()
+            .await
+            .unwrap(),
+        VALUE
+    );
+    s.stop().await.unwrap();
+}
+
+/// A symlink accepted by one reload is checked again by every later one: repointed
+/// out of the folder, the next path-less reload refuses it without reading a byte of
+/// the target, so nothing of it can show up in the answer.
+#[tokio::test]
+async fn a_symlink_repointed_outside_is_refused_on_the_next_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "s.data", sample_lines());
+    write_file(dir.path(), "inside.data", format!("{KEY} inside\n"));
+    let secret = write_file(outside.path(), "secret", "TOP-SECRET first line\n");
+    let link = dir.path().join("link.data");
+    std::os::unix::fs::symlink(dir.path().join("inside.data"), &link).unwrap();
+    let s = TestServer::start(&data, &[]).await;
+    let resp = admin_post(&s, "/admin/reload", Some(json!({"path": "link.data"}))).await;
+    assert_eq!(resp.status(), 200);
+
+    // Repointed (the way a publisher swaps a link: a new one renamed over the old).
+    let repoint = |target: &std::path::Path| {
+        let staged = dir.path().join("link.data.tmp");
+        std::os::unix::fs::symlink(target, &staged).unwrap();
+        std::fs::rename(&staged, &link).unwrap();
+    };
+    repoint(&secret);
+    let resp = admin_post_within(&s, None).await;
+    let body = problem(resp, 422).await;
+    let text = body.to_string();
+    assert!(!text.contains("TOP-SECRET"), "content from outside: {text}");
+    let detail = body["detail"].as_str().unwrap().to_owned();
+    assert!(detail.contains("outside"), "{text}");
+    // Nor does the refusal tell a missing file or a FIFO out there from a readable one.
+    mkfifo(&outside.path().join("fifo"));
+    for target in ["missing", "fifo"] {
+        repoint(&outside.path().join(target));
+        let resp = admin_post_within(&s, None).await;
+        assert_eq!(
+            problem(resp, 422).await["detail"],
+            detail.as_str(),
+            "{target}"
+        );
+    }
+    assert_eq!(
+        s.get(&format!("/v1/keys/{KEY}/value"))
+            .await
+            .text()
+            .await
+            .unwrap(),
+        "inside",
+        "the previous dataset stays"
+    );
+    assert_eq!(
+        series(
+            &metrics(&s).await,
+            "kvserve_dataset_reloads_total{result=\"failure\"}"
+        ),
+        Some(3.0)
+    );
+    s.stop().await.unwrap();
+
+    // The configured --data file is trusted wherever it points, on reload too.
+    let trusted = dir.path().join("trusted.data");
+    let target = write_file(outside.path(), "target.data", sample_lines());
+    std::os::unix::fs::symlink(&target, &trusted).unwrap();
+    let s = TestServer::start(&trusted, &[]).await;
+    assert_eq!(admin_post_within(&s, None).await.status(), 200);
+    s.stop().await.unwrap();
+}
+
+/// Refusing a path outside the folder does not tell whether it exists: confinement is
+/// checked before existence, and every such path gets the same 400. Subfolders are not
+/// "in the folder" (`--watch` does not see them): a path is a file name.
+#[tokio::test]
+async fn reload_path_refusals_do_not_reveal_what_exists_outside() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "o.data", sample_lines());
+    let exists = write_file(outside.path(), "exists.data", sample_lines());
+    let missing = outside.path().join("missing.data");
+    std::os::unix::fs::symlink(&exists, dir.path().join("to-existing.data")).unwrap();
+    std::os::unix::fs::symlink(&missing, dir.path().join("to-missing.data")).unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    write_file(&dir.path().join("sub"), "x.data", sample_lines());
+    let s = TestServer::start(&data, &[]).await;
+
+    let refusal = |path: String| {
+        let s = &s;
+        async move {
+            let resp = admin_post_within(s, Some(json!({ "path": path }))).await;
+            let body = problem(resp, 400).await;
+            assert_eq!(
+                body["type"], "urn:kvserve:problem:invalid-reload-path",
+                "{path}: {body}"
+            );
+            body["detail"].as_str().unwrap().replace(&path, "<path>")
+        }
+    };
+    for (a, b) in [
+        (exists.display().to_string(), missing.display().to_string()),
+        ("to-existing.data".to_owned(), "to-missing.data".to_owned()),
+        (
+            "sub/../../exists.data".to_owned(),
+            "sub/../../missing.data".to_owned(),
+        ),
+    ] {
+        assert_eq!(refusal(a).await, refusal(b).await);
+    }
+    refusal("sub/x.data".to_owned()).await;
+    refusal(dir.path().join("sub/x.data").display().to_string()).await;
+    s.stop().await.unwrap();
 }

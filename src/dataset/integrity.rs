@@ -1,9 +1,13 @@
-//! The integrity steps of a load (DESIGN.md section 2): a shared advisory lock so a
-//! publisher holding an exclusive lock is never read half-written, a stat before and
-//! after so a file changed under us is refused, and the SHA-256 check.
+//! The integrity steps of a load (DESIGN.md section 2): an open that never blocks and
+//! refuses anything but a regular file (and, for a reload, anything outside the data
+//! folder), a shared advisory lock so a publisher holding an exclusive lock is never
+//! read half-written, a stat before and after so a file changed under us is refused,
+//! and the SHA-256 check.
 
-use std::fs::{File, TryLockError};
-use std::os::unix::fs::MetadataExt;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,6 +18,143 @@ use super::LoadError;
 /// How often a blocked lock is retried. Short enough that a publisher releasing its lock
 /// is noticed quickly, long enough not to spin.
 const LOCK_POLL: Duration = Duration::from_millis(20);
+
+/// Why `open_regular` did not hand out a file.
+#[derive(Debug)]
+pub enum OpenRefusal {
+    Io(std::io::Error),
+    /// Not a regular file; says what it is instead ("a FIFO (named pipe)", ...).
+    NotRegular(&'static str),
+    /// The file opened does not lie in the folder it was confined to.
+    Outside,
+}
+
+/// Opens `path` for reading, and refuses it unless it is a regular file and, with
+/// `confine_to`, one that lies in that folder.
+///
+/// The open never blocks: `O_NONBLOCK` makes opening a FIFO return at once (instead of
+/// waiting for a writer that may never come), `fstat` on the open descriptor refuses
+/// anything but a regular file before a byte is read, and only then is `O_NONBLOCK`
+/// cleared for the reads. Confinement is checked on the file actually opened, not on
+/// the name before opening it, so repointing a symlink between a check and the open
+/// cannot slip another file in.
+pub fn open_regular(path: &Path, confine_to: Option<&Path>) -> Result<File, OpenRefusal> {
+    // First where the name leads, existing or not: a file outside is refused the same
+    // way whether it exists, is missing, unreadable or a FIFO, so the error says
+    // nothing about it.
+    if confine_to.is_some_and(|folder| !leads_into(path, folder)) {
+        return Err(OpenRefusal::Outside);
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(OpenRefusal::Io)?;
+    let meta = file.metadata().map_err(OpenRefusal::Io)?;
+    // Then the file actually opened, before anything else is said about it.
+    if let Some(folder) = confine_to {
+        if !lies_in(&meta, path, folder) {
+            return Err(OpenRefusal::Outside);
+        }
+    }
+    if !meta.is_file() {
+        return Err(OpenRefusal::NotRegular(kind_of(&meta.file_type())));
+    }
+    clear_nonblocking(&file).map_err(OpenRefusal::Io)?;
+    Ok(file)
+}
+
+/// How many symlinks `resolve_existing` follows in all before giving up, as the kernel
+/// does (`ELOOP`).
+const MAX_SYMLINK_HOPS: u32 = 40;
+
+/// Whether `path` leads into `folder`, whether or not the file it leads to exists.
+/// Anything that cannot be resolved counts as outside.
+pub fn leads_into(path: &Path, folder: &Path) -> bool {
+    let mut hops = MAX_SYMLINK_HOPS;
+    match (folder.canonicalize(), resolve_existing(path, &mut hops)) {
+        (Ok(folder), Ok(target)) => target.starts_with(folder),
+        _ => false,
+    }
+}
+
+/// Where `path` leads: its canonical form if it exists; for a dangling symlink, where
+/// the link points, resolved as far as it exists (the missing rest appended as
+/// written), so a link to a missing file outside a folder is judged like one to an
+/// existing file there. `hops` bounds the links followed across the whole resolution,
+/// so a cycle of dangling links ends in an error, not in a stack overflow.
+fn resolve_existing(path: &Path, hops: &mut u32) -> std::io::Result<PathBuf> {
+    let mut path = path.to_path_buf();
+    loop {
+        match path.canonicalize() {
+            Ok(canonical) => return Ok(canonical),
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+            Err(_) => {}
+        }
+        let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        match std::fs::read_link(&path) {
+            // A dangling link: follow it one step (relative targets are relative to
+            // the link's folder).
+            Ok(target) => {
+                *hops = hops
+                    .checked_sub(1)
+                    .ok_or_else(|| std::io::Error::other("too many levels of symbolic links"))?;
+                path = parent.join(target);
+            }
+            // Not a link, and missing: resolve its folder, keep its name.
+            Err(_) => {
+                let name = path
+                    .file_name()
+                    .ok_or_else(|| std::io::Error::other("no file name to resolve"))?;
+                return Ok(resolve_existing(&parent, hops)?.join(name));
+            }
+        }
+    }
+}
+
+/// Whether the open file (`meta` is its `fstat`) is the one `path` names after
+/// following every symlink, and that name is inside `folder`. A path repointed between
+/// the open and this check names another inode and is refused, never let through.
+fn lies_in(meta: &std::fs::Metadata, path: &Path, folder: &Path) -> bool {
+    let (Ok(folder), Ok(canonical)) = (folder.canonicalize(), path.canonicalize()) else {
+        return false;
+    };
+    if !canonical.starts_with(&folder) {
+        return false;
+    }
+    std::fs::metadata(&canonical)
+        .is_ok_and(|named| named.dev() == meta.dev() && named.ino() == meta.ino())
+}
+
+fn clear_nonblocking(file: &File) -> std::io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function's caller owns, for the duration of
+    // the call; F_GETFL/F_SETFL touch only its status flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// What a non-regular file is, for the error message.
+fn kind_of(file_type: &std::fs::FileType) -> &'static str {
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else {
+        "something else"
+    }
+}
 
 /// Takes a shared `flock` on `file`, waiting up to `timeout` for an exclusive holder.
 ///
@@ -126,9 +267,12 @@ pub fn sidecar_path(path: &Path) -> PathBuf {
 }
 
 /// Finds the expected digest: the `--sha256` flag wins, else the sidecar if present.
+/// The sidecar is opened as the data file is: never blocking, regular files only, and
+/// inside `confine_to` when the data file had to be.
 pub fn expected_sha256(
     path: &Path,
     flag: Option<&str>,
+    confine_to: Option<&Path>,
 ) -> Result<Option<(String, ChecksumSource)>, LoadError> {
     if let Some(hex) = flag {
         let hex = normalize_hex(hex).ok_or_else(|| LoadError::ChecksumFormat {
@@ -138,21 +282,46 @@ pub fn expected_sha256(
         return Ok(Some((hex, ChecksumSource::Flag)));
     }
     let sidecar = sidecar_path(path);
-    let text = match std::fs::read_to_string(&sidecar) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
+    let mut file = match open_regular(&sidecar, confine_to) {
+        Ok(file) => file,
+        Err(OpenRefusal::Io(err)) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(OpenRefusal::Io(source)) => {
             return Err(LoadError::ChecksumFile {
                 path: sidecar,
                 source,
             })
         }
+        Err(refusal) => return Err(refusal.into_load_error(&sidecar, confine_to)),
     };
+    let mut text = String::new();
+    // A sidecar is one line; reading at most 64 KiB of it bounds what a wrong file costs.
+    file.by_ref()
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|source| LoadError::ChecksumFile {
+            path: sidecar.clone(),
+            source,
+        })?;
     let hex = parse_sidecar(&text).ok_or_else(|| LoadError::ChecksumFormat {
         source_desc: sidecar.display().to_string(),
         reason: "expected `<64 hex characters>  <file name>` as `sha256sum` writes it".to_owned(),
     })?;
     Ok(Some((hex, ChecksumSource::Sidecar(sidecar))))
+}
+
+impl OpenRefusal {
+    /// The load error for a refused data file or sidecar at `path`.
+    pub fn into_load_error(self, path: &Path, confine_to: Option<&Path>) -> LoadError {
+        let path = path.to_path_buf();
+        match self {
+            OpenRefusal::Io(source) => LoadError::Open { path, source },
+            OpenRefusal::NotRegular(kind) => LoadError::NotAFile { path, kind },
+            OpenRefusal::Outside => LoadError::OutsideFolder {
+                path,
+                folder: confine_to.map(Path::to_path_buf).unwrap_or_default(),
+            },
+        }
+    }
 }
 
 /// Reads the first line of a `sha256sum` output file: the digest is the first word.
@@ -190,6 +359,52 @@ mod tests {
         assert_eq!(parse_sidecar(&format!("\n{hex} *data.txt")), Some(hex));
         assert_eq!(parse_sidecar("abc  data.txt"), None);
         assert_eq!(parse_sidecar(""), None);
+    }
+
+    #[test]
+    fn links_are_judged_by_where_they_lead_whether_or_not_it_exists() {
+        let root = tempfile::tempdir().unwrap();
+        let folder = root.path().join("data");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::create_dir(folder.join("sub")).unwrap();
+        std::fs::write(root.path().join("outside"), "x").unwrap();
+        let link = |name: &str, target: &Path| {
+            std::os::unix::fs::symlink(target, folder.join(name)).unwrap();
+            folder.join(name)
+        };
+        assert!(leads_into(&folder.join("missing"), &folder));
+        assert!(leads_into(&link("in", Path::new("sub/missing")), &folder));
+        assert!(!leads_into(
+            &link("out", &root.path().join("outside")),
+            &folder
+        ));
+        assert!(!leads_into(
+            &link("out-missing", &root.path().join("nope")),
+            &folder
+        ));
+        assert!(!leads_into(&link("up", Path::new("../nope")), &folder));
+        // A cycle of dangling links, through each other's folders: an error, counted
+        // as outside, not a stack overflow.
+        link("a", Path::new("b/x"));
+        let b = link("b", Path::new("a/y"));
+        assert!(!leads_into(&b.join("z"), &folder));
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates a directory entry.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o644) }, 0);
+        assert!(matches!(
+            open_regular(&fifo, None),
+            Err(OpenRefusal::NotRegular("a FIFO (named pipe)"))
+        ));
+        assert!(matches!(
+            open_regular(dir.path(), None),
+            Err(OpenRefusal::NotRegular("a directory"))
+        ));
     }
 
     #[test]

@@ -5,7 +5,6 @@
 //! the earliest error it sees (by byte offset) and a shared minimum tells the others
 //! when nothing they could still find would come first.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -62,19 +61,13 @@ fn load_split(
     let span = tracing::info_span!("load", path = %path.display());
     let _enter = span.enter();
 
-    let file = File::open(path).map_err(|source| LoadError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let confine_to = opts.confine_to.as_deref();
+    let file = integrity::open_regular(path, confine_to)
+        .map_err(|refusal| refusal.into_load_error(path, confine_to))?;
     let read_err = |source| LoadError::Read {
         path: path.to_path_buf(),
         source,
     };
-    if !file.metadata().map_err(read_err)?.is_file() {
-        return Err(LoadError::NotAFile {
-            path: path.to_path_buf(),
-        });
-    }
     integrity::lock_shared(&file, path, opts.lock_timeout)?;
     let before = FileStamp::of(&file.metadata().map_err(read_err)?);
     if before.len >= MAX_FILE_LEN {
@@ -101,7 +94,7 @@ fn load_split(
     };
 
     let read_done = Instant::now();
-    let sha256 = match integrity::expected_sha256(path, opts.sha256.as_deref())? {
+    let sha256 = match integrity::expected_sha256(path, opts.sha256.as_deref(), confine_to)? {
         Some((expected, source)) => {
             let actual = integrity::sha256_hex(&buf);
             if actual != expected {

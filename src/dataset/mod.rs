@@ -69,6 +69,10 @@ pub struct LoadOptions {
     pub threads: usize,
     /// Only keys whose first hex digit is in the set are loaded (`--key-prefixes`).
     pub key_prefixes: prefixes::KeyPrefixes,
+    /// The folder the opened file (and its `.sha256`) must lie in, checked on the file
+    /// actually opened; `None` trusts the path wherever it points (the configured
+    /// `--data` file, `kvserve verify`).
+    pub confine_to: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -83,6 +87,7 @@ impl Default for LoadOptions {
             storage: Storage::Memory,
             threads: 0,
             key_prefixes: prefixes::KeyPrefixes::ALL,
+            confine_to: None,
         }
     }
 }
@@ -96,8 +101,12 @@ pub enum LoadError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("data file {} is not a regular file", path.display())]
-    NotAFile { path: PathBuf },
+    #[error("{} is not a regular file but {kind}; refused without reading it", path.display())]
+    NotAFile { path: PathBuf, kind: &'static str },
+    /// Only files inside the data file's folder may be loaded by a reload; this names
+    /// the path asked for, never where it leads or anything read from there.
+    #[error("{} leads outside the data file's folder {}; refused without reading it", path.display(), folder.display())]
+    OutsideFolder { path: PathBuf, folder: PathBuf },
     #[error("data file {} is {len} bytes, more than the {max} bytes the index can address", path.display(), max = MAX_FILE_LEN)]
     TooLarge { path: PathBuf, len: u64 },
     #[error("data file {} is locked exclusively by another process (a publisher still writing it?); gave up after {waited} (--lock-timeout)", path.display())]

@@ -69,6 +69,7 @@ async fn reload_dataset(Data(state): Data<&Arc<AppState>>, body: Body) -> Respon
                 ReloadError::PathNotAllowed { .. } => ProblemKind::InvalidReloadPath,
                 ReloadError::Load(_) => ProblemKind::ReloadFailed,
                 ReloadError::Panicked | ReloadError::Spawn(_) => ProblemKind::Internal,
+                ReloadError::Cancelled => ProblemKind::ShuttingDown,
             };
             Problem::new(kind, err.to_string()).into_response()
         }
