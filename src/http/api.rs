@@ -95,7 +95,7 @@ pub enum BatchResponse {
     /// The body is larger than the limit (1 MiB by default).
     #[oai(status = 413)]
     TooLarge(ProblemJson),
-    /// The body is not `application/json`.
+    /// The body is not declared `application/json` (no `Content-Type` included).
     #[oai(status = 415)]
     UnsupportedMediaType(ProblemJson),
     /// A key's first hex digit belongs to another shard (`--key-prefixes`).
