@@ -16,6 +16,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+pub mod escape;
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
@@ -71,6 +73,9 @@ pub fn init(filter: &str, format: LogFormat) -> Result<Telemetry, TelemetryError
     })?;
     let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            // Control characters in any field are escaped: no forged lines, no
+            // terminal escapes from a request.
+            .fmt_fields(escape::EscapedFields)
             .with_writer(std::io::stderr)
             // Colour codes only for people: log files and collectors get plain text.
             .with_ansi(std::io::stderr().is_terminal())
