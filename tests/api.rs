@@ -294,6 +294,50 @@ async fn bad_batch_bodies_are_problems_naming_the_field() {
     problem(resp, 415).await;
 }
 
+/// The README and the spec promise 415 for a body not declared JSON; a missing
+/// `Content-Type` is not declared JSON either.
+#[tokio::test]
+async fn batch_needs_a_json_content_type() {
+    let (_dir, s) = server().await;
+    let body = json!({"keys": [KEY]}).to_string();
+    let post = |content_type: Option<&str>| {
+        let mut req = s.client.post(s.url("/v1/keys/batch")).body(body.clone());
+        if let Some(value) = content_type {
+            req = req.header("content-type", value);
+        }
+        req.send()
+    };
+    for refused in [
+        None,
+        Some(""),
+        Some("text/plain"),
+        Some("application/jsonx"),
+    ] {
+        let p = problem(post(refused).await.unwrap(), 415).await;
+        assert_eq!(
+            p["type"], "urn:kvserve:problem:unsupported-media-type",
+            "{refused:?}"
+        );
+        assert!(
+            p["detail"].as_str().unwrap().contains("application/json"),
+            "{refused:?}: {p}"
+        );
+    }
+    for accepted in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON;charset=UTF-8",
+    ] {
+        let resp = post(Some(accepted)).await.unwrap();
+        assert_eq!(resp.status(), 200, "{accepted}");
+        assert_eq!(
+            resp.json::<Value>().await.unwrap()["values"][KEY],
+            VALUE,
+            "{accepted}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn legacy_route_keeps_the_old_bodies_and_points_to_v1() {
     let (_dir, s) = server().await;

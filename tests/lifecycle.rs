@@ -116,7 +116,7 @@ fn shutdown_timeout_bounds_the_drain() {
     let mut stuck = TcpStream::connect(p.api).unwrap();
     write!(
         stuck,
-        "POST /v1/keys/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{"
+        "POST /v1/keys/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(100));

@@ -46,7 +46,9 @@ fn every_route_and_status_is_documented() {
         (
             "/get_value/{key}",
             "get",
-            &["200", "401", "403", "404", "421", "422", "429", "503"],
+            &[
+                "200", "400", "401", "403", "404", "421", "422", "429", "503",
+            ],
         ),
     ];
     for (path, method, statuses) in expected {

@@ -772,3 +772,51 @@ async fn reload_path_refusals_do_not_reveal_what_exists_outside() {
     refusal(dir.path().join("sub/x.data").display().to_string()).await;
     s.stop().await.unwrap();
 }
+
+/// A reload path carrying a newline and an ANSI "clear screen" must not forge a second
+/// text log line nor reach a terminal raw: control characters are escaped in every
+/// field of a text log.
+#[test]
+fn text_logs_escape_control_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "esc.data", sample_lines());
+    let mut p = spawn_binary(&data, &["--log-format", "text"]);
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let forged = "2030-01-01T00:00:00.000000Z  INFO kvserve: FORGED admin logged in";
+    let path = format!("nope\n{forged}\u{1b}[2J\r\t\u{7f}\u{9b}.data");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let status = runtime.block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://{}/admin/reload", p.admin))
+            .json(&json!({ "path": path }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert!(status.is_client_error(), "{status}");
+    wait_until("the failed reload to be logged", || {
+        p.log().contains("reload failed")
+    });
+    sigterm(&p.child);
+    wait_exit(&mut p.child, Duration::from_secs(10));
+
+    let log = p.log();
+    assert!(!log.contains('\u{1b}'), "a raw ESC reached the log:\n{log}");
+    assert!(
+        !log.contains(['\r', '\u{7f}', '\u{9b}']),
+        "a raw control character reached the log:\n{log:?}"
+    );
+    assert!(
+        !log.lines().any(|line| line.starts_with("2030-01-01")),
+        "a forged line:\n{log}"
+    );
+    let failed = log
+        .lines()
+        .find(|line| line.contains("reload failed"))
+        .unwrap();
+    assert!(
+        failed.contains(r"nope\n2030-01-01") && failed.contains(r"\x1b[2J"),
+        "the path is shown escaped: {failed}"
+    );
+}

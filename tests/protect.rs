@@ -455,6 +455,8 @@ async fn jwks_selects_the_key_by_kid() {
         .unwrap();
         let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, alg).unwrap();
         jwk.common.key_id = Some(kid.to_owned());
+        // Marked for signatures, as identity providers publish them.
+        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
         jwk
     };
     let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
@@ -522,6 +524,237 @@ async fn jwks_selects_the_key_by_kid() {
             "{why}: {body}"
         );
     }
+    s.stop().await.unwrap();
+}
+
+/// With `--jwt-issuer` / `--jwt-audience` set, the claims are required and must match:
+/// a token without them, or with one of another JSON type, is refused. An `aud` array
+/// naming this audience among others is accepted (RFC 7519 4.1.3).
+#[tokio::test]
+async fn issuer_and_audience_are_required_when_configured() {
+    let (_dir, s) = hs256_server(&[
+        "--jwt-issuer",
+        "https://issuer.test",
+        "--jwt-audience",
+        "kvserve",
+    ])
+    .await;
+    let path = format!("/v1/keys/{KEY}");
+    let with = |changes: Value| {
+        let mut claims = json!({"sub": "a", "scope": "kv:read", "exp": now() + 60,
+            "iss": "https://issuer.test", "aud": "kvserve"});
+        for (name, value) in changes.as_object().unwrap() {
+            if value == "<absent>" {
+                claims.as_object_mut().unwrap().remove(name);
+            } else {
+                claims[name] = value.clone();
+            }
+        }
+        format!("Bearer {}", hs256(&claims))
+    };
+    for accepted in [
+        json!({}),
+        json!({"aud": ["other", "kvserve"]}),
+        json!({"aud": ["kvserve"]}),
+    ] {
+        assert_eq!(
+            get_with(&s, &path, Some(&with(accepted.clone())))
+                .await
+                .status(),
+            200,
+            "{accepted}"
+        );
+    }
+    for (refused, needle) in [
+        (json!({"iss": "<absent>"}), "`iss`"),
+        (json!({"iss": 123}), "`iss`"),
+        (json!({"iss": null}), "`iss`"),
+        (json!({"iss": true}), "`iss`"),
+        (json!({"iss": {}}), "`iss`"),
+        // RFC 7519: `iss` is one StringOrURI, not a list to pick a match from.
+        (
+            json!({"iss": ["https://evil.test", "https://issuer.test"]}),
+            "`iss`",
+        ),
+        (json!({"iss": "https://evil.test"}), "issuer"),
+        (json!({"aud": "<absent>"}), "`aud`"),
+        (json!({"aud": 123}), "`aud`"),
+        (json!({"aud": null}), "`aud`"),
+        (json!({"aud": {}}), "`aud`"),
+        (json!({"aud": [1, "kvserve"]}), "`aud`"),
+        (json!({"aud": []}), "audience"),
+        (json!({"aud": ["other"]}), "audience"),
+    ] {
+        let body = unauthorized(
+            get_with(&s, &path, Some(&with(refused.clone()))).await,
+            Some("invalid_token"),
+        )
+        .await;
+        assert!(
+            body["detail"].as_str().unwrap().contains(needle),
+            "{refused}: {body}"
+        );
+    }
+    s.stop().await.unwrap();
+
+    // Without the flags neither claim is needed, and an `aud` is not checked.
+    let (_dir, s) = hs256_server(&[]).await;
+    for claims in [
+        json!({"scope": "kv:read", "exp": now() + 60}),
+        json!({"scope": "kv:read", "exp": now() + 60, "iss": "x", "aud": "y"}),
+    ] {
+        assert_eq!(
+            get_with(&s, &path, Some(&format!("Bearer {}", hs256(&claims))))
+                .await
+                .status(),
+            200,
+            "{claims}"
+        );
+    }
+    s.stop().await.unwrap();
+}
+
+/// `scope` and `scp` each take a space-separated string or an array of strings (RFC
+/// 9068 / RFC 8693 and what common identity providers send); any other type is a 401.
+#[tokio::test]
+async fn scope_and_scp_take_a_string_or_an_array() {
+    let (_dir, s) = hs256_server(&[]).await;
+    let path = format!("/v1/keys/{KEY}");
+    let token = |scopes: Value| {
+        let mut claims = json!({"sub": "a", "exp": now() + 60});
+        for (name, value) in scopes.as_object().unwrap() {
+            claims[name] = value.clone();
+        }
+        format!("Bearer {}", hs256(&claims))
+    };
+    for (scopes, status) in [
+        (json!({"scope": "kv:read"}), 200),
+        (json!({"scope": "profile kv:read"}), 200),
+        (json!({"scope": ["kv:read"]}), 200),
+        (json!({"scope": ["profile", "kv:read"]}), 200),
+        (json!({"scp": "kv:read"}), 200),
+        (json!({"scp": "email kv:read"}), 200),
+        (json!({"scp": ["kv:read"]}), 200),
+        (json!({"scope": "profile", "scp": ["kv:read"]}), 200),
+        (json!({"scope": ["kv:admin"]}), 403),
+        (json!({"scp": "kv:admin"}), 403),
+        (json!({"scope": []}), 403),
+        (json!({"scope": ""}), 403),
+    ] {
+        assert_eq!(
+            get_with(&s, &path, Some(&token(scopes.clone())))
+                .await
+                .status(),
+            status,
+            "{scopes}"
+        );
+    }
+    for (scopes, needle) in [
+        (json!({"scope": 5}), "`scope`"),
+        (json!({"scope": null}), "`scope`"),
+        (json!({"scope": {"kv:read": true}}), "`scope`"),
+        (json!({"scope": ["kv:read", 1]}), "`scope`"),
+        (json!({"scp": true}), "`scp`"),
+        (json!({"scp": [["kv:read"]]}), "`scp`"),
+        (json!({"scope": "kv:read", "scp": 7}), "`scp`"),
+    ] {
+        let body = unauthorized(
+            get_with(&s, &path, Some(&token(scopes.clone()))).await,
+            Some("invalid_token"),
+        )
+        .await;
+        assert!(
+            body["detail"].as_str().unwrap().contains(needle),
+            "{scopes}: {body}"
+        );
+    }
+    s.stop().await.unwrap();
+}
+
+/// Two `Authorization` headers are ambiguous (a proxy and the server may each pick a
+/// different one): 400 `invalid-header` on every guarded route, fast path and poem
+/// chain alike, counted as `reason="duplicate_header"`.
+#[tokio::test]
+async fn duplicate_authorization_headers_are_refused_with_400() {
+    let (_dir, s) = hs256_server(&[]).await;
+    let read = format!("Bearer {}", hs256(&claims("kv:read kv:admin")));
+    let headers = |second: &str| {
+        let mut map = reqwest::header::HeaderMap::new();
+        map.append("authorization", read.parse().unwrap());
+        map.append("authorization", second.parse().unwrap());
+        map
+    };
+    let key = format!("/v1/keys/{KEY}");
+    let requests = |second: &str| {
+        let get = |url: String| s.client.get(url).headers(headers(second));
+        [
+            (false, get(s.url(&key))),
+            (true, s.client.head(s.url(&key)).headers(headers(second))),
+            (false, get(s.url(&format!("{key}/value")))),
+            (false, get(s.url(&format!("/get_value/{KEY}")))),
+            (
+                false,
+                s.client
+                    .post(s.url("/v1/keys/batch"))
+                    .headers(headers(second))
+                    .json(&json!({"keys": [KEY]})),
+            ),
+            (
+                false,
+                s.client
+                    .post(s.admin_url("/admin/cache/purge"))
+                    .headers(headers(second)),
+            ),
+        ]
+    };
+    let mut refused = 0;
+    for second in [read.as_str(), "Bearer garbage", "Basic dXNlcjpwYXNz"] {
+        for (head, req) in requests(second) {
+            let resp = req.send().await.unwrap();
+            let challenge = resp.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert!(
+                challenge.contains(r#"error="invalid_request""#),
+                "{challenge}"
+            );
+            if head {
+                assert_eq!(resp.status(), 400);
+            } else {
+                let body = problem(resp, 400).await;
+                assert_eq!(body["type"], "urn:kvserve:problem:invalid-header");
+                assert!(
+                    body["detail"].as_str().unwrap().contains("Authorization"),
+                    "{body}"
+                );
+            }
+            refused += 1;
+        }
+    }
+    // One header still works, on the same routes.
+    assert_eq!(
+        get_with(&s, &format!("/v1/keys/{KEY}"), Some(&read))
+            .await
+            .status(),
+        200
+    );
+    let text = s
+        .client
+        .get(s.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        series(
+            &text,
+            "kvserve_auth_failures_total{reason=\"duplicate_header\"}"
+        ),
+        Some(f64::from(refused))
+    );
     s.stop().await.unwrap();
 }
 
@@ -612,12 +845,69 @@ fn bad_auth_configuration_is_refused_at_start() {
             "one JWT key source",
         ),
     ];
+    // JWKS files that would verify nothing, or verify with a key not meant for it.
+    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
+    let rsa =
+        EncodingKey::from_rsa_pem(&std::fs::read(fixture("rsa-private.pem")).unwrap()).unwrap();
+    let signing = jsonwebtoken::jwk::Jwk::from_encoding_key(&rsa, Algorithm::RS256).unwrap();
+    let mut jwk = serde_json::to_value(&signing).unwrap();
+    jwk["kid"] = json!("sig-1");
+    let jwks_file = |name: &str, keys: Vec<Value>| {
+        let path = write_file(dir.path(), name, json!({ "keys": keys }).to_string());
+        vec!["--jwt-jwks-file".to_owned(), path.display().to_string()]
+    };
+    let with = |changes: Value| {
+        let mut key = jwk.clone();
+        for (name, value) in changes.as_object().unwrap() {
+            key[name] = value.clone();
+        }
+        key
+    };
+    let jwks_cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            jwks_file("empty.jwks", vec![]),
+            "empty.jwks: the JWKS holds no keys",
+        ),
+        (
+            jwks_file(
+                "enc.jwks",
+                vec![with(json!({})), with(json!({"use": "enc", "kid": "enc-1"}))],
+            ),
+            "enc.jwks: key 1 of the JWKS",
+        ),
+        (
+            jwks_file("enc-alg.jwks", vec![with(json!({"alg": "RSA-OAEP-256"}))]),
+            "enc-alg.jwks: key 0 of the JWKS",
+        ),
+        (
+            jwks_file("ops.jwks", vec![with(json!({"key_ops": ["encrypt"]}))]),
+            "ops.jwks: key 0 of the JWKS",
+        ),
+        (
+            jwks_file("mismatch.jwks", vec![with(json!({"alg": "ES256"}))]),
+            "mismatch.jwks: key 0 of the JWKS",
+        ),
+    ];
+    let cases: Vec<(Vec<String>, &str)> = cases.into_iter().chain(jwks_cases).collect();
     for (args, needle) in cases {
-        let out = std::process::Command::new(binary())
+        let mut child = std::process::Command::new(binary())
             .args(serve_args(&data, &[]))
             .args(&args)
-            .output()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        // A configuration wrongly accepted starts a server: stop it and fail, not hang.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("kvserve started with {args:?}; expected `{needle}`");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{needle}: {stderr}");

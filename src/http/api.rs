@@ -58,7 +58,8 @@ pub enum KeyResponse<T: Payload + poem::IntoResponse + Send> {
         #[oai(header = "ETag")] String,
         #[oai(header = "Cache-Control")] String,
     ),
-    /// The key is not a UUID.
+    /// The key is not a UUID, or (with a JWT key) the `Authorization` header is sent
+    /// more than once.
     #[oai(status = 400)]
     BadRequest(ProblemJson),
     /// No value for this key.
@@ -87,13 +88,14 @@ pub enum BatchResponse {
     /// Values of the keys found, and the keys not found.
     #[oai(status = 200)]
     Ok(RawJson<BatchResult>),
-    /// The body is not JSON, lacks `keys`, holds a non-UUID or too many keys.
+    /// The body is not JSON, lacks `keys`, holds a non-UUID or too many keys; or (with a
+    /// JWT key) the `Authorization` header is sent more than once.
     #[oai(status = 400)]
     BadRequest(ProblemJson),
     /// The body is larger than the limit (1 MiB by default).
     #[oai(status = 413)]
     TooLarge(ProblemJson),
-    /// The body is not `application/json`.
+    /// The body is not declared `application/json` (no `Content-Type` included).
     #[oai(status = 415)]
     UnsupportedMediaType(ProblemJson),
     /// A key's first hex digit belongs to another shard (`--key-prefixes`).

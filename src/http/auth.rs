@@ -5,18 +5,26 @@
 //! EC P-256 key ES256, an Ed25519 key EdDSA; a JWKS key by its type. So `alg: none`, an
 //! HS256 token signed with the RSA public key as its secret, and any other algorithm
 //! are refused before a signature is checked.
+//!
+//! Claims are read strictly: with an issuer or audience configured, `iss` / `aud` are
+//! required and must have their registered JSON types; `scope` and `scp` are each a
+//! space-separated string or an array of strings, and any other type refuses the
+//! token rather than silently granting nothing.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, KeyOperations, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use poem::http::{header, HeaderMap, HeaderValue, Uri};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 use poem_openapi::registry::{MetaSecurityScheme, Registry};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
+use serde_json::Value;
 
 use super::problem::{Problem, ProblemKind};
 use super::AppState;
@@ -61,6 +69,8 @@ pub enum AuthConfigError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("{}: the JWKS holds no keys, so every token would be refused", path.display())]
+    EmptyJwks { path: PathBuf },
     #[error("{}: key {index} of the JWKS {reason}", path.display())]
     JwksKey {
         path: PathBuf,
@@ -86,6 +96,9 @@ fn single(key: VerifyingKey) -> Keys {
 
 pub struct Authenticator {
     keys: Keys,
+    /// `--jwt-issuer` is set: `iss` must be a string (jsonwebtoken would also take an
+    /// array holding the issuer, which RFC 7519 does not allow).
+    issuer_required: bool,
 }
 
 /// Who a verified token speaks for.
@@ -101,17 +114,55 @@ impl Principal {
     }
 }
 
+/// The claims kvserve reads itself; jsonwebtoken has checked `exp`, `nbf`, `iss` and
+/// `aud`. `scope`, `scp` and `iss` are kept as raw JSON (a present `null` included) so
+/// a claim of the wrong type gets a 401 that names it.
 #[derive(serde::Deserialize)]
 struct Claims {
     sub: Option<String>,
-    scope: Option<String>,
-    scp: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    scope: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    scp: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    iss: Option<Value>,
+}
+
+/// `Some` for every claim present, `null` too (serde's `Option` would read `null` as
+/// absent).
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    serde::Deserialize::deserialize(deserializer).map(Some)
+}
+
+/// The scopes of a `scope` or `scp` claim: a space-separated string (RFC 8693 / RFC
+/// 9068) or an array of strings (as several identity providers send `scp`).
+fn scope_claim(name: &str, claim: Option<Value>) -> Result<Vec<String>, AuthFailure> {
+    let wrong_type = || {
+        AuthFailure::Invalid(format!(
+            "the claim `{name}` must be a space-separated string or an array of strings"
+        ))
+    };
+    match claim {
+        None => Ok(Vec::new()),
+        Some(Value::String(text)) => Ok(text.split_whitespace().map(str::to_owned).collect()),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(scope) => Ok(scope),
+                _ => Err(wrong_type()),
+            })
+            .collect(),
+        Some(_) => Err(wrong_type()),
+    }
 }
 
 /// Why a request was refused; the label is the `reason` of `kvserve_auth_failures_total`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthFailure {
     Missing,
+    /// More than one `Authorization` header: which one a proxy in front checked and
+    /// which one kvserve would read may differ, so neither is trusted.
+    DuplicateHeader,
     Invalid(String),
     Expired,
     InsufficientScope(&'static str),
@@ -121,15 +172,22 @@ impl AuthFailure {
     pub fn reason(&self) -> &'static str {
         match self {
             AuthFailure::Missing => "missing_token",
+            AuthFailure::DuplicateHeader => "duplicate_header",
             AuthFailure::Invalid(_) => "invalid_token",
             AuthFailure::Expired => "expired",
             AuthFailure::InsufficientScope(_) => "insufficient_scope",
         }
     }
 
-    /// 401 or 403 problem+json with the RFC 6750 `WWW-Authenticate` header.
+    /// 401 or 403 (400 for a duplicate header, RFC 6750 `invalid_request`)
+    /// problem+json with the RFC 6750 `WWW-Authenticate` header.
     pub fn into_response(self) -> Response {
         let (kind, detail, challenge) = match &self {
+            AuthFailure::DuplicateHeader => (
+                ProblemKind::InvalidHeader,
+                "the `Authorization` header is sent more than once; send exactly one".to_owned(),
+                r#"Bearer realm="kvserve", error="invalid_request", error_description="the Authorization header is sent more than once""#.to_owned(),
+            ),
             AuthFailure::Missing => (
                 ProblemKind::Unauthorized,
                 "this route needs a bearer token: send `Authorization: Bearer <token>`".to_owned(),
@@ -218,7 +276,10 @@ impl Authenticator {
         } else {
             return Ok(None);
         };
-        Ok(Some(Self { keys }))
+        Ok(Some(Self {
+            keys,
+            issuer_required: config.issuer.is_some(),
+        }))
     }
 
     /// Verifies the request's bearer token (signature, `exp`, `nbf`, issuer, audience)
@@ -232,9 +293,13 @@ impl Authenticator {
                 "tokens in the query string are not accepted (they end up in logs); use the Authorization header".to_owned(),
             ));
         }
-        let Some(value) = headers.get(header::AUTHORIZATION) else {
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let Some(value) = values.next() else {
             return Err(AuthFailure::Missing);
         };
+        if values.next().is_some() {
+            return Err(AuthFailure::DuplicateHeader);
+        }
         if value.len() > MAX_TOKEN_BYTES {
             return Err(AuthFailure::Invalid(format!(
                 "the token is longer than {MAX_TOKEN_BYTES} bytes"
@@ -284,20 +349,28 @@ impl Authenticator {
                     )),
                     ErrorKind::InvalidIssuer => AuthFailure::Invalid("wrong issuer".to_owned()),
                     ErrorKind::InvalidAudience => AuthFailure::Invalid("wrong audience".to_owned()),
+                    // jsonwebtoken reports a claim of the wrong type as missing.
                     ErrorKind::MissingRequiredClaim(claim) => {
-                        AuthFailure::Invalid(format!("the claim `{claim}` is missing"))
+                        AuthFailure::Invalid(match claim.as_str() {
+                            "aud" => {
+                                "the claim `aud` is missing or not a string or an array of strings"
+                                    .to_owned()
+                            }
+                            "exp" => "the claim `exp` is missing or not a number".to_owned(),
+                            _ => format!("the claim `{claim}` is missing or not a string"),
+                        })
                     }
                     _ => AuthFailure::Invalid("not a valid token".to_owned()),
                 }
             })?;
         let claims = data.claims;
-        let mut scopes: Vec<String> = claims
-            .scope
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        scopes.extend(claims.scp.unwrap_or_default());
+        if self.issuer_required && !matches!(claims.iss, Some(Value::String(_))) {
+            return Err(AuthFailure::Invalid(
+                "the claim `iss` is missing or not a string".to_owned(),
+            ));
+        }
+        let mut scopes = scope_claim("scope", claims.scope)?;
+        scopes.extend(scope_claim("scp", claims.scp)?);
         Ok(Principal {
             subject: claims.sub,
             scopes,
@@ -317,14 +390,21 @@ fn validation(config: &AuthConfig, alg: Algorithm) -> Validation {
     let mut validation = Validation::new(alg);
     validation.leeway = config.leeway.as_secs();
     validation.validate_nbf = true;
-    validation.set_required_spec_claims(&["exp"]);
+    // jsonwebtoken checks `iss` and `aud` only when present (a claim of another JSON
+    // type counts as absent): a configured one must also be required.
+    let mut required = vec!["exp"];
     if let Some(issuer) = &config.issuer {
         validation.set_issuer(&[issuer]);
+        required.push("iss");
     }
     match &config.audience {
-        Some(audience) => validation.set_audience(&[audience]),
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
         None => validation.validate_aud = false,
     }
+    validation.set_required_spec_claims(&required);
     validation
 }
 
@@ -360,6 +440,11 @@ fn jwks_keys(
         path: path.to_path_buf(),
         source,
     })?;
+    if set.keys.is_empty() {
+        return Err(AuthConfigError::EmptyJwks {
+            path: path.to_path_buf(),
+        });
+    }
     let mut keys = HashMap::new();
     for (index, jwk) in set.keys.iter().enumerate() {
         let refuse = |reason: &str| AuthConfigError::JwksKey {
@@ -372,26 +457,7 @@ fn jwks_keys(
             .key_id
             .clone()
             .ok_or_else(|| refuse("has no `kid`"))?;
-        let alg = match (&jwk.algorithm, jwk.common.key_algorithm) {
-            (AlgorithmParameters::RSA(_), Some(KeyAlgorithm::RS384)) => Algorithm::RS384,
-            (AlgorithmParameters::RSA(_), Some(KeyAlgorithm::RS512)) => Algorithm::RS512,
-            (AlgorithmParameters::RSA(_), Some(KeyAlgorithm::PS256)) => Algorithm::PS256,
-            (AlgorithmParameters::RSA(_), _) => Algorithm::RS256,
-            (AlgorithmParameters::EllipticCurve(ec), _) if ec.curve == EllipticCurve::P256 => {
-                Algorithm::ES256
-            }
-            (AlgorithmParameters::EllipticCurve(ec), _) if ec.curve == EllipticCurve::P384 => {
-                Algorithm::ES384
-            }
-            (AlgorithmParameters::OctetKeyPair(okp), _) if okp.curve == EllipticCurve::Ed25519 => {
-                Algorithm::EdDSA
-            }
-            _ => {
-                return Err(refuse(
-                    "is not an RSA, EC (P-256, P-384) or Ed25519 public key",
-                ))
-            }
-        };
+        let alg = signature_algorithm(jwk).map_err(|reason| refuse(&reason))?;
         let key =
             DecodingKey::from_jwk(jwk).map_err(|err| refuse(&format!("cannot be used: {err}")))?;
         if keys
@@ -408,6 +474,57 @@ fn jwks_keys(
         }
     }
     Ok(keys)
+}
+
+/// The one algorithm a JWKS key verifies: fixed by its key type, narrowed by its `alg`
+/// when it has one. A key published for encryption (`"use": "enc"`, `key_ops`
+/// without `verify`, an encryption `alg`) or whose `alg` does not fit its type is
+/// refused: an identity provider's JWKS may hold such keys, and none must verify.
+fn signature_algorithm(jwk: &Jwk) -> Result<Algorithm, String> {
+    match &jwk.common.public_key_use {
+        None | Some(PublicKeyUse::Signature) => {}
+        Some(PublicKeyUse::Encryption) => {
+            return Err(r#"is marked "use": "enc"; only "sig" keys verify tokens"#.to_owned())
+        }
+        Some(PublicKeyUse::Other(other)) => {
+            return Err(format!(
+                r#"is marked "use": "{}"; only "sig" keys verify tokens"#,
+                quote_safe(other)
+            ))
+        }
+    }
+    if let Some(ops) = &jwk.common.key_operations {
+        if !ops.contains(&KeyOperations::Verify) {
+            return Err(r#"has `key_ops` without "verify""#.to_owned());
+        }
+    }
+    use AlgorithmParameters::{EllipticCurve as Ec, OctetKeyPair, RSA};
+    match (&jwk.algorithm, jwk.common.key_algorithm) {
+        (_, Some(KeyAlgorithm::RSA1_5 | KeyAlgorithm::RSA_OAEP | KeyAlgorithm::RSA_OAEP_256)) => {
+            Err("has an encryption `alg`; only signature keys verify tokens".to_owned())
+        }
+        (RSA(_), None | Some(KeyAlgorithm::RS256)) => Ok(Algorithm::RS256),
+        (RSA(_), Some(KeyAlgorithm::RS384)) => Ok(Algorithm::RS384),
+        (RSA(_), Some(KeyAlgorithm::RS512)) => Ok(Algorithm::RS512),
+        (RSA(_), Some(KeyAlgorithm::PS256)) => Ok(Algorithm::PS256),
+        (RSA(_), Some(KeyAlgorithm::PS384)) => Ok(Algorithm::PS384),
+        (RSA(_), Some(KeyAlgorithm::PS512)) => Ok(Algorithm::PS512),
+        (Ec(ec), None | Some(KeyAlgorithm::ES256)) if ec.curve == EllipticCurve::P256 => {
+            Ok(Algorithm::ES256)
+        }
+        (Ec(ec), None | Some(KeyAlgorithm::ES384)) if ec.curve == EllipticCurve::P384 => {
+            Ok(Algorithm::ES384)
+        }
+        (OctetKeyPair(okp), None | Some(KeyAlgorithm::EdDSA))
+            if okp.curve == EllipticCurve::Ed25519 =>
+        {
+            Ok(Algorithm::EdDSA)
+        }
+        (RSA(_) | Ec(_) | OctetKeyPair(_), Some(alg)) => Err(format!(
+            "declares `alg` {alg:?}, which does not fit its key type and curve"
+        )),
+        _ => Err("is not an RSA, EC (P-256, P-384) or Ed25519 public key".to_owned()),
+    }
 }
 
 /// Requires a token with `scope` on every request except the paths `is_open` lets

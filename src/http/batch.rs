@@ -95,16 +95,22 @@ impl<'a> ApiExtractor<'a> for BatchBody {
         _param_opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
         let refuse = |kind, detail: String| ProblemError(Problem::new(kind, detail));
-        if let Some(content_type) = request.content_type() {
-            if !is_json(content_type) {
-                return Err(refuse(
-                    ProblemKind::UnsupportedMediaType,
-                    format!(
-                        "Content-Type `{content_type}` is not supported; send application/json"
-                    ),
-                )
-                .into());
-            }
+        // The body must be declared JSON: a missing `Content-Type` is refused like a
+        // wrong one (RFC 9110 15.5.16), as the spec's only request media type says.
+        let unsupported = match request.headers().get(poem::http::header::CONTENT_TYPE) {
+            None => Some("the request has no Content-Type; send application/json".to_owned()),
+            Some(value) => match value.to_str() {
+                Ok(content_type) if is_json(content_type) => None,
+                Ok(content_type) => Some(format!(
+                    "Content-Type `{content_type}` is not supported; send application/json"
+                )),
+                Err(_) => {
+                    Some("the Content-Type header is not ASCII; send application/json".to_owned())
+                }
+            },
+        };
+        if let Some(detail) = unsupported {
+            return Err(refuse(ProblemKind::UnsupportedMediaType, detail).into());
         }
         let limit = request
             .data::<Arc<AppState>>()

@@ -90,6 +90,10 @@ pub enum LegacyResponse {
     /// The key's first hex digit belongs to another shard (`--key-prefixes`).
     #[oai(status = 421)]
     Misdirected(ProblemJson),
+    /// The `Authorization` header is sent more than once (when the server runs with a
+    /// JWT key).
+    #[oai(status = 400)]
+    BadRequest(ProblemJson),
     /// No valid bearer token (when the server runs with a JWT key).
     #[oai(status = 401)]
     Unauthorized(ProblemJson, #[oai(header = "WWW-Authenticate")] String),

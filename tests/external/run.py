@@ -216,6 +216,9 @@ def jwt_interop(binary: str) -> None:
             cases = [
                 ("valid", jwt.encode(good, signing_key, algorithm=alg), 200),
                 ("scp array", jwt.encode({"sub": "p", "scp": ["kv:read"], "exp": now + 300}, signing_key, algorithm=alg), 200),
+                ("scp string", jwt.encode({"sub": "p", "scp": "email kv:read", "exp": now + 300}, signing_key, algorithm=alg), 200),
+                ("scope array", jwt.encode({**good, "scope": ["openid", "kv:read"]}, signing_key, algorithm=alg), 200),
+                ("scope a number", jwt.encode({**good, "scope": 7}, signing_key, algorithm=alg), 401),
                 ("alg none", jwt.encode(good, None, algorithm="none"), 401),
                 ("expired", jwt.encode({**good, "exp": now - 3600}, signing_key, algorithm=alg), 401),
                 ("not yet valid", jwt.encode({**good, "nbf": now + 3600}, signing_key, algorithm=alg), 401),
