@@ -185,3 +185,25 @@ fn sighup_during_the_first_load_is_logged_not_fatal() {
         Some(0)
     );
 }
+
+/// SIGTERM while the first load waits for the publisher's lock is a clean shutdown
+/// (exit 0), not SIGTERM's default action: the handler is in place before loading.
+#[test]
+fn sigterm_during_the_first_load_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "t.data", sample_lines());
+    let publisher = File::open(&path).unwrap();
+    publisher.lock().unwrap();
+    let mut p = spawn_binary(&path, &["--lock-timeout", "60s"]);
+    wait_until("the first load to start", || {
+        p.log().contains("loading data file")
+    });
+    sigterm(&p.child);
+    assert_eq!(
+        wait_exit(&mut p.child, Duration::from_secs(10)).code(),
+        Some(0)
+    );
+    wait_until("the shutdown to be logged", || {
+        p.log().contains("SIGTERM received")
+    });
+}

@@ -11,6 +11,14 @@
 //! recognises it through a registry of the live mappings and exits with a message
 //! (status 75); every other SIGBUS (another mapping, a misaligned access, one sent by
 //! `kill`) goes to the handler that was installed before, as if kvserve had none.
+//!
+//! A file truncated while it is being loaded (a reload included) also ends the process
+//! with status 75, though the dataset in service is intact. Failing only that load
+//! would need the loader to survive the fault: unwinding or `siglongjmp` out of a
+//! signal handler through Rust frames is undefined behaviour, and patching the lost
+//! pages with zeroes from the handler (`mmap` `MAP_FIXED`, not async-signal-safe by
+//! POSIX) changes memory behind live `&[u8]` borrows. Neither is worth it for a
+//! publisher that breaks the locking protocol; a restart loads the file as it is.
 
 use std::fs::File;
 use std::path::Path;
