@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch as signal_channel;
 
 use crate::cache::Cache;
@@ -154,6 +155,9 @@ impl App {
     /// in-flight requests (bounded by `--shutdown-timeout`), then the admin listener
     /// stops, so probes see "not ready" for the whole drain.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+        // Before anything is loaded: SIGHUP's default action ends the process, and a
+        // load can take seconds (a large file, a publisher holding the lock).
+        let hangup = listen_for_sighup();
         let data = self.state.reloader.current_path();
         tracing::info!(api = %self.api_addr, admin = %self.admin_addr, data = %data.display(), "listening");
         let (stop_api_tx, stop_api) = signal_channel::channel(false);
@@ -186,7 +190,7 @@ impl App {
         let state = self.state.clone();
         let outcome = tokio::select! {
             () = shutdown => Ok(()),
-            failure = serve_dataset(state.clone(), self.watch) => Err(failure),
+            failure = serve_dataset(state.clone(), self.watch, hangup) => Err(failure),
         };
 
         tracing::info!("shutting down: readiness is now 503, draining in-flight requests");
@@ -202,8 +206,31 @@ impl App {
 
 /// Loads the data file, then keeps it current (SIGHUP, `--watch`) until cancelled.
 /// Returns only if the service cannot go on: the first load or the watch set-up failed.
-async fn serve_dataset(state: Arc<AppState>, watch_debounce: Option<Duration>) -> AppError {
-    if let Err(err) = reload::reload(&state, None, Trigger::Startup, true).await {
+///
+/// A SIGHUP during the first load is logged and queued: one reload follows the load,
+/// however many signals came, since the file may have been replaced while the load
+/// waited for its lock or read the old one.
+async fn serve_dataset(
+    state: Arc<AppState>,
+    watch_debounce: Option<Duration>,
+    mut hangup: Option<Signal>,
+) -> AppError {
+    let first = reload::reload(&state, None, Trigger::Startup, true);
+    tokio::pin!(first);
+    let mut queued = false;
+    let loaded = loop {
+        tokio::select! {
+            loaded = &mut first => break loaded,
+            Some(()) = recv(&mut hangup) => {
+                tracing::info!(
+                    already_queued = queued,
+                    "SIGHUP received during the first load; one reload follows it"
+                );
+                queued = true;
+            }
+        }
+    };
+    if let Err(err) = loaded {
         tracing::error!(error = %err, "data file refused; nothing will be served");
         return match err {
             ReloadError::Load(err) => AppError::Load(err),
@@ -218,21 +245,33 @@ async fn serve_dataset(state: Arc<AppState>, watch_debounce: Option<Duration>) -
         },
         None => None,
     };
-    reload_on_sighup(&state).await;
+    if queued {
+        let _ = reload::reload(&state, None, Trigger::Signal, true).await;
+    }
+    while recv(&mut hangup).await.is_some() {
+        let _ = reload::reload(&state, None, Trigger::Signal, true).await;
+    }
     std::future::pending().await
 }
 
 /// SIGHUP asks for a reload of the current file, as daemons conventionally do.
-async fn reload_on_sighup(state: &Arc<AppState>) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => signal,
+/// Registered once, before the first load; `None` if it cannot be (then SIGHUP keeps
+/// its default action, and reloads go through `POST /admin/reload`).
+fn listen_for_sighup() -> Option<Signal> {
+    match signal(SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
         Err(err) => {
             tracing::warn!(error = %err, "cannot listen for SIGHUP; reload with POST /admin/reload");
-            return;
+            None
         }
-    };
-    while hangup.recv().await.is_some() {
-        let _ = reload::reload(state, None, Trigger::Signal, true).await;
+    }
+}
+
+/// The next SIGHUP; never, if there is no handler.
+async fn recv(hangup: &mut Option<Signal>) -> Option<()> {
+    match hangup {
+        Some(hangup) => hangup.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -48,28 +48,40 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         "starting kvserve with this configuration"
     );
     runtime.block_on(async {
+        // Registered before binding and loading, so a SIGTERM at any point from here
+        // is a graceful shutdown, not the default action's abrupt end.
+        let shutdown = shutdown_signal();
         let app = App::bind(&args).await?;
-        app.run(shutdown_signal()).await
+        app.run(shutdown).await
     })?;
     Ok(())
 }
 
-/// Resolves on SIGTERM (what orchestrators send) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+/// Registers the SIGTERM (what orchestrators send) and SIGINT (Ctrl-C) handlers at
+/// once, not on first poll, and returns a future that resolves on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listen = |kind: SignalKind, name: &'static str| {
+        let registered = signal(kind);
+        if let Err(err) = &registered {
+            tracing::error!(error = %err, "cannot listen for {name}");
+        }
+        async move {
+            match registered {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
             }
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
+    let terminate = listen(SignalKind::terminate(), "SIGTERM");
+    let interrupt = listen(SignalKind::interrupt(), "SIGINT");
+    async move {
+        tokio::select! {
+            () = interrupt => tracing::info!("SIGINT received"),
+            () = terminate => tracing::info!("SIGTERM received"),
+        }
     }
 }
 

@@ -246,6 +246,41 @@ fn mmap_storage_exits_cleanly_when_the_file_is_truncated_in_place() {
     );
 }
 
+/// The SIGBUS handler is for faults in a mapping of the data file only. A SIGBUS sent
+/// with `kill` (or a fault anywhere else) goes to the handler that was there before,
+/// so the process dies of the signal as it would without kvserve's handler: no exit
+/// 75, no "truncated" message blaming the data file.
+#[test]
+fn a_sigbus_sent_by_kill_is_not_blamed_on_the_data_file() {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "k.data", sample_lines());
+    let mut command = Command::new(binary());
+    command.args(serve_args(&path, &["--storage", "mmap"]));
+    // SAFETY: setrlimit is async-signal-safe; no core file from the expected crash.
+    unsafe {
+        command.pre_exec(|| {
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+            Ok(())
+        });
+    }
+    let mut p = spawn_command(command);
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let sent = Command::new("kill")
+        .args(["-BUS", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = wait_exit(&mut p.child, Duration::from_secs(10));
+    let log = p.log();
+    assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?}\n{log}");
+    assert!(!log.contains("truncated"), "{log}");
+}
+
 /// A reload that cannot read the new file (permissions) or finds it half written
 /// (a copy cut short by a full disk, caught by its checksum sidecar) fails with the
 /// reason, and the old data goes on being served.

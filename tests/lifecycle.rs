@@ -147,3 +147,63 @@ fn sigint_exits_zero() {
         Some(0)
     );
 }
+
+/// SIGHUP while the first load waits for the publisher's lock: the handler is in place
+/// before the load starts, so the signal is logged instead of killing the process
+/// (SIGHUP's default action), and the server becomes ready once the lock is released.
+#[test]
+fn sighup_during_the_first_load_is_logged_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "t.data", sample_lines());
+    let publisher = File::open(&path).unwrap();
+    publisher.lock().unwrap();
+    let mut p = spawn_binary(&path, &["--lock-timeout", "60s"]);
+    wait_until("the first load to start", || {
+        p.log().contains("loading data file")
+    });
+    let status = Command::new("kill")
+        .args(["-HUP", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_until("the SIGHUP to be logged", || {
+        p.log().contains("SIGHUP received during the first load")
+    });
+    assert!(p.child.try_wait().unwrap().is_none(), "{}", p.log());
+    assert_eq!(http_status(p.admin, "/livez"), Some(200));
+
+    publisher.unlock().unwrap();
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    assert_eq!(http_status(p.api, &format!("/v1/keys/{KEY}")), Some(200));
+    // The queued SIGHUP: one reload after the first load.
+    wait_until("the queued reload", || {
+        p.log().matches("dataset installed").count() == 2
+    });
+    sigterm(&p.child);
+    assert_eq!(
+        wait_exit(&mut p.child, Duration::from_secs(10)).code(),
+        Some(0)
+    );
+}
+
+/// SIGTERM while the first load waits for the publisher's lock is a clean shutdown
+/// (exit 0), not SIGTERM's default action: the handler is in place before loading.
+#[test]
+fn sigterm_during_the_first_load_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "t.data", sample_lines());
+    let publisher = File::open(&path).unwrap();
+    publisher.lock().unwrap();
+    let mut p = spawn_binary(&path, &["--lock-timeout", "60s"]);
+    wait_until("the first load to start", || {
+        p.log().contains("loading data file")
+    });
+    sigterm(&p.child);
+    assert_eq!(
+        wait_exit(&mut p.child, Duration::from_secs(10)).code(),
+        Some(0)
+    );
+    wait_until("the shutdown to be logged", || {
+        p.log().contains("SIGTERM received")
+    });
+}
