@@ -45,7 +45,10 @@ impl Example for KeyValue {
 /// The answers of a single-key lookup; `T` is the body of a hit.
 #[derive(ApiResponse)]
 pub enum KeyResponse<T: Payload + poem::IntoResponse + Send> {
-    /// The key exists. `ETag` changes whenever the data file does.
+    /// The key exists. `ETag` changes whenever the data file does, and differs
+    /// between instances whose load options (`--on-duplicate`, `--skip-invalid`) serve
+    /// different values from one file. `Cache-Control` is `private` when the server
+    /// requires a token, `public` otherwise.
     #[oai(status = 200)]
     Ok(
         T,
