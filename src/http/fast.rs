@@ -20,7 +20,7 @@ use std::sync::Arc;
 use poem::http::{header, HeaderMap, HeaderValue, Method, Uri};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 
-use super::api::{lookup, Lookup, Shape};
+use super::api::{lookup, IfNoneMatch, Lookup, Shape};
 use super::auth::{self, SCOPE_READ};
 use super::legacy::{self, LegacyAnswer};
 use super::problem::{Problem, ProblemKind};
@@ -188,11 +188,7 @@ fn lookup_answer(
     } else {
         Cow::Borrowed(raw)
     };
-    let if_none_match = || {
-        headers
-            .get(header::IF_NONE_MATCH)
-            .and_then(|v| v.to_str().ok())
-    };
+    let if_none_match = || IfNoneMatch::of(headers);
     match route {
         HotRoute::Key(_) => v1(
             state,
