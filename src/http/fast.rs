@@ -27,7 +27,7 @@ use super::problem::{Problem, ProblemKind};
 use super::ratelimit::Standings;
 use super::request_log::Access;
 use super::AppState;
-use crate::metrics::{route_label, InFlight, RouteLabel};
+use crate::metrics::{InFlight, RouteLabel};
 use crate::telemetry;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -49,6 +49,12 @@ impl HotRoute<'_> {
             HotRoute::Legacy(_) => "/get_value/{key}",
         }
     }
+}
+
+/// The route template of `path` if it is a hot route, for metrics and the access log
+/// of answers given before routing.
+pub fn hot_route_label(path: &str) -> Option<&'static str> {
+    match_path(path).map(HotRoute::label)
 }
 
 /// Which hot route `path` is, with its raw (still percent-encoded) key segment.
@@ -115,7 +121,9 @@ pub fn serve<B>(state: &AppState, req: &hyper::Request<B>, peer: SocketAddr) -> 
     let in_flight = InFlight::enter(&metrics.http_in_flight);
     let mut resp = span.in_scope(|| admitted(state, uri, headers, peer, route));
     drop(in_flight);
-    let route = route_label(&resp);
+    // Refusals by the limits, rate limits or authentication carry no label; the
+    // route is known all the same.
+    let route = route.label();
     metrics.observe(method, route, resp.status(), started);
     access.finish(&span, route, &mut resp);
     resp.headers_mut()
