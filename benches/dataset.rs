@@ -10,7 +10,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use kvserve::cache::Cache;
 use kvserve::dataset::{self, gen, LoadOptions, Storage};
-use kvserve::http::api::{lookup, Shape};
+use kvserve::http::api::{lookup, IfNoneMatch, Shape};
 use kvserve::http::{limits::LimitSettings, AppState, HttpSettings};
 use kvserve::reload::Reloader;
 
@@ -141,7 +141,14 @@ fn lookups(c: &mut Criterion, f: &Fixture) {
                     i = (i + 7919) % texts.len();
                     i
                 },
-                |i| black_box(lookup(&state, &texts[i], None, Shape::Json)),
+                |i| {
+                    black_box(lookup(
+                        &state,
+                        &texts[i],
+                        IfNoneMatch::absent(),
+                        Shape::Json,
+                    ))
+                },
                 BatchSize::SmallInput,
             )
         });

@@ -73,7 +73,8 @@ pub struct ServeArgs {
     #[arg(long, env = "KVSERVE_CACHE_CAPACITY")]
     pub cache_capacity: Option<usize>,
 
-    /// `max-age` of the `Cache-Control` header on found keys (e.g. `60s`, `5m`).
+    /// `max-age` of the `Cache-Control` header on found keys (e.g. `60s`, `5m`); the
+    /// header says `public`, or `private` when a JWT key is configured.
     #[arg(long, env = "KVSERVE_CACHE_MAX_AGE", default_value = "60s", value_parser = parse_duration)]
     pub cache_max_age: Duration,
 

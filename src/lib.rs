@@ -91,9 +91,7 @@ impl App {
             tracing::warn!(%admin_addr, "the admin listener (reload, cache purge) is reachable from the network without authentication (--admin-insecure)");
         }
         let settings = HttpSettings {
-            cache_control_header: format!("public, max-age={}", args.cache_max_age.as_secs())
-                .parse()
-                .unwrap_or(poem::http::HeaderValue::from_static("public")),
+            cache_control_header: http::cache_control(auth.is_some(), args.cache_max_age),
             max_batch: args.max_batch,
             max_body_bytes: args.max_body_bytes,
             limits: http::limits::LimitSettings {

@@ -368,6 +368,31 @@ pub fn route_label(resp: &Response) -> &'static str {
     }
 }
 
+/// The route template `path` would be routed to, by its shape alone: the label of an
+/// answer given before routing (a refusal by the limits, a rate limit or
+/// authentication), which carries neither a `RouteLabel` nor a `PathPattern`. A path
+/// no route takes is `unmatched`, so the label set stays fixed.
+pub fn path_label(path: &str) -> &'static str {
+    if let Some(label) = crate::http::fast::hot_route_label(path) {
+        return label;
+    }
+    match path {
+        "/v1/keys/batch" => "/v1/keys/batch",
+        "/openapi.json" => "/openapi.json",
+        p if p == "/docs" || p.starts_with("/docs/") => "/docs",
+        _ => "unmatched",
+    }
+}
+
+/// `route_label`, or `before_routing` (from `path_label`) for an answer the router
+/// never saw.
+pub fn route_label_or(resp: &Response, before_routing: &'static str) -> &'static str {
+    match route_label(resp) {
+        "unmatched" => before_routing,
+        label => label,
+    }
+}
+
 /// Records count, duration and in-flight gauge of every request that passes through.
 pub struct HttpMetrics(pub std::sync::Arc<crate::http::AppState>);
 
@@ -393,6 +418,7 @@ impl<E: Endpoint<Output = Response>> Endpoint for HttpMetricsEndpoint<E> {
     async fn call(&self, req: Request) -> poem::Result<Response> {
         let metrics = &self.state.metrics;
         let method = req.method().clone();
+        let before_routing = path_label(req.uri().path());
         let started = Instant::now();
         let _in_flight = InFlight::enter(&metrics.http_in_flight);
         // The inner endpoint turns every error into a problem response, so this is
@@ -402,7 +428,8 @@ impl<E: Endpoint<Output = Response>> Endpoint for HttpMetricsEndpoint<E> {
             .call(req)
             .await
             .unwrap_or_else(|err| err.into_response());
-        metrics.observe(&method, route_label(&resp), resp.status(), started);
+        let route = route_label_or(&resp, before_routing);
+        metrics.observe(&method, route, resp.status(), started);
         Ok(resp)
     }
 }

@@ -445,3 +445,92 @@ async fn admin_probes() {
     .await;
     s.stop().await.unwrap();
 }
+
+/// The ETag of one file tells apart the load options that decided which value is
+/// served (`--on-duplicate`, `--skip-invalid` with `--max-line-bytes`): an instance
+/// never answers 304 to an ETag another instance gave for a different value. Options
+/// that changed nothing for this file leave the ETag alone, and `/admin/dataset`'s
+/// `version` stays the hash of the file's bytes.
+#[tokio::test]
+async fn etag_tells_apart_the_load_options_that_change_values() {
+    async fn fetch(s: &TestServer, etag: Option<&str>) -> (u16, String, String) {
+        let mut req = s.client.get(s.url(&format!("/v1/keys/{KEY}/value")));
+        if let Some(etag) = etag {
+            req = req.header("If-None-Match", etag);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+        (status, etag, resp.text().await.unwrap())
+    }
+    async fn version(s: &TestServer) -> String {
+        let info: Value = s
+            .client
+            .get(s.admin_url("/admin/dataset"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        info["version"].as_str().unwrap().to_owned()
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let long = "l".repeat(100);
+    let dup = write_file(
+        dir.path(),
+        "dup.data",
+        format!("{KEY} short\n{KEY2} x\n{KEY} {long}\n"),
+    );
+    let start = |args: &'static [&'static str]| TestServer::start(&dup, args);
+    let first = start(&["--on-duplicate", "first"]).await;
+    let last = start(&["--on-duplicate", "last"]).await;
+    // The long line is skipped, so its duplicate never counts: "short" is served.
+    let skipping = start(&[
+        "--on-duplicate",
+        "last",
+        "--skip-invalid",
+        "--max-line-bytes",
+        "64",
+    ])
+    .await;
+    let (_, first_etag, first_value) = fetch(&first, None).await;
+    let (_, last_etag, last_value) = fetch(&last, None).await;
+    let (_, skip_etag, skip_value) = fetch(&skipping, None).await;
+    assert_eq!(
+        (first_value.as_str(), skip_value.as_str()),
+        ("short", "short")
+    );
+    assert_eq!(last_value, long);
+    assert_ne!(first_etag, last_etag);
+    assert_ne!(skip_etag, last_etag);
+    assert_ne!(skip_etag, first_etag);
+    // Another instance's ETag is not this one's: the value comes back, not a 304.
+    for (server, foreign, own_value) in [
+        (&last, &first_etag, &long),
+        (&first, &last_etag, &first_value),
+        (&last, &skip_etag, &long),
+        (&skipping, &last_etag, &skip_value),
+    ] {
+        let (status, _, value) = fetch(server, Some(foreign)).await;
+        assert_eq!((status, &value), (200, own_value), "{foreign}");
+    }
+    assert_eq!(fetch(&last, Some(&last_etag)).await.0, 304);
+    let file_hash = version(&first).await;
+    assert_eq!(file_hash.len(), 32);
+    for s in [&last, &skipping] {
+        assert_eq!(version(s).await, file_hash);
+    }
+    for s in [first, last, skipping] {
+        s.stop().await.unwrap();
+    }
+
+    // Without duplicates or bad lines the options decide nothing: one ETag for all.
+    let clean = write_file(dir.path(), "clean.data", sample_lines());
+    let plain = TestServer::start(&clean, &[]).await;
+    let (_, plain_etag, _) = fetch(&plain, None).await;
+    plain.stop().await.unwrap();
+    let options = TestServer::start(&clean, &["--on-duplicate", "last", "--skip-invalid"]).await;
+    assert_eq!(fetch(&options, Some(&plain_etag)).await.0, 304);
+    options.stop().await.unwrap();
+}

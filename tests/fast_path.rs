@@ -221,3 +221,115 @@ fn rate_limited_answers_are_alike() {
         p.child.wait().unwrap();
     }
 }
+
+/// `If-None-Match` sent on several field lines is one list (RFC 9110 §5.3): the ETag
+/// on any line gives 304, whichever line comes first, on both paths and every
+/// conditional route, with the same headers; no line matching still gives 200.
+#[test]
+fn repeated_if_none_match_lines_are_one_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "inm.data", sample_lines());
+    let mut fast = spawn_binary(&data, &[]);
+    let mut framework = spawn_binary_with_env(
+        &data,
+        &[],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")],
+    );
+    for p in [&fast, &framework] {
+        wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    }
+    let get = |path: &str, lines: &[&str]| {
+        let conditions: String = lines
+            .iter()
+            .map(|l| format!("If-None-Match: {l}\r\n"))
+            .collect();
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{conditions}Connection: close\r\n\r\n")
+    };
+    let (_, headers, _) = exchange(fast.api, &get(&format!("/v1/keys/{KEY}"), &[]));
+    let etag = headers
+        .iter()
+        .find_map(|h| h.strip_prefix("etag: "))
+        .expect("an etag")
+        .to_owned();
+    let weak = format!("W/{etag}");
+    for path in [format!("/v1/keys/{KEY}"), format!("/v1/keys/{KEY}/value")] {
+        for (lines, status) in [
+            (vec!["\"x\"", etag.as_str()], "304"),
+            (vec![etag.as_str(), "\"x\""], "304"),
+            (vec!["\"x\", \"y\"", weak.as_str()], "304"),
+            (vec!["\"x\"", "*"], "304"),
+            (vec!["\"x\"", "\"y\""], "200"),
+        ] {
+            let request = get(&path, &lines);
+            let a = exchange(fast.api, &request);
+            let b = exchange(framework.api, &request);
+            assert!(a.0.contains(status), "{path} {lines:?}: {}", a.0);
+            assert_eq!(a, b, "{path} {lines:?}");
+        }
+    }
+    for p in [&mut fast, &mut framework] {
+        p.child.kill().unwrap();
+        p.child.wait().unwrap();
+    }
+}
+
+/// Refusals on the hot routes (401, 403, 414) are counted under their route, not
+/// `unmatched`, on both paths; a path no route knows stays `unmatched`.
+#[test]
+fn refusals_are_counted_under_their_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "m.data", sample_lines());
+    let args = ["--jwt-hs256-secret-file", SECRET, "--max-uri-bytes", "300"];
+    let mut fast = spawn_binary(&data, &args);
+    let mut framework = spawn_binary_with_env(
+        &data,
+        &args,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")],
+    );
+    for p in [&fast, &framework] {
+        wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    }
+    let admin_only = token("kv:admin");
+    let long = "a".repeat(400);
+    let cases = [
+        (format!("/v1/keys/{KEY}"), None, "/v1/keys/{key}", "401"),
+        (
+            format!("/v1/keys/{KEY}/value"),
+            None,
+            "/v1/keys/{key}/value",
+            "401",
+        ),
+        (
+            format!("/get_value/{KEY}"),
+            Some(&admin_only),
+            "/get_value/{key}",
+            "403",
+        ),
+        (format!("/v1/keys/{long}"), None, "/v1/keys/{key}", "414"),
+        ("/no/such/route".to_owned(), None, "unmatched", "401"),
+    ];
+    for p in [&fast, &framework] {
+        for (path, bearer, _, status) in &cases {
+            let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+            let request =
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
+            let (line, _, _) = exchange(p.api, &request);
+            assert!(line.contains(status), "{path}: {line}");
+        }
+        let (_, _, body) = exchange(
+            p.admin,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        let text = String::from_utf8(body).unwrap();
+        for (_, _, route, status) in &cases {
+            let name = format!(
+                "kvserve_http_requests_total{{method=\"GET\",route=\"{route}\",status=\"{status}\"}}"
+            );
+            assert_eq!(series(&text, &name), Some(1.0), "{name}\n{text}");
+        }
+    }
+    for p in [&mut fast, &mut framework] {
+        p.child.kill().unwrap();
+        p.child.wait().unwrap();
+    }
+}

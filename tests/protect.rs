@@ -1849,3 +1849,33 @@ async fn an_open_admin_listener_needs_auth_or_admin_insecure() {
             .is_ok()
     );
 }
+
+/// With auth on, an answer to a token's request must not be stored by a shared cache
+/// (RFC 9111 §3.5): `Cache-Control: private`, on the 200 and on the 304, GET and HEAD.
+/// Without auth the answers stay `public`.
+#[tokio::test]
+async fn authenticated_answers_are_private() {
+    let (_dir, s) = hs256_server(&[]).await;
+    let read = format!("Bearer {}", hs256(&claims("kv:read")));
+    for path in [format!("/v1/keys/{KEY}"), format!("/v1/keys/{KEY}/value")] {
+        let resp = get_with(&s, &path, Some(&read)).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(resp.headers()["cache-control"], "private, max-age=60");
+        let etag = resp.headers()["etag"].clone();
+        for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+            let resp = s
+                .client
+                .request(method.clone(), s.url(&path))
+                .header("Authorization", &read)
+                .header("If-None-Match", etag.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 304, "{method} {path}");
+            assert_eq!(resp.headers()["cache-control"], "private, max-age=60");
+        }
+    }
+    let (_open_dir, open) = TestServer::with_sample(&[]).await;
+    let resp = open.get(&format!("/v1/keys/{KEY}")).await;
+    assert_eq!(resp.headers()["cache-control"], "public, max-age=60");
+}

@@ -109,7 +109,8 @@ fn load_split(
         }
         None => None,
     };
-    let version = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&buf));
+    let file_hash = xxhash_rust::xxh3::xxh3_128(&buf);
+    let version = format!("{file_hash:032x}");
 
     let hashed = Instant::now();
     let parsed = parse(&buf, path, opts, chunk_bytes)?;
@@ -127,7 +128,7 @@ fn load_split(
         path: path.to_path_buf(),
         bytes: buf.len() as u64,
         keys: parsed.index.len() as u64,
-        etag: format!("\"{}\"", &version[..16]),
+        etag: served_etag(file_hash, opts, &parsed),
         version,
         sha256,
         loaded_at: SystemTime::now(),
@@ -163,6 +164,28 @@ fn load_split(
         info,
         etag_header,
     })
+}
+
+/// The quoted `ETag` of every value of a load: 64 bits of the file's hash, folded with
+/// the load options that decided which of its lines are served, so two instances that
+/// serve different values from one file never share an ETag (one would answer 304 to
+/// the other's copy).
+///
+/// An option is folded in only when it changed something in this load: `--on-duplicate`
+/// when a key was on two lines, `--max-line-bytes` (with `--skip-invalid`, the only
+/// way a line can be skipped) when a line was skipped. Otherwise every line was
+/// served as written whatever the option said, so the ETag stays the file's and
+/// instances whose options differ only where this file does not care keep answering
+/// 304 to each other. `--key-prefixes` is never folded in: it decides which keys are
+/// answered 421, not any value, and a 421 has no ETag.
+fn served_etag(file_hash: u128, opts: &LoadOptions, parsed: &Parsed) -> String {
+    let duplicates = (parsed.duplicates > 0).then_some(opts.on_duplicate);
+    let skipped = (parsed.skipped > 0).then(|| opts.max_line_bytes.min(super::MAX_VALUE_LEN));
+    if duplicates.is_none() && skipped.is_none() {
+        return format!("\"{:016x}\"", file_hash >> 64);
+    }
+    let folded = format!("{file_hash:032x} on-duplicate={duplicates:?} skipped-over={skipped:?}");
+    format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(folded.as_bytes()))
 }
 
 struct Parsed {

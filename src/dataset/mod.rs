@@ -165,10 +165,13 @@ pub struct DatasetInfo {
     pub bytes: u64,
     pub keys: u64,
     /// xxh3-128 of the file's bytes, lowercase hex: cheap enough to compute on every
-    /// load, and what ETags are made from.
+    /// load. It names the file alone, whatever the load options, so a publisher can
+    /// tell which file an instance serves.
     pub version: String,
-    /// The quoted `ETag` value, computed once per load rather than per response.
-    #[serde(skip)]
+    /// The quoted `ETag` of every value: 64 bits of `version`, folded with the load
+    /// options that changed which values are served (see `load::served_etag`), so it
+    /// may differ between instances serving the same file. Computed once per load
+    /// rather than per response.
     pub etag: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
@@ -241,8 +244,8 @@ impl Dataset {
         self.info.generation = generation;
     }
 
-    /// The `ETag` of every value of this dataset: 64 bits of the version hash are
-    /// plenty to tell two data files apart.
+    /// The `ETag` of every value of this dataset: 64 bits are plenty to tell two data
+    /// files (or two loads of one file that serve different values) apart.
     pub fn etag(&self) -> &str {
         &self.info.etag
     }

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use poem::http::HeaderValue;
+use poem::http::header::IF_NONE_MATCH;
+use poem::http::{HeaderMap, HeaderValue};
 use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Payload;
 use poem_openapi::types::Example;
@@ -45,7 +46,10 @@ impl Example for KeyValue {
 /// The answers of a single-key lookup; `T` is the body of a hit.
 #[derive(ApiResponse)]
 pub enum KeyResponse<T: Payload + poem::IntoResponse + Send> {
-    /// The key exists. `ETag` changes whenever the data file does.
+    /// The key exists. `ETag` changes whenever the data file does, and differs
+    /// between instances whose load options (`--on-duplicate`, `--skip-invalid`) serve
+    /// different values from one file. `Cache-Control` is `private` when the server
+    /// requires a token, `public` otherwise.
     #[oai(status = 200)]
     Ok(
         T,
@@ -119,6 +123,10 @@ pub struct KeysApi {
     state: Arc<AppState>,
 }
 
+// The `If-None-Match` parameters document the header; the operations read every line
+// of it from `headers` (`IfNoneMatch`), since the extractor sees only the first. (The
+// hot routes' GET and HEAD are answered by `http::fast` before they get here; these
+// operations are what the spec describes, and would answer if it were taken out.)
 #[OpenApi(prefix_path = "/v1", tag = "ApiTags::Keys")]
 impl KeysApi {
     /// Look up one key
@@ -133,12 +141,13 @@ impl KeysApi {
         _auth: BearerAuth,
         /// An `ETag` from an earlier answer; a match gives 304.
         #[oai(name = "If-None-Match")]
-        if_none_match: Header<Option<String>>,
+        _if_none_match: Header<Option<String>>,
+        headers: &HeaderMap,
     ) -> KeyResponse<RawJson<KeyValue>> {
         let found = lookup(
             &self.state,
             &key.0 .0,
-            if_none_match.as_deref(),
+            IfNoneMatch::of(headers),
             Shape::Json,
         );
         KeyResponse::from_lookup(found, &self.state, RawJson::new)
@@ -155,9 +164,10 @@ impl KeysApi {
         _auth: BearerAuth,
         /// An `ETag` from an earlier answer; a match gives 304.
         #[oai(name = "If-None-Match")]
-        if_none_match: Header<Option<String>>,
+        _if_none_match: Header<Option<String>>,
+        headers: &HeaderMap,
     ) -> KeyResponse<RawJson<KeyValue>> {
-        self.get_key(key, _auth, if_none_match).await
+        self.get_key(key, _auth, _if_none_match, headers).await
     }
 
     /// Get one raw value
@@ -171,12 +181,13 @@ impl KeysApi {
         _auth: BearerAuth,
         /// An `ETag` from an earlier answer; a match gives 304.
         #[oai(name = "If-None-Match")]
-        if_none_match: Header<Option<String>>,
+        _if_none_match: Header<Option<String>>,
+        headers: &HeaderMap,
     ) -> KeyResponse<TextValue> {
         let found = lookup(
             &self.state,
             &key.0 .0,
-            if_none_match.as_deref(),
+            IfNoneMatch::of(headers),
             Shape::Value,
         );
         KeyResponse::from_lookup(found, &self.state, TextValue)
@@ -234,11 +245,40 @@ pub enum Lookup {
     Failed(Problem),
 }
 
+/// The `If-None-Match` field lines of a request, read as the one comma-separated list
+/// they make together (RFC 9110 §5.3: a client or proxy may send the list over several
+/// lines), straight from the header map: no line is copied or joined.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IfNoneMatch<'a>(Option<&'a HeaderMap>);
+
+impl<'a> IfNoneMatch<'a> {
+    /// Every `If-None-Match` line of `headers`.
+    pub fn of(headers: &'a HeaderMap) -> Self {
+        Self(Some(headers))
+    }
+
+    /// No condition: the lookup never answers 304.
+    pub const fn absent() -> Self {
+        Self(None)
+    }
+
+    /// Whether any member of any line matches `etag` (a line that is not text cannot
+    /// hold one of kvserve's ETags and matches nothing).
+    fn matches(self, etag: &str) -> bool {
+        self.0.is_some_and(|headers| {
+            headers
+                .get_all(IF_NONE_MATCH)
+                .iter()
+                .any(|line| line.to_str().is_ok_and(|line| etag_matches(line, etag)))
+        })
+    }
+}
+
 /// Parses `raw_key`, finds the value, and answers 304 when the client's copy is current.
 pub fn lookup(
     state: &AppState,
     raw_key: &str,
-    if_none_match: Option<&str>,
+    if_none_match: IfNoneMatch<'_>,
     shape: Shape,
 ) -> Lookup {
     match Uuid::parse_str(raw_key) {
@@ -251,7 +291,7 @@ pub fn lookup(
 pub fn lookup_key(
     state: &AppState,
     key: Uuid,
-    if_none_match: Option<&str>,
+    if_none_match: IfNoneMatch<'_>,
     shape: Shape,
 ) -> Lookup {
     let owned = state.reloader.key_prefixes();
@@ -264,7 +304,7 @@ pub fn lookup_key(
         return Lookup::Failed(Problem::not_loaded());
     };
     let etag = dataset.etag_header();
-    let not_modified = || if_none_match.is_some_and(|header| etag_matches(header, dataset.etag()));
+    let not_modified = || if_none_match.matches(dataset.etag());
     let key = key.as_u128();
     let generation = dataset.info().generation;
     // The cache first: a hit then skips the index probe, which on a big file costs two

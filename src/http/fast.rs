@@ -20,14 +20,14 @@ use std::sync::Arc;
 use poem::http::{header, HeaderMap, HeaderValue, Method, Uri};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 
-use super::api::{lookup, Lookup, Shape};
+use super::api::{lookup, IfNoneMatch, Lookup, Shape};
 use super::auth::{self, SCOPE_READ};
 use super::legacy::{self, LegacyAnswer};
 use super::problem::{Problem, ProblemKind};
 use super::ratelimit::Standings;
 use super::request_log::Access;
 use super::AppState;
-use crate::metrics::{route_label, InFlight, RouteLabel};
+use crate::metrics::{InFlight, RouteLabel};
 use crate::telemetry;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -49,6 +49,12 @@ impl HotRoute<'_> {
             HotRoute::Legacy(_) => "/get_value/{key}",
         }
     }
+}
+
+/// The route template of `path` if it is a hot route, for metrics and the access log
+/// of answers given before routing.
+pub fn hot_route_label(path: &str) -> Option<&'static str> {
+    match_path(path).map(HotRoute::label)
 }
 
 /// Which hot route `path` is, with its raw (still percent-encoded) key segment.
@@ -115,7 +121,9 @@ pub fn serve<B>(state: &AppState, req: &hyper::Request<B>, peer: SocketAddr) -> 
     let in_flight = InFlight::enter(&metrics.http_in_flight);
     let mut resp = span.in_scope(|| admitted(state, uri, headers, peer, route));
     drop(in_flight);
-    let route = route_label(&resp);
+    // Refusals by the limits, rate limits or authentication carry no label; the
+    // route is known all the same.
+    let route = route.label();
     metrics.observe(method, route, resp.status(), started);
     access.finish(&span, route, &mut resp);
     resp.headers_mut()
@@ -188,11 +196,7 @@ fn lookup_answer(
     } else {
         Cow::Borrowed(raw)
     };
-    let if_none_match = || {
-        headers
-            .get(header::IF_NONE_MATCH)
-            .and_then(|v| v.to_str().ok())
-    };
+    let if_none_match = || IfNoneMatch::of(headers);
     match route {
         HotRoute::Key(_) => v1(
             state,

@@ -12,7 +12,7 @@ use poem_openapi::param::Path;
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
-use super::api::{lookup_key, Lookup, Shape};
+use super::api::{lookup_key, IfNoneMatch, Lookup, Shape};
 use super::api::{ApiTags, KeyValue};
 use super::auth::BearerAuth;
 use super::key::KeyParam;
@@ -177,7 +177,7 @@ pub fn answer(state: &AppState, raw_key: &str) -> LegacyAnswer {
         Err(err) => return LegacyAnswer::Invalid(validation_error(raw_key, &err)),
     };
     let link = format!("</v1/keys/{}>; rel=\"successor-version\"", key.hyphenated());
-    match lookup_key(state, key, None, Shape::Json) {
+    match lookup_key(state, key, IfNoneMatch::absent(), Shape::Json) {
         Lookup::Hit { body, .. } => LegacyAnswer::Found { body, link },
         Lookup::Failed(problem) if problem.status == 404 => LegacyAnswer::NotFound { link },
         Lookup::Failed(problem) => LegacyAnswer::Unavailable(problem),

@@ -32,11 +32,28 @@ use crate::reload::{DatasetSlot, Reloader};
 /// Settings of the API listener that handlers read on every request.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
-    /// The whole `Cache-Control` value, built once from `--cache-max-age`.
+    /// The whole `Cache-Control` value of the 200s and 304s of `/v1/keys/{key}` and
+    /// `/v1/keys/{key}/value`, built once by `cache_control`.
     pub cache_control_header: poem::http::HeaderValue,
     pub max_batch: usize,
     pub max_body_bytes: usize,
     pub limits: limits::LimitSettings,
+}
+
+/// The `Cache-Control` value of a lookup's 200 and 304, from `--cache-max-age`.
+///
+/// With auth on it is `private`: a shared cache or CDN may store a `public` answer to a
+/// request that carried a token and hand it to one that carried none (RFC 9111 §3.5),
+/// which would serve data past the authentication. `private` still lets the client's
+/// own cache keep it for `max-age`. `Vary: Authorization` was not chosen: a shared
+/// cache would still store one copy per token and serve it for as long as `max-age`
+/// says, past the token's expiry or revocation. With auth off every client may read
+/// everything, so the answer is `public`.
+pub fn cache_control(auth_on: bool, max_age: std::time::Duration) -> poem::http::HeaderValue {
+    let scope = if auth_on { "private" } else { "public" };
+    format!("{scope}, max-age={}", max_age.as_secs())
+        .parse()
+        .unwrap_or(poem::http::HeaderValue::from_static("no-store"))
 }
 
 /// Everything the handlers of both listeners share.

@@ -16,7 +16,7 @@ use poem::{Endpoint, Middleware, Request, Response};
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::metrics::route_label;
+use crate::metrics::{path_label, route_label_or};
 use crate::telemetry;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -47,6 +47,7 @@ impl<E: Endpoint<Output = Response>> Endpoint for RequestLogEndpoint<E> {
             req.remote_addr().as_socket_addr().copied(),
         );
         let span = access.span(req.uri().path());
+        let before_routing = path_label(req.uri().path());
         if let Some(parent) = telemetry::remote_context(req.headers()) {
             let _ = span.set_parent(parent);
         }
@@ -56,7 +57,7 @@ impl<E: Endpoint<Output = Response>> Endpoint for RequestLogEndpoint<E> {
             .instrument(span.clone())
             .await
             .unwrap_or_else(|err| err.into_response());
-        let route = route_label(&resp);
+        let route = route_label_or(&resp, before_routing);
         access.finish(&span, route, &mut resp);
         Ok(resp)
     }
