@@ -1710,6 +1710,39 @@ async fn requests_hyper_cannot_parse_get_problem_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_body_is_counted_as_499_not_400() {
+    let (_dir, s) = TestServer::with_sample(&[]).await;
+    let api = s.api;
+    tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(api).unwrap();
+        write!(stream, "POST /v1/keys/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"keys\": [").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        drop(stream);
+    })
+    .await
+    .unwrap();
+    let name = |status: u16| {
+        format!("kvserve_http_requests_total{{method=\"POST\",route=\"/v1/keys/batch\",status=\"{status}\"}}")
+    };
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = reqwest::get(s.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if series(&text, &name(499)).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(series(&text, &name(499)), Some(1.0), "{text}");
+    assert_eq!(series(&text, &name(400)), None, "{text}");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickled_bodies_get_408_on_both_listeners() {
     let (_dir, s) = TestServer::with_sample(&["--body-read-timeout", "1s"]).await;
     let (api, admin) = (s.api, s.admin);

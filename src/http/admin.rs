@@ -80,7 +80,7 @@ async fn reload_dataset(Data(state): Data<&Arc<AppState>>, body: Body) -> Respon
 async fn reload_path(body: Body) -> Result<Option<String>, Problem> {
     let invalid = |detail: String| Problem::new(ProblemKind::InvalidBody, detail);
     let bytes = body.into_bytes_limit(64 * 1024).await.map_err(|err| {
-        super::body::deadline_problem(&err)
+        super::body::unread_body_problem(&err)
             .unwrap_or_else(|| invalid(format!("the request body could not be read: {err}")))
     })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {

@@ -132,7 +132,7 @@ impl<'a> ApiExtractor<'a> for BatchBody {
         match body.take()?.into_bytes_limit(limit).await {
             Ok(bytes) => Ok(Self(bytes)),
             Err(ReadBodyError::PayloadTooLarge) => Err(too_large().into()),
-            Err(err) => Err(super::body::deadline_problem(&err)
+            Err(err) => Err(super::body::unread_body_problem(&err)
                 .map(ProblemError)
                 .unwrap_or_else(|| {
                     refuse(

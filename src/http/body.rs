@@ -72,12 +72,52 @@ impl Body for DeadlineBody {
     }
 }
 
-/// The 408 problem for a body cut by its deadline; `None` for any other read error.
-pub fn deadline_problem(err: &ReadBodyError) -> Option<Problem> {
-    match err {
-        ReadBodyError::Io(err) if err.kind() == io::ErrorKind::TimedOut => {
-            Some(Problem::new(ProblemKind::BodyTimeout, err.to_string()))
-        }
-        _ => None,
+/// The problem for a body that could not be read to its end: 408 when its deadline
+/// passed, 499 when the client went away mid-body (an answer it will never read, so
+/// that metrics and the access log count it as what it is, not as a 400); `None` for
+/// any other read error.
+pub fn unread_body_problem(err: &ReadBodyError) -> Option<Problem> {
+    let ReadBodyError::Io(err) = err else {
+        return None;
+    };
+    if err.kind() == io::ErrorKind::TimedOut {
+        return Some(Problem::new(ProblemKind::BodyTimeout, err.to_string()));
     }
+    let gone = client_went_away(err);
+    gone.then(|| {
+        Problem::new(
+            ProblemKind::ClientClosed,
+            "the client closed the connection before sending the whole request body",
+        )
+    })
+}
+
+/// Whether a body read failed because the connection ended under it: hyper reports an
+/// incomplete body (end of stream before the declared length) or a reset socket, behind
+/// the wrappers poem adds.
+fn client_went_away(err: &io::Error) -> bool {
+    let mut from_hyper = false;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = err.get_ref().map(|e| e as _);
+    while let Some(err) = cause {
+        if let Some(err) = err.downcast_ref::<hyper::Error>() {
+            if err.is_incomplete_message() {
+                return true;
+            }
+            from_hyper = true;
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            let lost = matches!(
+                io.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            );
+            if from_hyper && lost {
+                return true;
+            }
+        }
+        cause = err.source();
+    }
+    false
 }

@@ -45,6 +45,7 @@ pub enum ProblemKind {
     MalformedRequest,
     HeadersTooLarge,
     BodyTimeout,
+    ClientClosed,
     Misdirected,
     Internal,
 }
@@ -72,6 +73,8 @@ impl ProblemKind {
             Self::MalformedRequest => StatusCode::BAD_REQUEST,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            // nginx's "client closed request": never sent, only counted and logged.
+            Self::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::ReloadFailed => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -102,6 +105,7 @@ impl ProblemKind {
             Self::MalformedRequest => "malformed-request",
             Self::HeadersTooLarge => "headers-too-large",
             Self::BodyTimeout => "body-timeout",
+            Self::ClientClosed => "client-closed",
             Self::Misdirected => "misdirected",
             Self::InvalidReloadPath => "invalid-reload-path",
             Self::ReloadFailed => "reload-failed",
@@ -133,6 +137,7 @@ impl ProblemKind {
             Self::MalformedRequest => "Malformed request",
             Self::HeadersTooLarge => "Request header fields too large",
             Self::BodyTimeout => "Request body too slow",
+            Self::ClientClosed => "Client closed the connection",
             Self::Misdirected => "Key served by another shard",
             Self::InvalidReloadPath => "Reload path not allowed",
             Self::ReloadFailed => "Reload failed; the previous dataset is still served",
