@@ -296,6 +296,13 @@ pub struct LoadArgs {
     #[arg(long, env = "KVSERVE_ALLOW_EMPTY")]
     pub allow_empty: bool,
 
+    /// With `--storage memory`, the most memory a load may take for the file's bytes
+    /// (bytes or `8GiB`-style); a larger file is refused before anything is read (a
+    /// failed reload keeps the old data). Default: what is available at each load,
+    /// `MemAvailable` or the headroom under a cgroup memory limit, whichever is lower.
+    #[arg(long, env = "KVSERVE_MAX_MEMORY", value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<usize>,
+
     /// Parser threads; 0 uses one per core.
     #[arg(long, env = "KVSERVE_LOAD_THREADS", default_value_t = 0)]
     pub load_threads: usize,
@@ -319,6 +326,7 @@ impl LoadArgs {
             threads: self.load_threads,
             key_prefixes: self.key_prefixes,
             confine_to: None,
+            max_memory: self.max_memory.map(|n| n as u64),
         }
     }
 }

@@ -542,3 +542,31 @@ fn mmap_storage_refuses_bad_files_the_same_way() {
     let (ok, text) = verify(&good, &["--storage", "mmap"]);
     assert!(ok && text.contains("keys:            4"), "{text}");
 }
+
+/// A first load of a file larger than memory ends the process with a clear error
+/// (exit 1), not an allocation abort (134).
+#[test]
+fn serve_exits_cleanly_on_a_file_larger_than_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.data");
+    File::create(&path).unwrap().set_len(100 << 30).unwrap();
+    let out = run(&[
+        "--data",
+        path.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--storage",
+        "memory",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("huge.data")
+            && stderr.contains("107374182400 bytes")
+            && stderr.contains("memory"),
+        "{stderr}"
+    );
+    refused(&path, &[], &["107374182400 bytes", "--storage mmap"]);
+}

@@ -820,3 +820,68 @@ fn text_logs_escape_control_characters() {
         "the path is shown escaped: {failed}"
     );
 }
+
+/// A sparse file far larger than memory costs nothing on disk. With `--storage memory`
+/// its reload must be refused (422 naming the size) before anything is allocated, and
+/// the old dataset must keep serving: the real binary is used because an allocation
+/// failure aborts the whole process.
+#[test]
+fn a_reload_larger_than_memory_is_refused_and_the_old_data_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "mem.data", sample_lines());
+    let huge = File::create(dir.path().join("huge.data")).unwrap();
+    huge.set_len(100 << 30).unwrap();
+    let mut p = spawn_binary(&data, &["--storage", "memory"]);
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (status, body) = runtime.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}/admin/reload", p.admin))
+            .json(&json!({"path": "huge.data"}))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .expect("the server answers instead of aborting");
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    });
+    assert_eq!(status, 422, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["type"], "urn:kvserve:problem:reload-failed");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("huge.data") && detail.contains("107374182400 bytes"),
+        "{detail}"
+    );
+    assert_eq!(http_status(p.api, &format!("/v1/keys/{KEY}")), Some(200));
+    assert!(p.child.try_wait().unwrap().is_none(), "the server is alive");
+
+    // `--max-memory` bounds it explicitly: a 2 KiB file against a 1 KiB bound.
+    sigterm(&p.child);
+    wait_exit(&mut p.child, Duration::from_secs(10));
+    let mut p = spawn_binary(&data, &["--max-memory", "1KiB"]);
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let mut big = sample_lines();
+    for n in 0..20 {
+        big.push_str(&format!(
+            "{n:08x}-0000-4000-8000-000000000000 {}\n",
+            "x".repeat(100)
+        ));
+    }
+    write_file(dir.path(), "mem.data", &big);
+    let (status, body) = runtime.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}/admin/reload", p.admin))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    });
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains(&format!("{} bytes", big.len())) && body.contains("--max-memory"),
+        "{body}"
+    );
+    assert_eq!(http_status(p.api, &format!("/v1/keys/{KEY}")), Some(200));
+    sigterm(&p.child);
+    wait_exit(&mut p.child, Duration::from_secs(10));
+}

@@ -17,6 +17,7 @@ use super::format::{self, LineError, KEY_LEN};
 use super::index::{self, Index, Key, ValueAt};
 use super::integrity::{self, FileStamp};
 use super::mapped::MappedFile;
+use super::memory;
 use super::{Dataset, DatasetInfo, LoadError, LoadOptions, OnDuplicate, Storage, MAX_FILE_LEN};
 
 /// Files at least this big get progress logs; smaller ones load in well under a second.
@@ -80,7 +81,7 @@ fn load_split(
     // storage keeps it mapped, checks for changes after parsing, and holds the lock.
     let (buf, mapped) = match opts.storage {
         Storage::Memory => {
-            let mut buf = Vec::with_capacity(before.len as usize + 1);
+            let mut buf = allocate(path, before.len, opts.max_memory)?;
             (&file).read_to_end(&mut buf).map_err(read_err)?;
             integrity::check_unchanged(&file, path, &before)?;
             drop(file);
@@ -163,6 +164,33 @@ fn load_split(
         info,
         etag_header,
     })
+}
+
+/// The buffer a `--storage memory` load reads the file into, checked against the
+/// memory bound first and allocated fallibly, so that a file too large for memory is a
+/// `LoadError` (a failed reload, a clear start-up error), never an abort.
+fn allocate(path: &Path, len: u64, max_memory: Option<u64>) -> Result<Vec<u8>, LoadError> {
+    // One byte more than the file, so `read_to_end` sees the end without growing.
+    let want = len.saturating_add(1);
+    if let Some(budget) = memory::budget(max_memory) {
+        if len > budget.bytes {
+            return Err(LoadError::TooLargeForMemory {
+                path: path.to_path_buf(),
+                len,
+                limit: budget.bytes,
+                budget: budget.source,
+            });
+        }
+    }
+    let mut buf = Vec::new();
+    // Past `usize` (32-bit targets) the reservation fails with a capacity overflow.
+    buf.try_reserve_exact(usize::try_from(want).unwrap_or(usize::MAX))
+        .map_err(|source| LoadError::OutOfMemory {
+            path: path.to_path_buf(),
+            len,
+            source,
+        })?;
+    Ok(buf)
 }
 
 struct Parsed {

@@ -11,6 +11,7 @@ pub mod index;
 pub mod integrity;
 mod load;
 mod mapped;
+pub mod memory;
 pub mod prefixes;
 
 use std::path::PathBuf;
@@ -73,6 +74,10 @@ pub struct LoadOptions {
     /// actually opened; `None` trusts the path wherever it points (the configured
     /// `--data` file, `kvserve verify`).
     pub confine_to: Option<PathBuf>,
+    /// With `Storage::Memory`, the most bytes a load may allocate for the file
+    /// (`--max-memory`); `None` means what the system says is available at the time of
+    /// the load (see `memory`).
+    pub max_memory: Option<u64>,
 }
 
 impl Default for LoadOptions {
@@ -88,6 +93,7 @@ impl Default for LoadOptions {
             threads: 0,
             key_prefixes: prefixes::KeyPrefixes::ALL,
             confine_to: None,
+            max_memory: None,
         }
     }
 }
@@ -109,6 +115,21 @@ pub enum LoadError {
     OutsideFolder { path: PathBuf, folder: PathBuf },
     #[error("data file {} is {len} bytes, more than the {max} bytes the index can address", path.display(), max = MAX_FILE_LEN)]
     TooLarge { path: PathBuf, len: u64 },
+    /// Checked before anything is allocated: a file that cannot fit is refused with
+    /// both sizes, instead of aborting the process on a failed allocation.
+    #[error("data file {} is {len} bytes, more than the {limit} bytes of memory that {budget}; --storage mmap serves a file larger than memory", path.display())]
+    TooLargeForMemory {
+        path: PathBuf,
+        len: u64,
+        limit: u64,
+        budget: String,
+    },
+    #[error("cannot allocate {len} bytes to read data file {}: {source}; --storage mmap serves a file larger than memory", path.display())]
+    OutOfMemory {
+        path: PathBuf,
+        len: u64,
+        source: std::collections::TryReserveError,
+    },
     #[error("data file {} is locked exclusively by another process (a publisher still writing it?); gave up after {waited} (--lock-timeout)", path.display())]
     Locked {
         path: PathBuf,
