@@ -570,3 +570,80 @@ fn serve_exits_cleanly_on_a_file_larger_than_memory() {
     );
     refused(&path, &[], &["107374182400 bytes", "--storage mmap"]);
 }
+
+/// What the real `sha256sum` writes for `names`, run in `dir`.
+fn sha256sum(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("sha256sum")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run sha256sum");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every form `sha256sum` writes is accepted (the escaped form of a name with a
+/// backslash, `--tag`, `-b`, a BOM in front), and the line that counts is the one
+/// naming the data file.
+#[test]
+fn sidecars_as_sha256sum_writes_them_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let weird = write_file(dir.path(), "we\\ird.data", sample_lines());
+    let right = kvserve::dataset::integrity::sha256_hex(sample_lines().as_bytes());
+    write_file(dir.path(), "other.data", format!("{KEY} other\n"));
+    let sidecar = |contents: String| write_file(dir.path(), "we\\ird.data.sha256", contents);
+    let accepted = |what: &str| {
+        let (ok, text) = verify(&weird, &[]);
+        assert!(ok && text.contains(&right), "{what}:\n{text}");
+    };
+
+    let plain = sha256sum(dir.path(), &["we\\ird.data"]);
+    assert!(plain.starts_with('\\'), "the escaped form: {plain}");
+    sidecar(plain.clone());
+    accepted("escaped");
+    sidecar(sha256sum(dir.path(), &["--tag", "we\\ird.data"]));
+    accepted("--tag");
+    sidecar(sha256sum(dir.path(), &["-b", "we\\ird.data"]));
+    accepted("-b");
+    sidecar(format!("\u{feff}{plain}"));
+    accepted("BOM");
+    // A list of several files: the line naming this one counts, wherever it is.
+    sidecar(sha256sum(dir.path(), &["other.data", "we\\ird.data"]));
+    accepted("list");
+    sidecar(sha256sum(
+        dir.path(),
+        &["--tag", "other.data", "we\\ird.data"],
+    ));
+    accepted("--tag list");
+
+    // A line naming another file is not this file's checksum.
+    sidecar(sha256sum(dir.path(), &["other.data"]));
+    refused(&weird, &[], &["we\\ird.data.sha256", "no line for"]);
+    // Nor is a list whose line for this file is wrong, whatever comes first.
+    let mut list = sha256sum(dir.path(), &["other.data"]);
+    list.push_str(&format!("\\{}  we\\\\ird.data\n", "0".repeat(64)));
+    sidecar(list);
+    refused(&weird, &[], &["SHA-256 of", &right, &"0".repeat(64)]);
+}
+
+/// The size limit names the real size, and a file of exactly the limit is not "more
+/// than" it.
+#[test]
+fn the_size_limit_message_names_the_real_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let exact = dir.path().join("exact.data");
+    File::create(&exact).unwrap().set_len(1 << 40).unwrap();
+    let (ok, text) = verify(&exact, &["--max-memory", "1MiB"]);
+    assert!(!ok, "{text}");
+    assert!(
+        !text.contains("the index can address") && text.contains("--max-memory"),
+        "a 1 TiB file is addressable: {text}"
+    );
+    let over = dir.path().join("over.data");
+    File::create(&over).unwrap().set_len((1 << 40) + 1).unwrap();
+    refused(
+        &over,
+        &[],
+        &["1099511627777 bytes, more than the 1099511627776 bytes"],
+    );
+}

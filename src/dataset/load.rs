@@ -71,7 +71,8 @@ fn load_split(
     };
     integrity::lock_shared(&file, path, opts.lock_timeout)?;
     let before = FileStamp::of(&file.metadata().map_err(read_err)?);
-    if before.len >= MAX_FILE_LEN {
+    // Offsets run below the length, so a file of exactly `MAX_FILE_LEN` bytes fits.
+    if before.len > MAX_FILE_LEN {
         return Err(LoadError::TooLarge {
             path: path.to_path_buf(),
             len: before.len,

@@ -113,7 +113,7 @@ pub enum LoadError {
     /// the path asked for, never where it leads or anything read from there.
     #[error("{} leads outside the data file's folder {}; refused without reading it", path.display(), folder.display())]
     OutsideFolder { path: PathBuf, folder: PathBuf },
-    #[error("data file {} is {len} bytes, more than the {max} bytes the index can address", path.display(), max = MAX_FILE_LEN)]
+    #[error("data file {} is {len} bytes, more than the {max} bytes (1 TiB) the index can address", path.display(), max = MAX_FILE_LEN)]
     TooLarge { path: PathBuf, len: u64 },
     /// Checked before anything is allocated: a file that cannot fit is refused with
     /// both sizes, instead of aborting the process on a failed allocation.
