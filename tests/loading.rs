@@ -647,3 +647,44 @@ fn the_size_limit_message_names_the_real_size() {
         &["1099511627777 bytes, more than the 1099511627776 bytes"],
     );
 }
+
+/// A rewrite in place that puts the modification time back (`rsync --inplace -t`)
+/// keeps the size, the inode and the mtime: only the ctime tells. A load during such
+/// rewrites must be refused, not accept a mix of two versions.
+#[test]
+fn an_in_place_rewrite_that_restores_the_mtime_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::with_capacity(40 << 20);
+    for n in 0..500_000u32 {
+        text.push_str(&format!(
+            "{:08x}-0000-4000-8000-{:012x} value number {n}\n",
+            n, n
+        ));
+    }
+    let path = write_file(dir.path(), "inplace.data", &text);
+    // The value of the first line after 90 % of the file.
+    let at = text[text.len() * 9 / 10..].find('\n').unwrap() + text.len() * 9 / 10 + 1 + 37;
+    assert_eq!(&text[at..at + 5], "value");
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rewriter = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let byte = if n.is_multiple_of(2) { b"V" } else { b"v" };
+                file.write_all_at(byte, at as u64).unwrap();
+                file.set_modified(mtime).unwrap();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let (ok, out) = verify(&path, &["--storage", "mmap"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    rewriter.join().unwrap();
+    assert!(!ok, "a file rewritten during the load was accepted:\n{out}");
+    assert!(out.contains("changed while loading"), "{out}");
+}

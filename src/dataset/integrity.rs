@@ -186,10 +186,17 @@ pub fn lock_shared(file: &File, path: &Path, timeout: Duration) -> Result<(), Lo
 
 /// What identifies one version of a file on disk: if any of these differ between the
 /// start and the end of a load, what was read may mix two versions.
+///
+/// The ctime is what catches a rewrite in place that puts the modification time back
+/// (`rsync --inplace -t`, `touch -r`): every write and every `utimes` sets it to the
+/// current time, and no unprivileged call can set it back. Reading the file changes
+/// neither.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileStamp {
     pub len: u64,
     pub modified: Option<SystemTime>,
+    /// Inode change time (`st_ctime`, seconds and nanoseconds).
+    pub changed: (i64, i64),
     pub dev: u64,
     pub ino: u64,
 }
@@ -199,6 +206,7 @@ impl FileStamp {
         Self {
             len: meta.len(),
             modified: meta.modified().ok(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
             dev: meta.dev(),
             ino: meta.ino(),
         }
@@ -215,6 +223,12 @@ impl FileStamp {
             ))
         } else if self.modified != after.modified {
             Some("modification time changed".to_owned())
+        } else if self.changed != after.changed {
+            Some(
+                "status change time (ctime) changed: written in place, perhaps with its \
+                 modification time put back"
+                    .to_owned(),
+            )
         } else {
             None
         }

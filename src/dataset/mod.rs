@@ -191,6 +191,16 @@ pub struct DatasetInfo {
     /// The quoted `ETag` value, computed once per load rather than per response.
     #[serde(skip)]
     pub etag: String,
+    /// The SHA-256 the file was checked against (`--sha256` or the sidecar), present
+    /// only when one was given. It certifies the bytes as they were during the load,
+    /// at `loaded_at`: the hash is taken over exactly the bytes that are then parsed,
+    /// and the load is refused if the file's size, mtime, ctime or inode moved between
+    /// the stat before and the stat after. With `--storage memory` those bytes are a
+    /// private copy, so it certifies what is served for the dataset's lifetime. With
+    /// `--storage mmap` values are read from the file's pages for as long as the
+    /// dataset is served; the shared lock keeps cooperating publishers out, but a
+    /// writer that ignores it and rewrites the file in place after the load changes
+    /// what is served without being noticed until the next reload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     #[serde(with = "humantime_serde_rfc3339")]
