@@ -688,3 +688,51 @@ fn an_in_place_rewrite_that_restores_the_mtime_is_refused() {
     assert!(!ok, "a file rewritten during the load was accepted:\n{out}");
     assert!(out.contains("changed while loading"), "{out}");
 }
+
+/// The excerpt of a bad line is built from a bounded prefix of it: a 48 MiB line of
+/// invalid UTF-8 used to be copied whole (three bytes per invalid byte) to print 60
+/// characters, peaking at about four times the file. The message itself is unchanged.
+#[test]
+fn the_excerpt_of_a_huge_invalid_line_costs_no_copy_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let len = 48usize << 20;
+    let mut contents = format!("{KEY} ").into_bytes();
+    contents.resize(len, 0xFF);
+    contents.push(b'\n');
+    let path = write_file(dir.path(), "invalid.data", &contents);
+    drop(contents);
+    #[allow(clippy::zombie_processes)] // reaped by wait4 below, for its rusage
+    let mut child = Command::new(binary())
+        .args(["verify", path.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    // wait4 on this child alone: other tests' children must not count.
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is valid; wait4 reaps only this child, which is not
+    // waited for again.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, child.id() as i32);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 1,
+        "{stderr}"
+    );
+    let expected = format!("\"{KEY} {}…\"", "\u{fffd}".repeat(60 - KEY.len() - 1));
+    assert!(
+        stderr.contains("invalid.data:1: the line is not valid UTF-8: ")
+            && stderr.contains(&expected),
+        "{stderr}"
+    );
+    let peak = usage.ru_maxrss as usize * 1024;
+    assert!(
+        peak < len * 3,
+        "peak RSS {} MiB for a {} MiB file:\n{stderr}",
+        peak >> 20,
+        len >> 20
+    );
+}
