@@ -885,3 +885,41 @@ fn a_reload_larger_than_memory_is_refused_and_the_old_data_stays() {
     sigterm(&p.child);
     wait_exit(&mut p.child, Duration::from_secs(10));
 }
+
+/// With `--storage mmap` the values are read from the file's pages for as long as the
+/// dataset is served, so `/admin/dataset` says whether the mapped file was written
+/// since the load (an in-place rewrite that even put its mtime back): from then on
+/// the `sha256` shown certifies what was loaded, no longer what is served.
+#[tokio::test]
+async fn admin_dataset_tells_when_a_mapped_file_was_rewritten_in_place() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "m.data", sample_lines());
+    let sum = kvserve::dataset::integrity::sha256_hex(sample_lines().as_bytes());
+    write_file(dir.path(), "m.data.sha256", format!("{sum}  m.data\n"));
+    let info = |s: &TestServer| {
+        let (client, url) = (s.client.clone(), s.admin_url("/admin/dataset"));
+        async move {
+            let resp = client.get(url).send().await.unwrap();
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    let s = TestServer::start(&data, &["--storage", "mmap"]).await;
+    let before = info(&s).await;
+    assert_eq!(before["sha256"], sum);
+    assert_eq!(before["mapped_file_changed"], false, "{before}");
+
+    let mtime = std::fs::metadata(&data).unwrap().modified().unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+    file.write_all_at(b"Z", (KEY.len() + 1) as u64).unwrap();
+    file.set_modified(mtime).unwrap();
+    let after = info(&s).await;
+    assert_eq!(after["mapped_file_changed"], true, "{after}");
+    s.stop().await.unwrap();
+
+    // A private copy (`--storage memory`) cannot change: no such field.
+    let data = write_file(dir.path(), "c.data", sample_lines());
+    let s = TestServer::start(&data, &[]).await;
+    assert!(info(&s).await.get("mapped_file_changed").is_none());
+    s.stop().await.unwrap();
+}

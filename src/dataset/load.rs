@@ -116,10 +116,14 @@ fn load_split(
     let hashed = Instant::now();
     let parsed = parse(&buf, path, opts, chunk_bytes)?;
     let parse_done = Instant::now();
-    if let Some((mapped, probe)) = mapped {
-        integrity::check_unchanged(&probe, path, &before)?;
-        mapped.expect_random_access();
-    }
+    let mapped = match mapped {
+        Some((mapped, probe)) => {
+            integrity::check_unchanged(&probe, path, &before)?;
+            mapped.expect_random_access();
+            Some((mapped, before))
+        }
+        None => None,
+    };
     if parsed.index.is_empty() && !opts.allow_empty {
         return Err(LoadError::Empty {
             path: path.to_path_buf(),
@@ -164,6 +168,7 @@ fn load_split(
         index: parsed.index,
         info,
         etag_header,
+        mapped,
     })
 }
 

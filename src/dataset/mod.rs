@@ -235,6 +235,9 @@ pub struct Dataset {
     index: index::Index,
     info: DatasetInfo,
     etag_header: poem::http::HeaderValue,
+    /// With `--storage mmap`: the mapping and the file's stamp when it was loaded, to
+    /// tell later whether the pages being served were written since.
+    mapped: Option<(std::sync::Arc<mapped::MappedFile>, integrity::FileStamp)>,
 }
 
 impl Dataset {
@@ -266,6 +269,19 @@ impl Dataset {
 
     pub fn info(&self) -> &DatasetInfo {
         &self.info
+    }
+
+    /// With `--storage mmap`, whether the mapped file was written (size, mtime or
+    /// ctime moved) since it was loaded, by an `fstat` of the mapped file: if so the
+    /// values served may no longer be what `info().sha256` certified. `None` with
+    /// `--storage memory`, whose values are a private copy. A file replaced by rename
+    /// does not count: the old inode stays mapped and intact.
+    pub fn mapped_file_changed(&self) -> Option<bool> {
+        let (mapped, stamp) = self.mapped.as_ref()?;
+        Some(match mapped.file().metadata() {
+            Ok(meta) => stamp.difference(&integrity::FileStamp::of(&meta)).is_some(),
+            Err(_) => true,
+        })
     }
 
     pub(crate) fn set_generation(&mut self, generation: u64) {
