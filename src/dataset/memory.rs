@@ -7,7 +7,7 @@
 //! The bound is `--max-memory` when given, else what the system says is available at
 //! the time of the load: `MemAvailable` from `/proc/meminfo`, lowered to the headroom
 //! left under a cgroup memory limit (v2 `memory.max`, v1 `memory.limit_in_bytes`,
-//! less the usage) when that is lower. Both are a few small file reads per load.
+//! less the usage other than page cache) when that is lower. Both are a few small file reads per load.
 //! Where neither can be read the check is skipped, and the fallible allocation that
 //! follows is what refuses a file too large.
 
@@ -85,25 +85,15 @@ fn cgroup_headroom(proc_cgroup: &str, root: &Path) -> Option<Budget> {
         else {
             continue;
         };
-        let (base, limit_file, usage_file, name) = if controllers.is_empty() {
-            (
-                root.to_path_buf(),
-                "memory.max",
-                "memory.current",
-                "memory.max",
-            )
+        let (base, files) = if controllers.is_empty() {
+            (root.to_path_buf(), &V2)
         } else if controllers.split(',').any(|c| c == "memory") {
-            (
-                root.join("memory"),
-                "memory.limit_in_bytes",
-                "memory.usage_in_bytes",
-                "memory.limit_in_bytes",
-            )
+            (root.join("memory"), &V1)
         } else {
             continue;
         };
         for folder in ancestors(&base, path) {
-            consider(headroom(&folder, limit_file, usage_file, name));
+            consider(headroom(&folder, files));
         }
     }
     best
@@ -120,21 +110,54 @@ fn ancestors(base: &Path, path: &str) -> Vec<PathBuf> {
     folders
 }
 
-fn headroom(folder: &Path, limit_file: &str, usage_file: &str, name: &str) -> Option<Budget> {
+/// Where one cgroup version keeps a group's limit, usage and page-cache figure.
+struct CgroupFiles {
+    limit: &'static str,
+    usage: &'static str,
+    /// Keys of `memory.stat` counting page cache, first found wins.
+    cache_keys: &'static [&'static str],
+}
+
+const V2: CgroupFiles = CgroupFiles {
+    limit: "memory.max",
+    usage: "memory.current",
+    cache_keys: &["file"],
+};
+
+const V1: CgroupFiles = CgroupFiles {
+    limit: "memory.limit_in_bytes",
+    usage: "memory.usage_in_bytes",
+    cache_keys: &["total_cache", "cache"],
+};
+
+/// The limit less the usage, not counting page cache: the usage includes the pages
+/// of every file read (the data file itself, once loaded), which the kernel reclaims
+/// before it refuses memory, so counting them would refuse a reload that fits.
+fn headroom(folder: &Path, files: &CgroupFiles) -> Option<Budget> {
     let read = |file: &str| std::fs::read_to_string(folder.join(file)).ok();
     // "max" (v2) or a number near `i64::MAX` (v1): no limit.
-    let limit: u64 = read(limit_file)?.trim().parse().ok()?;
+    let limit: u64 = read(files.limit)?.trim().parse().ok()?;
     if limit >= 1 << 62 {
         return None;
     }
-    let usage: u64 = read(usage_file)
+    let usage: u64 = read(files.usage)
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(0);
+    let cache = read("memory.stat")
+        .and_then(|stat| {
+            files.cache_keys.iter().find_map(|key| {
+                stat.lines().find_map(|line| {
+                    let (name, value) = line.split_once(' ')?;
+                    (name == *key).then(|| value.trim().parse::<u64>().ok())?
+                })
+            })
+        })
+        .unwrap_or(0);
     Some(Budget {
-        bytes: limit.saturating_sub(usage),
+        bytes: limit.saturating_sub(usage.saturating_sub(cache)),
         source: format!(
-            "are left under the cgroup limit ({} in {})",
-            name,
+            "are left under the cgroup limit ({} in {}, page cache not counted)",
+            files.limit,
             folder.display()
         ),
     })
@@ -161,6 +184,10 @@ mod tests {
         std::fs::write(v2.join("memory.max"), "max\n").unwrap();
         let found = cgroup_headroom("0::/a/b\n", root.path()).unwrap();
         assert_eq!(found.bytes, 600);
+        // Page cache is reclaimable: not counted as used.
+        std::fs::write(root.path().join("a/memory.stat"), "anon 100\nfile 250\n").unwrap();
+        let found = cgroup_headroom("0::/a/b\n", root.path()).unwrap();
+        assert_eq!(found.bytes, 850);
         assert!(found.source.contains("memory.max"), "{}", found.source);
         assert_eq!(cgroup_headroom("0::/\n", root.path()), None);
 
