@@ -296,9 +296,10 @@ pub struct LoadArgs {
     #[arg(long, env = "KVSERVE_ALLOW_EMPTY")]
     pub allow_empty: bool,
 
-    /// With `--storage memory`, the most memory a load may take for the file's bytes
-    /// (bytes or `8GiB`-style); a larger file is refused before anything is read (a
-    /// failed reload keeps the old data). Default: what is available at each load,
+    /// The most memory a load may take (bytes or `8GiB`-style): the file's bytes with
+    /// `--storage memory`, plus the index (about 64 bytes a line while loading) with
+    /// either storage. A file that needs more is refused before anything is allocated
+    /// (a failed reload keeps the old data). Default: what is available at each load,
     /// `MemAvailable` or the headroom under a cgroup memory limit, whichever is lower.
     #[arg(long, env = "KVSERVE_MAX_MEMORY", value_name = "SIZE", value_parser = parse_size)]
     pub max_memory: Option<usize>,

@@ -736,3 +736,25 @@ fn the_excerpt_of_a_huge_invalid_line_costs_no_copy_of_it() {
         len >> 20
     );
 }
+
+/// The index is bounded too: a file whose bytes fit under `--max-memory` but whose
+/// many short lines need an index that does not is refused before the index is
+/// allocated, with either storage.
+#[test]
+fn an_index_larger_than_the_memory_bound_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    for n in 0..20_000u32 {
+        text.push_str(&format!("{n:08x}-0000-4000-8000-000000000000 v\n"));
+    }
+    assert!(text.len() < 1 << 20);
+    let path = write_file(dir.path(), "many.data", &text);
+    for storage in ["memory", "mmap"] {
+        refused(
+            &path,
+            &["--storage", storage, "--max-memory", "1MiB"],
+            &["many.data", "index", "--max-memory"],
+        );
+    }
+    assert!(verify(&path, &["--max-memory", "8MiB"]).0);
+}

@@ -114,6 +114,7 @@ fn load_split(
     let version = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&buf));
 
     let hashed = Instant::now();
+    check_index_fits(path, &buf, opts)?;
     let parsed = parse(&buf, path, opts, chunk_bytes)?;
     let parse_done = Instant::now();
     let mapped = match mapped {
@@ -197,6 +198,40 @@ fn allocate(path: &Path, len: u64, max_memory: Option<u64>) -> Result<Vec<u8>, L
             source,
         })?;
     Ok(buf)
+}
+
+/// Memory one line costs at the peak of a load: about 40 bytes in the index, plus the
+/// 21-byte record waiting in a per-chunk list until it is indexed.
+const LOAD_BYTES_PER_LINE: u64 = 64;
+
+/// Refuses a file whose index would not fit, before it is allocated (an index
+/// allocation that fails aborts the process). The line count is estimated from the
+/// first MiB, as the index's capacity is. The bound is `--max-memory` (less the file's
+/// bytes with memory storage, which already hold them) or what is available now.
+fn check_index_fits(path: &Path, bytes: &[u8], opts: &LoadOptions) -> Result<(), LoadError> {
+    let body = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
+    let lines = estimate_lines(body) as u64;
+    let need = lines.saturating_mul(LOAD_BYTES_PER_LINE);
+    let max_memory = opts.max_memory.map(|max| match opts.storage {
+        Storage::Memory => max.saturating_sub(bytes.len() as u64),
+        Storage::Mmap => max,
+    });
+    let budget = memory::budget(max_memory).map(|mut budget| {
+        if opts.max_memory.is_some() && opts.storage == Storage::Memory {
+            budget.source = "--max-memory leaves after the file's bytes".to_owned();
+        }
+        budget
+    });
+    match budget {
+        Some(budget) if need > budget.bytes => Err(LoadError::IndexTooLargeForMemory {
+            path: path.to_path_buf(),
+            lines,
+            need,
+            limit: budget.bytes,
+            budget: budget.source,
+        }),
+        _ => Ok(()),
+    }
 }
 
 struct Parsed {

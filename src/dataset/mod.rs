@@ -74,9 +74,9 @@ pub struct LoadOptions {
     /// actually opened; `None` trusts the path wherever it points (the configured
     /// `--data` file, `kvserve verify`).
     pub confine_to: Option<PathBuf>,
-    /// With `Storage::Memory`, the most bytes a load may allocate for the file
-    /// (`--max-memory`); `None` means what the system says is available at the time of
-    /// the load (see `memory`).
+    /// The most bytes a load may allocate for the file (`Storage::Memory`) and its
+    /// index (`--max-memory`); `None` means what the system says is available at the
+    /// time of the load (see `memory`).
     pub max_memory: Option<u64>,
 }
 
@@ -121,6 +121,16 @@ pub enum LoadError {
     TooLargeForMemory {
         path: PathBuf,
         len: u64,
+        limit: u64,
+        budget: String,
+    },
+    /// The index (and the records parsed for it) must fit too; estimated from the
+    /// first MiB of the file, as the index's capacity is.
+    #[error("data file {} has about {lines} lines, whose index needs about {need} bytes while loading, more than the {limit} bytes of memory that {budget}", path.display())]
+    IndexTooLargeForMemory {
+        path: PathBuf,
+        lines: u64,
+        need: u64,
         limit: u64,
         budget: String,
     },
