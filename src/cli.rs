@@ -297,6 +297,14 @@ pub struct LoadArgs {
     #[arg(long, env = "KVSERVE_ALLOW_EMPTY")]
     pub allow_empty: bool,
 
+    /// The most memory a load may take (bytes or `8GiB`-style): the file's bytes with
+    /// `--storage memory`, plus the index (about 64 bytes a line while loading) with
+    /// either storage. A file that needs more is refused before anything is allocated
+    /// (a failed reload keeps the old data). Default: what is available at each load,
+    /// `MemAvailable` or the headroom under a cgroup memory limit, whichever is lower.
+    #[arg(long, env = "KVSERVE_MAX_MEMORY", value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<usize>,
+
     /// Parser threads; 0 uses one per core.
     #[arg(long, env = "KVSERVE_LOAD_THREADS", default_value_t = 0)]
     pub load_threads: usize,
@@ -320,6 +328,7 @@ impl LoadArgs {
             threads: self.load_threads,
             key_prefixes: self.key_prefixes,
             confine_to: None,
+            max_memory: self.max_memory.map(|n| n as u64),
         }
     }
 }

@@ -114,12 +114,12 @@ fn generate(args: &GenArgs) -> Result<(), Box<dyn std::error::Error>> {
         let name = args
             .out
             .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
+            .map(|n| n.as_encoded_bytes())
             .unwrap_or_default();
         let sidecar = dataset::integrity::sidecar_path(&args.out);
         std::fs::write(
             &sidecar,
-            format!("{}  {name}\n", dataset::integrity::sha256_hex(&bytes)),
+            dataset::integrity::sidecar_line(&dataset::integrity::sha256_hex(&bytes), name),
         )?;
     }
     eprintln!("wrote {} lines to {}", args.lines, args.out.display());

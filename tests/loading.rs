@@ -542,3 +542,219 @@ fn mmap_storage_refuses_bad_files_the_same_way() {
     let (ok, text) = verify(&good, &["--storage", "mmap"]);
     assert!(ok && text.contains("keys:            4"), "{text}");
 }
+
+/// A first load of a file larger than memory ends the process with a clear error
+/// (exit 1), not an allocation abort (134).
+#[test]
+fn serve_exits_cleanly_on_a_file_larger_than_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.data");
+    File::create(&path).unwrap().set_len(100 << 30).unwrap();
+    let out = run(&[
+        "--data",
+        path.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--storage",
+        "memory",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("huge.data")
+            && stderr.contains("107374182400 bytes")
+            && stderr.contains("memory"),
+        "{stderr}"
+    );
+    refused(&path, &[], &["107374182400 bytes", "--storage mmap"]);
+}
+
+/// What the real `sha256sum` writes for `names`, run in `dir`.
+fn sha256sum(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("sha256sum")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run sha256sum");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every form `sha256sum` writes is accepted (the escaped form of a name with a
+/// backslash, `--tag`, `-b`, a BOM in front), and the line that counts is the one
+/// naming the data file.
+#[test]
+fn sidecars_as_sha256sum_writes_them_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let weird = write_file(dir.path(), "we\\ird.data", sample_lines());
+    let right = kvserve::dataset::integrity::sha256_hex(sample_lines().as_bytes());
+    write_file(dir.path(), "other.data", format!("{KEY} other\n"));
+    let sidecar = |contents: String| write_file(dir.path(), "we\\ird.data.sha256", contents);
+    let accepted = |what: &str| {
+        let (ok, text) = verify(&weird, &[]);
+        assert!(ok && text.contains(&right), "{what}:\n{text}");
+    };
+
+    let plain = sha256sum(dir.path(), &["we\\ird.data"]);
+    assert!(plain.starts_with('\\'), "the escaped form: {plain}");
+    sidecar(plain.clone());
+    accepted("escaped");
+    sidecar(sha256sum(dir.path(), &["--tag", "we\\ird.data"]));
+    accepted("--tag");
+    sidecar(sha256sum(dir.path(), &["-b", "we\\ird.data"]));
+    accepted("-b");
+    sidecar(format!("\u{feff}{plain}"));
+    accepted("BOM");
+    // A list of several files: the line naming this one counts, wherever it is.
+    sidecar(sha256sum(dir.path(), &["other.data", "we\\ird.data"]));
+    accepted("list");
+    sidecar(sha256sum(
+        dir.path(),
+        &["--tag", "other.data", "we\\ird.data"],
+    ));
+    accepted("--tag list");
+
+    // A line naming another file is not this file's checksum.
+    sidecar(sha256sum(dir.path(), &["other.data"]));
+    refused(&weird, &[], &["we\\ird.data.sha256", "no line for"]);
+    // Nor is a list whose line for this file is wrong, whatever comes first.
+    let mut list = sha256sum(dir.path(), &["other.data"]);
+    list.push_str(&format!("\\{}  we\\\\ird.data\n", "0".repeat(64)));
+    sidecar(list);
+    refused(&weird, &[], &["SHA-256 of", &right, &"0".repeat(64)]);
+}
+
+/// The size limit names the real size, and a file of exactly the limit is not "more
+/// than" it.
+#[test]
+fn the_size_limit_message_names_the_real_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let exact = dir.path().join("exact.data");
+    File::create(&exact).unwrap().set_len(1 << 40).unwrap();
+    let (ok, text) = verify(&exact, &["--max-memory", "1MiB"]);
+    assert!(!ok, "{text}");
+    assert!(
+        !text.contains("the index can address") && text.contains("--max-memory"),
+        "a 1 TiB file is addressable: {text}"
+    );
+    let over = dir.path().join("over.data");
+    File::create(&over).unwrap().set_len((1 << 40) + 1).unwrap();
+    refused(
+        &over,
+        &[],
+        &["1099511627777 bytes, more than the 1099511627776 bytes"],
+    );
+}
+
+/// A rewrite in place that puts the modification time back (`rsync --inplace -t`)
+/// keeps the size, the inode and the mtime: only the ctime tells. A load during such
+/// rewrites must be refused, not accept a mix of two versions.
+#[test]
+fn an_in_place_rewrite_that_restores_the_mtime_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::with_capacity(40 << 20);
+    for n in 0..500_000u32 {
+        text.push_str(&format!(
+            "{:08x}-0000-4000-8000-{:012x} value number {n}\n",
+            n, n
+        ));
+    }
+    let path = write_file(dir.path(), "inplace.data", &text);
+    // The value of the first line after 90 % of the file.
+    let at = text[text.len() * 9 / 10..].find('\n').unwrap() + text.len() * 9 / 10 + 1 + 37;
+    assert_eq!(&text[at..at + 5], "value");
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rewriter = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let byte = if n.is_multiple_of(2) { b"V" } else { b"v" };
+                file.write_all_at(byte, at as u64).unwrap();
+                file.set_modified(mtime).unwrap();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let (ok, out) = verify(&path, &["--storage", "mmap"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    rewriter.join().unwrap();
+    assert!(!ok, "a file rewritten during the load was accepted:\n{out}");
+    assert!(out.contains("changed while loading"), "{out}");
+}
+
+/// The excerpt of a bad line is built from a bounded prefix of it: a 48 MiB line of
+/// invalid UTF-8 used to be copied whole (three bytes per invalid byte) to print 60
+/// characters, peaking at about four times the file. The message itself is unchanged.
+#[test]
+fn the_excerpt_of_a_huge_invalid_line_costs_no_copy_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let len = 48usize << 20;
+    let mut contents = format!("{KEY} ").into_bytes();
+    contents.resize(len, 0xFF);
+    contents.push(b'\n');
+    let path = write_file(dir.path(), "invalid.data", &contents);
+    drop(contents);
+    #[allow(clippy::zombie_processes)] // reaped by wait4 below, for its rusage
+    let mut child = Command::new(binary())
+        .args(["verify", path.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    // wait4 on this child alone: other tests' children must not count.
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is valid; wait4 reaps only this child, which is not
+    // waited for again.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, child.id() as i32);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 1,
+        "{stderr}"
+    );
+    let expected = format!("\"{KEY} {}…\"", "\u{fffd}".repeat(60 - KEY.len() - 1));
+    assert!(
+        stderr.contains("invalid.data:1: the line is not valid UTF-8: ")
+            && stderr.contains(&expected),
+        "{stderr}"
+    );
+    let peak = usage.ru_maxrss as usize * 1024;
+    assert!(
+        peak < len * 3,
+        "peak RSS {} MiB for a {} MiB file:\n{stderr}",
+        peak >> 20,
+        len >> 20
+    );
+}
+
+/// The index is bounded too: a file whose bytes fit under `--max-memory` but whose
+/// many short lines need an index that does not is refused before the index is
+/// allocated, with either storage.
+#[test]
+fn an_index_larger_than_the_memory_bound_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    for n in 0..20_000u32 {
+        text.push_str(&format!("{n:08x}-0000-4000-8000-000000000000 v\n"));
+    }
+    assert!(text.len() < 1 << 20);
+    let path = write_file(dir.path(), "many.data", &text);
+    for storage in ["memory", "mmap"] {
+        refused(
+            &path,
+            &["--storage", storage, "--max-memory", "1MiB"],
+            &["many.data", "index", "--max-memory"],
+        );
+    }
+    assert!(verify(&path, &["--max-memory", "8MiB"]).0);
+}

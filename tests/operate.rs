@@ -820,3 +820,106 @@ fn text_logs_escape_control_characters() {
         "the path is shown escaped: {failed}"
     );
 }
+
+/// A sparse file far larger than memory costs nothing on disk. With `--storage memory`
+/// its reload must be refused (422 naming the size) before anything is allocated, and
+/// the old dataset must keep serving: the real binary is used because an allocation
+/// failure aborts the whole process.
+#[test]
+fn a_reload_larger_than_memory_is_refused_and_the_old_data_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "mem.data", sample_lines());
+    let huge = File::create(dir.path().join("huge.data")).unwrap();
+    huge.set_len(100 << 30).unwrap();
+    let mut p = spawn_binary(&data, &["--storage", "memory"]);
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (status, body) = runtime.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}/admin/reload", p.admin))
+            .json(&json!({"path": "huge.data"}))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .expect("the server answers instead of aborting");
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    });
+    assert_eq!(status, 422, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["type"], "urn:kvserve:problem:reload-failed");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("huge.data") && detail.contains("107374182400 bytes"),
+        "{detail}"
+    );
+    assert_eq!(http_status(p.api, &format!("/v1/keys/{KEY}")), Some(200));
+    assert!(p.child.try_wait().unwrap().is_none(), "the server is alive");
+
+    // `--max-memory` bounds it explicitly: a 2 KiB file against a 1 KiB bound.
+    sigterm(&p.child);
+    wait_exit(&mut p.child, Duration::from_secs(10));
+    let mut p = spawn_binary(&data, &["--max-memory", "1KiB"]);
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let mut big = sample_lines();
+    for n in 0..20 {
+        big.push_str(&format!(
+            "{n:08x}-0000-4000-8000-000000000000 {}\n",
+            "x".repeat(100)
+        ));
+    }
+    write_file(dir.path(), "mem.data", &big);
+    let (status, body) = runtime.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}/admin/reload", p.admin))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    });
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains(&format!("{} bytes", big.len())) && body.contains("--max-memory"),
+        "{body}"
+    );
+    assert_eq!(http_status(p.api, &format!("/v1/keys/{KEY}")), Some(200));
+    sigterm(&p.child);
+    wait_exit(&mut p.child, Duration::from_secs(10));
+}
+
+/// With `--storage mmap` the values are read from the file's pages for as long as the
+/// dataset is served, so `/admin/dataset` says whether the mapped file was written
+/// since the load (an in-place rewrite that even put its mtime back): from then on
+/// the `sha256` shown certifies what was loaded, no longer what is served.
+#[tokio::test]
+async fn admin_dataset_tells_when_a_mapped_file_was_rewritten_in_place() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "m.data", sample_lines());
+    let sum = kvserve::dataset::integrity::sha256_hex(sample_lines().as_bytes());
+    write_file(dir.path(), "m.data.sha256", format!("{sum}  m.data\n"));
+    let info = |s: &TestServer| {
+        let (client, url) = (s.client.clone(), s.admin_url("/admin/dataset"));
+        async move {
+            let resp = client.get(url).send().await.unwrap();
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    let s = TestServer::start(&data, &["--storage", "mmap"]).await;
+    let before = info(&s).await;
+    assert_eq!(before["sha256"], sum);
+    assert_eq!(before["mapped_file_changed"], false, "{before}");
+
+    let mtime = std::fs::metadata(&data).unwrap().modified().unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+    file.write_all_at(b"Z", (KEY.len() + 1) as u64).unwrap();
+    file.set_modified(mtime).unwrap();
+    let after = info(&s).await;
+    assert_eq!(after["mapped_file_changed"], true, "{after}");
+    s.stop().await.unwrap();
+
+    // A private copy (`--storage memory`) cannot change: no such field.
+    let data = write_file(dir.path(), "c.data", sample_lines());
+    let s = TestServer::start(&data, &[]).await;
+    assert!(info(&s).await.get("mapped_file_changed").is_none());
+    s.stop().await.unwrap();
+}

@@ -149,8 +149,12 @@ fn syntax_error(text: &[u8]) -> LineError {
 /// A short, printable excerpt of a bad line for error messages: at most `max_chars`
 /// characters, invalid UTF-8 replaced, control characters escaped, so that an error
 /// message stays one readable line whatever the file holds.
+///
+/// Only `excerpt_prefix` of the line is decoded: a line may be hundreds of megabytes,
+/// and decoding it whole with replacements would copy it (three bytes per invalid
+/// byte) to print 60 characters.
 pub fn excerpt(line: &[u8], max_chars: usize) -> String {
-    let text = String::from_utf8_lossy(line);
+    let text = String::from_utf8_lossy(excerpt_prefix(line, max_chars));
     let mut out = String::with_capacity(max_chars + 8);
     out.push('"');
     for (n, ch) in text.chars().enumerate() {
@@ -166,6 +170,16 @@ pub fn excerpt(line: &[u8], max_chars: usize) -> String {
     }
     out.push('"');
     out
+}
+
+/// The part of `line` that decides its first `max_chars + 1` characters (the last one
+/// only says whether `…` follows). Decoding with replacements turns 1 to 4 bytes into
+/// one character, so `4 * (max_chars + 1)` bytes hold them all, decoded exactly as in
+/// the whole line: a sequence cut at the end of the prefix can only change characters
+/// after those.
+fn excerpt_prefix(line: &[u8], max_chars: usize) -> &[u8] {
+    let bound = max_chars.saturating_add(1).saturating_mul(4);
+    &line[..line.len().min(bound)]
 }
 
 #[cfg(test)]
@@ -262,6 +276,43 @@ mod tests {
             parse_line(line.as_bytes(), 50),
             Err(LineError::TooLong { len: 137, max: 50 })
         );
+    }
+
+    #[test]
+    fn excerpts_decode_a_bounded_prefix_the_same_way_as_the_whole_line() {
+        let lines: Vec<Vec<u8>> = vec![
+            vec![0xFF; 10_000],
+            "é€😀".repeat(5_000).into_bytes(),
+            b"\xF0\x9F\x98\x80\xE2\x82\xF0\x9F\x98A\xC3".to_vec(),
+            b"short".to_vec(),
+            [0xE2, 0x82, 0xAC].repeat(3_000),
+        ];
+        for line in &lines {
+            let line = line.as_slice();
+            for max in [0, 1, 2, 3, 5, 60] {
+                assert!(excerpt_prefix(line, max).len() <= 4 * (max + 1));
+                let whole: String = String::from_utf8_lossy(line)
+                    .chars()
+                    .take(max + 1)
+                    .collect();
+                let prefix: String = String::from_utf8_lossy(excerpt_prefix(line, max))
+                    .chars()
+                    .take(max + 1)
+                    .collect();
+                assert_eq!(prefix, whole, "{line:?} at {max}");
+            }
+        }
+        // Cut inside a character at every position: what is shown never changes.
+        let line = "a€😀é".repeat(40);
+        for len in 0..line.len() {
+            let cut = &line.as_bytes()[..len];
+            let whole: String = String::from_utf8_lossy(cut).chars().take(4).collect();
+            let prefix: String = String::from_utf8_lossy(excerpt_prefix(cut, 3))
+                .chars()
+                .take(4)
+                .collect();
+            assert_eq!(prefix, whole, "{len}");
+        }
     }
 
     #[test]

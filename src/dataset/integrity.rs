@@ -186,10 +186,17 @@ pub fn lock_shared(file: &File, path: &Path, timeout: Duration) -> Result<(), Lo
 
 /// What identifies one version of a file on disk: if any of these differ between the
 /// start and the end of a load, what was read may mix two versions.
+///
+/// The ctime is what catches a rewrite in place that puts the modification time back
+/// (`rsync --inplace -t`, `touch -r`): every write and every `utimes` sets it to the
+/// current time, and no unprivileged call can set it back. Reading the file changes
+/// neither.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileStamp {
     pub len: u64,
     pub modified: Option<SystemTime>,
+    /// Inode change time (`st_ctime`, seconds and nanoseconds).
+    pub changed: (i64, i64),
     pub dev: u64,
     pub ino: u64,
 }
@@ -199,6 +206,7 @@ impl FileStamp {
         Self {
             len: meta.len(),
             modified: meta.modified().ok(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
             dev: meta.dev(),
             ino: meta.ino(),
         }
@@ -215,6 +223,12 @@ impl FileStamp {
             ))
         } else if self.modified != after.modified {
             Some("modification time changed".to_owned())
+        } else if self.changed != after.changed {
+            Some(
+                "status change time (ctime) changed: written in place, perhaps with its \
+                 modification time put back"
+                    .to_owned(),
+            )
         } else {
             None
         }
@@ -293,19 +307,26 @@ pub fn expected_sha256(
         }
         Err(refusal) => return Err(refusal.into_load_error(&sidecar, confine_to)),
     };
-    let mut text = String::new();
-    // A sidecar is one line; reading at most 64 KiB of it bounds what a wrong file costs.
+    let mut text = Vec::new();
+    // Reading at most 1 MiB bounds what a wrong file costs; a list of that many files
+    // is not a sidecar.
     file.by_ref()
-        .take(64 * 1024)
-        .read_to_string(&mut text)
+        .take(MAX_SIDECAR_BYTES + 1)
+        .read_to_end(&mut text)
         .map_err(|source| LoadError::ChecksumFile {
             path: sidecar.clone(),
             source,
         })?;
-    let hex = parse_sidecar(&text).ok_or_else(|| LoadError::ChecksumFormat {
+    let format_error = |reason: String| LoadError::ChecksumFormat {
         source_desc: sidecar.display().to_string(),
-        reason: "expected `<64 hex characters>  <file name>` as `sha256sum` writes it".to_owned(),
-    })?;
+        reason,
+    };
+    if text.len() as u64 > MAX_SIDECAR_BYTES {
+        return Err(format_error(format!(
+            "longer than {MAX_SIDECAR_BYTES} bytes"
+        )));
+    }
+    let hex = parse_sidecar(&text, &data_file_names(path)).map_err(format_error)?;
     Ok(Some((hex, ChecksumSource::Sidecar(sidecar))))
 }
 
@@ -324,10 +345,190 @@ impl OpenRefusal {
     }
 }
 
-/// Reads the first line of a `sha256sum` output file: the digest is the first word.
-fn parse_sidecar(text: &str) -> Option<String> {
-    let first = text.lines().find(|line| !line.trim().is_empty())?;
-    normalize_hex(first.split_whitespace().next()?)
+/// The most a sidecar may hold: about 12 000 lines of `sha256sum` output.
+const MAX_SIDECAR_BYTES: u64 = 1 << 20;
+
+/// The names a sidecar line may give the data file: its own, and, when `path` is a
+/// symlink, the name of the file it leads to (a `current.data.sha256` link next to a
+/// `current.data` link both pointing at `v2` files lists `v2.data`).
+fn data_file_names(path: &Path) -> Vec<Vec<u8>> {
+    let mut names: Vec<Vec<u8>> = path
+        .file_name()
+        .map(|name| name.as_encoded_bytes().to_vec())
+        .into_iter()
+        .collect();
+    if let Some(target) = path
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|name| name.as_encoded_bytes().to_vec()))
+    {
+        if !names.contains(&target) {
+            names.push(target);
+        }
+    }
+    names
+}
+
+/// One entry of a `sha256sum` output: the digest and the file name, unescaped (`None`
+/// for a bare digest, which some publishers write by hand).
+#[derive(Debug, PartialEq, Eq)]
+struct SumLine {
+    hex: String,
+    name: Option<Vec<u8>>,
+}
+
+/// Finds the digest of the data file (named one of `names`) in a `sha256sum` output:
+/// every form it writes is read (`<hex>  <name>`, `<hex> *<name>` with `-b`, `SHA256
+/// (<name>) = <hex>` with `--tag`, the `\`-prefixed escaped form of a name holding a
+/// backslash or a line break, NUL-terminated entries with `-z`), after an optional
+/// UTF-8 BOM and with CRLF line ends. The entry naming the data file counts, wherever
+/// it is in a list; a name with a folder (`sha256sum data/x.data`) counts by its last
+/// component. A bare digest counts only as the sole entry. Any line that is not a
+/// `sha256sum` entry makes the whole file suspect, and so does no entry, or two
+/// disagreeing entries, for the data file.
+fn parse_sidecar(text: &[u8], names: &[Vec<u8>]) -> Result<String, String> {
+    let text = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text);
+    // `-z` ends entries with NUL and never escapes names (they may hold line feeds).
+    let zero_terminated = text.contains(&0);
+    let separator = if zero_terminated { b'\0' } else { b'\n' };
+    let mut entries = Vec::new();
+    for (n, line) in text.split(|&b| b == separator).enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let entry = parse_sum_line(line, !zero_terminated).ok_or_else(|| {
+            format!(
+                "line {} is not a line of `sha256sum` output (`<64 hex characters>  <file name>`, or `SHA256 (<file name>) = <64 hex characters>` with --tag)",
+                n + 1
+            )
+        })?;
+        entries.push(entry);
+    }
+    let wanted = |name: &[u8]| {
+        let name = name.strip_prefix(b"./").unwrap_or(name);
+        let last = name.rsplit(|&b| b == b'/').next().unwrap_or(name);
+        names
+            .iter()
+            .any(|n| n.as_slice() == name || n.as_slice() == last)
+    };
+    let mut found: Option<&str> = None;
+    for entry in &entries {
+        let matches = match &entry.name {
+            Some(name) => wanted(name),
+            None => entries.len() == 1,
+        };
+        if !matches {
+            continue;
+        }
+        match found {
+            Some(hex) if hex != entry.hex => {
+                return Err(format!(
+                    "two different digests for {}",
+                    display_names(names)
+                ))
+            }
+            _ => found = Some(&entry.hex),
+        }
+    }
+    match found {
+        Some(hex) => Ok(hex.to_owned()),
+        None if entries.is_empty() => Err("no `sha256sum` line in it".to_owned()),
+        None => Err(format!(
+            "no line for {} among the {} it lists",
+            display_names(names),
+            entries.len()
+        )),
+    }
+}
+
+fn display_names(names: &[Vec<u8>]) -> String {
+    names
+        .iter()
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+/// One line (without its end) in any of the forms `sha256sum` writes; `None` if it is
+/// none of them. `escapes`: a leading `\` marks an escaped name (not with `-z`).
+fn parse_sum_line(line: &[u8], escapes: bool) -> Option<SumLine> {
+    let (escaped, line) = match line.strip_prefix(b"\\") {
+        Some(rest) if escapes => (true, rest),
+        _ => (false, line),
+    };
+    let name_of = |raw: &[u8]| {
+        if escaped {
+            unescape(raw)
+        } else {
+            Some(raw.to_vec())
+        }
+    };
+    if let Some(rest) = line.strip_prefix(b"SHA256 (") {
+        // `--tag`: the digest is the last word, after the last `) = `.
+        let at = rest.len().checked_sub(64 + 4)?;
+        let (name, tail) = rest.split_at(at);
+        let hex = tail.strip_prefix(b") = ")?;
+        return Some(SumLine {
+            hex: normalize_hex(std::str::from_utf8(hex).ok()?)?,
+            name: Some(name_of(name)?),
+        });
+    }
+    let hex = normalize_hex(std::str::from_utf8(line.get(..64)?).ok()?)?;
+    let rest = &line[64..];
+    let name = if rest.iter().all(u8::is_ascii_whitespace) && !escaped {
+        None
+    } else {
+        // Two characters between digest and name: a space, then a space (text mode)
+        // or `*` (binary mode).
+        match rest {
+            [b' ', b' ' | b'*', name @ ..] if !name.is_empty() => Some(name_of(name)?),
+            _ => return None,
+        }
+    };
+    Some(SumLine { hex, name })
+}
+
+/// Undoes `sha256sum`'s escaping of a name: `\\` is a backslash, `\n` a line feed,
+/// `\r` a carriage return; anything else after a backslash is not its output.
+fn unescape(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.iter();
+    while let Some(&b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        out.push(match bytes.next()? {
+            b'\\' => b'\\',
+            b'n' => b'\n',
+            b'r' => b'\r',
+            _ => return None,
+        });
+    }
+    Some(out)
+}
+
+/// A sidecar line for `name` as `sha256sum` writes it, escaped when the name holds a
+/// backslash or a line break (what `kvserve gen --checksum` writes).
+pub fn sidecar_line(hex: &str, name: &[u8]) -> Vec<u8> {
+    let escaped = name.iter().any(|b| matches!(b, b'\\' | b'\n' | b'\r'));
+    let mut line = Vec::with_capacity(name.len() + 70);
+    if escaped {
+        line.push(b'\\');
+    }
+    line.extend_from_slice(hex.as_bytes());
+    line.extend_from_slice(b"  ");
+    for &b in name {
+        match b {
+            b'\\' if escaped => line.extend_from_slice(b"\\\\"),
+            b'\n' => line.extend_from_slice(b"\\n"),
+            b'\r' => line.extend_from_slice(b"\\r"),
+            _ => line.push(b),
+        }
+    }
+    line.push(b'\n');
+    line
 }
 
 fn normalize_hex(hex: &str) -> Option<String> {
@@ -345,20 +546,60 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    fn sidecar(text: &str) -> Result<String, String> {
+        parse_sidecar(text.as_bytes(), &[b"data.txt".to_vec()])
+    }
+
     #[test]
     fn sidecar_formats() {
         let hex = "a".repeat(64);
+        assert_eq!(sidecar(&format!("{hex}  data.txt\n")), Ok(hex.clone()));
         assert_eq!(
-            parse_sidecar(&format!("{hex}  data.txt\n")),
-            Some(hex.clone())
+            sidecar(&format!("{}\n", hex.to_uppercase())),
+            Ok(hex.clone())
         );
+        assert_eq!(sidecar(&format!("\n{hex} *data.txt")), Ok(hex.clone()));
+        assert_eq!(sidecar(&format!("{hex}  ./data.txt\r\n")), Ok(hex.clone()));
+        assert_eq!(sidecar(&format!("{hex}  /srv/data.txt\n")), Ok(hex.clone()));
         assert_eq!(
-            parse_sidecar(&format!("{}\n", hex.to_uppercase())),
-            Some(hex.clone())
+            sidecar(&format!("SHA256 (data.txt) = {hex}\0")),
+            Ok(hex.clone())
         );
-        assert_eq!(parse_sidecar(&format!("\n{hex} *data.txt")), Some(hex));
-        assert_eq!(parse_sidecar("abc  data.txt"), None);
-        assert_eq!(parse_sidecar(""), None);
+        assert!(sidecar("abc  data.txt").is_err());
+        assert!(sidecar("").is_err());
+        assert!(sidecar(&format!("{hex}  other.txt\n"))
+            .unwrap_err()
+            .contains("no line for data.txt"));
+        assert!(
+            sidecar(&format!("{hex}  data.txt\n{}  data.txt\n", "b".repeat(64)))
+                .unwrap_err()
+                .contains("two different")
+        );
+        // An escape sha256sum never writes.
+        assert!(sidecar(&format!("\\{hex}  data\\q.txt\n")).is_err());
+    }
+
+    #[test]
+    fn escaped_names_round_trip() {
+        let hex = "b".repeat(64);
+        for name in [
+            &b"we\\ird.data"[..],
+            b"new\nline.data",
+            b"cr\r.data",
+            b"plain.data",
+        ] {
+            let line = sidecar_line(&hex, name);
+            assert_eq!(
+                parse_sidecar(&line, &[name.to_vec()]),
+                Ok(hex.clone()),
+                "{}",
+                String::from_utf8_lossy(&line)
+            );
+        }
+        assert_eq!(
+            sidecar_line(&hex, b"we\\ird.data"),
+            format!("\\{hex}  we\\\\ird.data\n").into_bytes()
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::format::{self, LineError, KEY_LEN};
 use super::index::{self, Index, Key, ValueAt};
 use super::integrity::{self, FileStamp};
 use super::mapped::MappedFile;
+use super::memory;
 use super::{Dataset, DatasetInfo, LoadError, LoadOptions, OnDuplicate, Storage, MAX_FILE_LEN};
 
 /// Files at least this big get progress logs; smaller ones load in well under a second.
@@ -70,7 +71,8 @@ fn load_split(
     };
     integrity::lock_shared(&file, path, opts.lock_timeout)?;
     let before = FileStamp::of(&file.metadata().map_err(read_err)?);
-    if before.len >= MAX_FILE_LEN {
+    // Offsets run below the length, so a file of exactly `MAX_FILE_LEN` bytes fits.
+    if before.len > MAX_FILE_LEN {
         return Err(LoadError::TooLarge {
             path: path.to_path_buf(),
             len: before.len,
@@ -80,7 +82,7 @@ fn load_split(
     // storage keeps it mapped, checks for changes after parsing, and holds the lock.
     let (buf, mapped) = match opts.storage {
         Storage::Memory => {
-            let mut buf = Vec::with_capacity(before.len as usize + 1);
+            let mut buf = allocate(path, before.len, opts.max_memory)?;
             (&file).read_to_end(&mut buf).map_err(read_err)?;
             integrity::check_unchanged(&file, path, &before)?;
             drop(file);
@@ -113,12 +115,17 @@ fn load_split(
     let version = format!("{file_hash:032x}");
 
     let hashed = Instant::now();
+    check_index_fits(path, &buf, opts)?;
     let parsed = parse(&buf, path, opts, chunk_bytes)?;
     let parse_done = Instant::now();
-    if let Some((mapped, probe)) = mapped {
-        integrity::check_unchanged(&probe, path, &before)?;
-        mapped.expect_random_access();
-    }
+    let mapped = match mapped {
+        Some((mapped, probe)) => {
+            integrity::check_unchanged(&probe, path, &before)?;
+            mapped.expect_random_access();
+            Some((mapped, before))
+        }
+        None => None,
+    };
     if parsed.index.is_empty() && !opts.allow_empty {
         return Err(LoadError::Empty {
             path: path.to_path_buf(),
@@ -163,6 +170,7 @@ fn load_split(
         index: parsed.index,
         info,
         etag_header,
+        mapped,
     })
 }
 
@@ -186,6 +194,67 @@ fn served_etag(file_hash: u128, opts: &LoadOptions, parsed: &Parsed) -> String {
     }
     let folded = format!("{file_hash:032x} on-duplicate={duplicates:?} skipped-over={skipped:?}");
     format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(folded.as_bytes()))
+}
+
+/// The buffer a `--storage memory` load reads the file into, checked against the
+/// memory bound first and allocated fallibly, so that a file too large for memory is a
+/// `LoadError` (a failed reload, a clear start-up error), never an abort.
+fn allocate(path: &Path, len: u64, max_memory: Option<u64>) -> Result<Vec<u8>, LoadError> {
+    // One byte more than the file, so `read_to_end` sees the end without growing.
+    let want = len.saturating_add(1);
+    if let Some(budget) = memory::budget(max_memory) {
+        if len > budget.bytes {
+            return Err(LoadError::TooLargeForMemory {
+                path: path.to_path_buf(),
+                len,
+                limit: budget.bytes,
+                budget: budget.source,
+            });
+        }
+    }
+    let mut buf = Vec::new();
+    // Past `usize` (32-bit targets) the reservation fails with a capacity overflow.
+    buf.try_reserve_exact(usize::try_from(want).unwrap_or(usize::MAX))
+        .map_err(|source| LoadError::OutOfMemory {
+            path: path.to_path_buf(),
+            len,
+            source,
+        })?;
+    Ok(buf)
+}
+
+/// Memory one line costs at the peak of a load: about 40 bytes in the index, plus the
+/// 21-byte record waiting in a per-chunk list until it is indexed.
+const LOAD_BYTES_PER_LINE: u64 = 64;
+
+/// Refuses a file whose index would not fit, before it is allocated (an index
+/// allocation that fails aborts the process). The line count is estimated from the
+/// first MiB, as the index's capacity is. The bound is `--max-memory` (less the file's
+/// bytes with memory storage, which already hold them) or what is available now.
+fn check_index_fits(path: &Path, bytes: &[u8], opts: &LoadOptions) -> Result<(), LoadError> {
+    let body = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
+    let lines = estimate_lines(body) as u64;
+    let need = lines.saturating_mul(LOAD_BYTES_PER_LINE);
+    let max_memory = opts.max_memory.map(|max| match opts.storage {
+        Storage::Memory => max.saturating_sub(bytes.len() as u64),
+        Storage::Mmap => max,
+    });
+    let budget = memory::budget(max_memory).map(|mut budget| {
+        if opts.max_memory.is_some() && opts.storage == Storage::Memory {
+            budget.source = "--max-memory leaves after the file's bytes".to_owned();
+        }
+        budget
+    });
+    match budget {
+        Some(budget) if need > budget.bytes => Err(LoadError::IndexTooLargeForMemory {
+            path: path.to_path_buf(),
+            lines,
+            need,
+            limit: budget.bytes,
+            budget: budget.source,
+        }),
+        _ => Ok(()),
+    }
 }
 
 struct Parsed {

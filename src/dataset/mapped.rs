@@ -78,6 +78,11 @@ impl MappedFile {
         Bytes::from_owner(SharedMap(self.clone()))
     }
 
+    /// The mapped file, for a later `fstat`.
+    pub fn file(&self) -> &File {
+        &self._file
+    }
+
     /// After the load, lookups touch pages at random: stop reading ahead.
     pub fn expect_random_access(&self) {
         let _ = self.map.advise(Advice::Random);

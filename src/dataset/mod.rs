@@ -11,6 +11,7 @@ pub mod index;
 pub mod integrity;
 mod load;
 mod mapped;
+pub mod memory;
 pub mod prefixes;
 
 use std::path::PathBuf;
@@ -73,6 +74,10 @@ pub struct LoadOptions {
     /// actually opened; `None` trusts the path wherever it points (the configured
     /// `--data` file, `kvserve verify`).
     pub confine_to: Option<PathBuf>,
+    /// The most bytes a load may allocate for the file (`Storage::Memory`) and its
+    /// index (`--max-memory`); `None` means what the system says is available at the
+    /// time of the load (see `memory`).
+    pub max_memory: Option<u64>,
 }
 
 impl Default for LoadOptions {
@@ -88,6 +93,7 @@ impl Default for LoadOptions {
             threads: 0,
             key_prefixes: prefixes::KeyPrefixes::ALL,
             confine_to: None,
+            max_memory: None,
         }
     }
 }
@@ -107,8 +113,33 @@ pub enum LoadError {
     /// the path asked for, never where it leads or anything read from there.
     #[error("{} leads outside the data file's folder {}; refused without reading it", path.display(), folder.display())]
     OutsideFolder { path: PathBuf, folder: PathBuf },
-    #[error("data file {} is {len} bytes, more than the {max} bytes the index can address", path.display(), max = MAX_FILE_LEN)]
+    #[error("data file {} is {len} bytes, more than the {max} bytes (1 TiB) the index can address", path.display(), max = MAX_FILE_LEN)]
     TooLarge { path: PathBuf, len: u64 },
+    /// Checked before anything is allocated: a file that cannot fit is refused with
+    /// both sizes, instead of aborting the process on a failed allocation.
+    #[error("data file {} is {len} bytes, more than the {limit} bytes of memory that {budget}; --storage mmap serves a file larger than memory", path.display())]
+    TooLargeForMemory {
+        path: PathBuf,
+        len: u64,
+        limit: u64,
+        budget: String,
+    },
+    /// The index (and the records parsed for it) must fit too; estimated from the
+    /// first MiB of the file, as the index's capacity is.
+    #[error("data file {} has about {lines} lines, whose index needs about {need} bytes while loading, more than the {limit} bytes of memory that {budget}", path.display())]
+    IndexTooLargeForMemory {
+        path: PathBuf,
+        lines: u64,
+        need: u64,
+        limit: u64,
+        budget: String,
+    },
+    #[error("cannot allocate {len} bytes to read data file {}: {source}; --storage mmap serves a file larger than memory", path.display())]
+    OutOfMemory {
+        path: PathBuf,
+        len: u64,
+        source: std::collections::TryReserveError,
+    },
     #[error("data file {} is locked exclusively by another process (a publisher still writing it?); gave up after {waited} (--lock-timeout)", path.display())]
     Locked {
         path: PathBuf,
@@ -173,6 +204,16 @@ pub struct DatasetInfo {
     /// may differ between instances serving the same file. Computed once per load
     /// rather than per response.
     pub etag: String,
+    /// The SHA-256 the file was checked against (`--sha256` or the sidecar), present
+    /// only when one was given. It certifies the bytes as they were during the load,
+    /// at `loaded_at`: the hash is taken over exactly the bytes that are then parsed,
+    /// and the load is refused if the file's size, mtime, ctime or inode moved between
+    /// the stat before and the stat after. With `--storage memory` those bytes are a
+    /// private copy, so it certifies what is served for the dataset's lifetime. With
+    /// `--storage mmap` values are read from the file's pages for as long as the
+    /// dataset is served; the shared lock keeps cooperating publishers out, but a
+    /// writer that ignores it and rewrites the file in place after the load changes
+    /// what is served without being noticed until the next reload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     #[serde(with = "humantime_serde_rfc3339")]
@@ -207,6 +248,9 @@ pub struct Dataset {
     index: index::Index,
     info: DatasetInfo,
     etag_header: poem::http::HeaderValue,
+    /// With `--storage mmap`: the mapping and the file's stamp when it was loaded, to
+    /// tell later whether the pages being served were written since.
+    mapped: Option<(std::sync::Arc<mapped::MappedFile>, integrity::FileStamp)>,
 }
 
 impl Dataset {
@@ -238,6 +282,19 @@ impl Dataset {
 
     pub fn info(&self) -> &DatasetInfo {
         &self.info
+    }
+
+    /// With `--storage mmap`, whether the mapped file was written (size, mtime or
+    /// ctime moved) since it was loaded, by an `fstat` of the mapped file: if so the
+    /// values served may no longer be what `info().sha256` certified. `None` with
+    /// `--storage memory`, whose values are a private copy. A file replaced by rename
+    /// does not count: the old inode stays mapped and intact.
+    pub fn mapped_file_changed(&self) -> Option<bool> {
+        let (mapped, stamp) = self.mapped.as_ref()?;
+        Some(match mapped.file().metadata() {
+            Ok(meta) => stamp.difference(&integrity::FileStamp::of(&meta)).is_some(),
+            Err(_) => true,
+        })
     }
 
     pub(crate) fn set_generation(&mut self, generation: u64) {

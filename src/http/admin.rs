@@ -45,12 +45,23 @@ fn metrics(Data(state): Data<&Arc<AppState>>) -> Response {
         .body(state.metrics.render(&state.cache))
 }
 
-/// `GET /admin/dataset`: what is being served.
+/// `GET /admin/dataset`: what is being served. With `--storage mmap` it adds
+/// `mapped_file_changed`, checked now: `true` once the mapped file was written in place
+/// since the load, when `sha256` no longer certifies what is served.
 #[handler]
 fn dataset_info(Data(state): Data<&Arc<AppState>>) -> Response {
-    match state.dataset.load().as_ref() {
-        Some(dataset) => Json(dataset.info()).into_response(),
-        None => Problem::not_loaded().into_response(),
+    let Some(dataset) = state.dataset.load().as_ref().cloned() else {
+        return Problem::not_loaded().into_response();
+    };
+    let Some(changed) = dataset.mapped_file_changed() else {
+        return Json(dataset.info()).into_response();
+    };
+    match serde_json::to_value(dataset.info()) {
+        Ok(mut info) => {
+            info["mapped_file_changed"] = changed.into();
+            Json(info).into_response()
+        }
+        Err(err) => Problem::new(ProblemKind::Internal, err.to_string()).into_response(),
     }
 }
 
