@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN.md section 5) and the middleware that records every
+//! Prometheus metrics (names in the README metrics table) and the middleware that records every
 //! request of the API listener.
 //!
 //! Counters on the hot path are plain `prometheus` atomics; per-request label lookups

@@ -1,4 +1,4 @@
-//! The HTTP contract of DESIGN.md section 4, through a real server on 127.0.0.1:0.
+//! The HTTP contract of the README's "The API" section, through a real server on 127.0.0.1:0.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Data files good and bad (DESIGN.md section 2), through the real binary's `verify`
+//! Data files good and bad (docs/ARCHITECTURE.md section 1), through the real binary's `verify`
 //! and `serve`, and through the same `App` builder for what is served.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Property tests of the data file loader (issue 7): any valid file (DESIGN.md section 2)
+//! Property tests of the data file loader (issue 7): any valid file (docs/ARCHITECTURE.md section 1)
 //! loads back exactly, under both storage modes and any chunk split; duplicate keys
 //! follow `--on-duplicate`; arbitrary or damaged bytes never panic the loader, and a
 //! refused file names its first bad line.
@@ -193,7 +193,7 @@ fn data_file(
                 lines,
                 final_newline,
             };
-            // A CR that ends the file is not a CRLF's; DESIGN.md does not say whether
+            // A CR that ends the file is not a CRLF's; docs/ARCHITECTURE.md does not say whether
             // it belongs to the value, so generated files do not end in one.
             if !final_newline {
                 if let Some((Line::Record { value, .. }, _)) = file.lines.last_mut() {

@@ -1,4 +1,4 @@
-//! The line grammar of a data file (DESIGN.md section 2).
+//! The line grammar of a data file (docs/ARCHITECTURE.md section 1).
 //!
 //! A record is `<uuid> <value>`: a 36-character hyphenated UUID in any case, one ASCII
 //! space, then the rest of the line as the value (possibly empty). This module only

@@ -1,4 +1,4 @@
-//! The integrity steps of a load (DESIGN.md section 2): an open that never blocks and
+//! The integrity steps of a load (docs/ARCHITECTURE.md section 1): an open that never blocks and
 //! refuses anything but a regular file (and, for a reload, anything outside the data
 //! folder), a shared advisory lock so a publisher holding an exclusive lock is never
 //! read half-written, a stat before and after so a file changed under us is refused,

@@ -30,7 +30,7 @@ const CHUNKS_PER_THREAD: usize = 8;
 const SKIPPED_SAMPLES: usize = 10;
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
-/// Loads and checks a data file (DESIGN.md section 2). Either the whole file is valid
+/// Loads and checks a data file (docs/ARCHITECTURE.md section 1). Either the whole file is valid
 /// and a `Dataset` is returned, or nothing is: there is no partially loaded state.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Dataset, LoadError> {
     load_split(path, opts, None)

@@ -87,7 +87,7 @@ ENV_NAME = re.compile(r"\bKVSERVE_[A-Z0-9_]*[A-Z0-9]\b")
 HEX = "0123456789abcdef"
 # A key whose first hex digit is filled in: every probe of the routing varies only that.
 PROBE_KEY = "{}2cf48f7-d604-4423-b012-4e2329f5117b"
-# The forms of a key kvserve parses in a path (DESIGN.md section 4), as the client sends
+# The forms of a key kvserve parses in a path (README, "The API"), as the client sends
 # them; nginx matches the decoded path, so braces appear as `{` `}`.
 KEY_FORMS = {
     "hyphenated": lambda k: k,
@@ -767,7 +767,7 @@ class Client:
 
 
 def sample_records() -> dict[str, str]:
-    """The sample data as kvserve reads it (DESIGN.md section 2): key (lower case) -> value."""
+    """The sample data as kvserve reads it (docs/ARCHITECTURE.md section 1): key (lower case) -> value."""
     records = {}
     for line in SAMPLE.read_text(encoding="utf-8").removeprefix("\ufeff").split("\n"):
         line = line.removesuffix("\r")
