@@ -11,7 +11,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use kvserve::cache::Cache;
 use kvserve::dataset::{self, gen, LoadOptions, Storage};
 use kvserve::http::api::{lookup, IfNoneMatch, Shape};
-use kvserve::http::{limits::LimitSettings, AppState, HttpSettings};
+use kvserve::http::{limits::LimitSettings, HttpSettings, HttpState};
+use kvserve::state::AppState;
 use kvserve::reload::Reloader;
 
 const LINES: u64 = 1_000_000;
@@ -55,7 +56,7 @@ fn loader(c: &mut Criterion, f: &Fixture) {
     group.finish();
 }
 
-fn state(f: &Fixture, cache_capacity: usize) -> Arc<AppState> {
+fn state(f: &Fixture, cache_capacity: usize) -> Arc<HttpState> {
     let settings = HttpSettings {
         cache_control_header: poem::http::HeaderValue::from_static("public, max-age=60"),
         max_batch: 1000,
@@ -66,13 +67,13 @@ fn state(f: &Fixture, cache_capacity: usize) -> Arc<AppState> {
             max_in_flight: None,
             request_timeout: None,
         },
+        fast_path: true,
     };
     let reloader = Reloader::new(f.path.clone(), LoadOptions::default());
-    let state = AppState::new(Cache::new(cache_capacity), settings, reloader).expect("state");
-    state
-        .dataset
+    let app = AppState::new(Cache::new(cache_capacity), reloader).expect("state");
+    app.dataset
         .install(dataset::load(&f.path, &LoadOptions::default()).expect("load"));
-    Arc::new(state)
+    Arc::new(HttpState::new(Arc::new(app), settings, None, None).expect("state"))
 }
 
 fn lookups(c: &mut Criterion, f: &Fixture) {

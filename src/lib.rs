@@ -14,6 +14,7 @@ pub mod dataset;
 pub mod http;
 pub mod metrics;
 pub mod reload;
+pub mod state;
 pub mod telemetry;
 pub mod watch;
 
@@ -30,7 +31,8 @@ use crate::cache::Cache;
 use crate::cli::ServeArgs;
 use crate::dataset::LoadError;
 use crate::http::conn::{ConnectionGate, ConnectionLimits};
-use crate::http::{AppState, HttpSettings};
+use crate::http::{HttpSettings, HttpState};
+use crate::state::AppState;
 use crate::reload::{ReloadError, Reloader, Trigger};
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +71,7 @@ pub struct App {
     admin: TcpListener,
     api_addr: SocketAddr,
     admin_addr: SocketAddr,
-    state: Arc<AppState>,
+    state: Arc<HttpState>,
     shutdown_timeout: Duration,
     watch: Option<Duration>,
     connections: ConnectionLimits,
@@ -100,6 +102,7 @@ impl App {
                 max_in_flight: protect.max_in_flight,
                 request_timeout: protect.request_timeout,
             },
+            fast_path: args.fast_path,
         };
         let reloader = Reloader::new(args.data.clone(), args.load.options());
         let spec = |per_second, burst| http::ratelimit::LimitSpec { per_second, burst };
@@ -112,9 +115,8 @@ impl App {
                 .map(|n| spec(n, protect.subject_rate_limit_burst)),
             protect.trust_forwarded_for,
         );
-        let state = AppState::new(Cache::new(args.cache_capacity()), settings, reloader)?
-            .with_auth(auth)
-            .with_rate_limit(rate_limit);
+        let app = AppState::new(Cache::new(args.cache_capacity()), reloader)?;
+        let state = HttpState::new(Arc::new(app), settings, auth, rate_limit)?;
         Ok(Self {
             api,
             admin,
@@ -141,7 +143,7 @@ impl App {
     }
 
     /// The shared state, for tests that look inside (the dataset slot, the metrics).
-    pub fn state(&self) -> Arc<AppState> {
+    pub fn state(&self) -> Arc<HttpState> {
         self.state.clone()
     }
 
@@ -156,7 +158,7 @@ impl App {
         // Before anything is loaded: SIGHUP's default action ends the process, and a
         // load can take seconds (a large file, a publisher holding the lock).
         let hangup = listen_for_sighup();
-        let data = self.state.reloader.current_path();
+        let data = self.state.app.reloader.current_path();
         tracing::info!(api = %self.api_addr, admin = %self.admin_addr, data = %data.display(), "listening");
         let (stop_api_tx, stop_api) = signal_channel::channel(false);
         let (stop_admin_tx, stop_admin) = signal_channel::channel(false);
@@ -185,7 +187,7 @@ impl App {
             .serve(stopped(stop_admin), self.shutdown_timeout),
         );
 
-        let state = self.state.clone();
+        let state = self.state.app.clone();
         let outcome = tokio::select! {
             () = shutdown => Ok(()),
             failure = serve_dataset(state.clone(), self.watch, hangup) => Err(failure),

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::dataset::{self, Dataset, DatasetInfo, LoadError, LoadOptions};
-use crate::http::AppState;
+use crate::state::AppState;
 
 /// The slot every request reads the dataset from; empty until the first load.
 #[derive(Default)]

@@ -16,7 +16,7 @@ use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::http::AppState;
+use crate::state::AppState;
 use crate::reload::{self, Trigger};
 
 #[derive(Debug, thiserror::Error)]

@@ -8,9 +8,11 @@ use poem::http::header;
 use poem::web::{Data, Json};
 use poem::{get, handler, post, Body, Endpoint, EndpointExt, IntoResponse, Response, Route};
 
-use super::auth::{RequireScope, SCOPE_ADMIN};
+use super::auth::SCOPE_ADMIN;
+use super::pipeline::{self, Head, Policy};
 use super::problem::{self, Problem, ProblemKind};
-use super::AppState;
+use super::state::HttpState;
+use crate::state::AppState;
 use crate::reload::{self, ReloadError, Trigger};
 
 /// `GET /livez`: the process is up and its runtime answers.
@@ -120,8 +122,15 @@ fn purge_cache(Data(state): Data<&Arc<AppState>>) -> Json<serde_json::Value> {
 
 /// Probes and `/metrics` stay open for orchestrators and Prometheus; `/admin/*` needs
 /// `kv:admin` when authentication is on.
-pub fn admin_endpoint(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
-    problem::with_problems(
+/// Who may pass on the admin listener: `kv:admin` on `/admin/*`; probes and metrics
+/// are open (they are kept off the API listener for that).
+const ADMIN: Policy = Policy {
+    scope: SCOPE_ADMIN,
+    is_open: |path| !path.starts_with("/admin"),
+};
+
+pub fn admin_endpoint(state: Arc<HttpState>) -> impl Endpoint<Output = Response> {
+    let routes = problem::with_problems(
         Route::new()
             .at("/livez", get(livez))
             .at("/readyz", get(readyz))
@@ -129,12 +138,17 @@ pub fn admin_endpoint(state: Arc<AppState>) -> impl Endpoint<Output = Response> 
             .at("/admin/dataset", get(dataset_info))
             .at("/admin/reload", post(reload_dataset))
             .at("/admin/cache/purge", post(purge_cache))
-            .data(state.clone()),
-    )
-    .with(RequireScope {
-        state,
-        scope: SCOPE_ADMIN,
-        is_open: |path| !path.starts_with("/admin"),
+            .data(state.app.clone()),
+    );
+    routes.around(move |routes, req| {
+        let state = state.clone();
+        async move {
+            let mut resp = match pipeline::authenticate(&state, &Head::of(&req), ADMIN) {
+                Ok(_) => routes.call(req).await?,
+                Err(refusal) => *refusal,
+            };
+            pipeline::nosniff(&mut resp);
+            Ok(resp)
+        }
     })
-    .with(super::security_headers())
 }

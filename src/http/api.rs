@@ -14,9 +14,9 @@ use uuid::Uuid;
 use super::auth::BearerAuth;
 use super::batch::{self, BatchBody, BatchResult};
 use super::key::{render_key_value, KeyParam, EXAMPLE_KEY};
-use super::payload::{ProblemJson, RawJson, TextValue};
+use super::payload::{HeaderText, ProblemJson, RawJson, TextValue};
 use super::problem::{Problem, NOT_LOADED_RETRY_AFTER_SECS};
-use super::AppState;
+use super::state::HttpState;
 
 #[derive(Tags)]
 pub enum ApiTags {
@@ -53,14 +53,14 @@ pub enum KeyResponse<T: Payload + poem::IntoResponse + Send> {
     #[oai(status = 200)]
     Ok(
         T,
-        #[oai(header = "ETag")] String,
-        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "ETag")] HeaderText,
+        #[oai(header = "Cache-Control")] HeaderText,
     ),
     /// The client's copy is current (`If-None-Match` matched the `ETag`).
     #[oai(status = 304)]
     NotModified(
-        #[oai(header = "ETag")] String,
-        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "ETag")] HeaderText,
+        #[oai(header = "Cache-Control")] HeaderText,
     ),
     /// The key is not a UUID, or (with a JWT key) the `Authorization` header is sent
     /// more than once.
@@ -120,7 +120,7 @@ pub enum BatchResponse {
 }
 
 pub struct KeysApi {
-    state: Arc<AppState>,
+    state: Arc<HttpState>,
 }
 
 // The `If-None-Match` parameters document the header; the operations read every line
@@ -144,13 +144,7 @@ impl KeysApi {
         _if_none_match: Header<Option<String>>,
         headers: &HeaderMap,
     ) -> KeyResponse<RawJson<KeyValue>> {
-        let found = lookup(
-            &self.state,
-            &key.0 .0,
-            IfNoneMatch::of(headers),
-            Shape::Json,
-        );
-        KeyResponse::from_lookup(found, &self.state, RawJson::new)
+        key_answer(&self.state, &key.0 .0, headers)
     }
 
     /// Check one key
@@ -184,13 +178,24 @@ impl KeysApi {
         _if_none_match: Header<Option<String>>,
         headers: &HeaderMap,
     ) -> KeyResponse<TextValue> {
-        let found = lookup(
-            &self.state,
-            &key.0 .0,
-            IfNoneMatch::of(headers),
-            Shape::Value,
-        );
-        KeyResponse::from_lookup(found, &self.state, TextValue)
+        value_answer(&self.state, &key.0 .0, headers)
+    }
+
+    /// Check one raw value
+    ///
+    /// The same status and headers as `GET`, without a body.
+    #[oai(path = "/keys/:key/value", method = "head", operation_id = "headValue")]
+    async fn head_value(
+        &self,
+        /// The key to look up.
+        key: Path<KeyParam>,
+        _auth: BearerAuth,
+        /// An `ETag` from an earlier answer; a match gives 304.
+        #[oai(name = "If-None-Match")]
+        _if_none_match: Header<Option<String>>,
+        headers: &HeaderMap,
+    ) -> KeyResponse<TextValue> {
+        value_answer(&self.state, &key.0 .0, headers)
     }
 
     /// Look up many keys
@@ -203,26 +208,27 @@ impl KeysApi {
             Ok(keys) => keys,
             Err(problem) => return BatchResponse::BadRequest(problem.into()),
         };
-        let owned = self.state.reloader.key_prefixes();
+        let app = &self.state.app;
+        let owned = app.key_prefixes;
         if let Some(foreign) = keys.iter().find(|key| !owned.owns(key.as_u128())) {
-            self.state.metrics.lookups_misdirected.inc();
+            app.metrics.lookups_misdirected.inc();
             return BatchResponse::Misdirected(
                 Problem::misdirected(*foreign, &owned.to_string()).into(),
             );
         }
-        let guard = self.state.dataset.load();
+        let guard = app.dataset.load();
         let Some(dataset) = guard.as_ref() else {
             return BatchResponse::NotLoaded(
                 Problem::not_loaded().into(),
                 NOT_LOADED_RETRY_AFTER_SECS,
             );
         };
-        BatchResponse::Ok(RawJson::new(batch::render(&self.state, dataset, &keys)))
+        BatchResponse::Ok(RawJson::new(batch::render(app, dataset, &keys)))
     }
 }
 
 impl KeysApi {
-    pub fn new(state: Arc<AppState>) -> Self {
+    pub fn new(state: Arc<HttpState>) -> Self {
         Self { state }
     }
 }
@@ -276,7 +282,7 @@ impl<'a> IfNoneMatch<'a> {
 
 /// Parses `raw_key`, finds the value, and answers 304 when the client's copy is current.
 pub fn lookup(
-    state: &AppState,
+    state: &HttpState,
     raw_key: &str,
     if_none_match: IfNoneMatch<'_>,
     shape: Shape,
@@ -289,12 +295,13 @@ pub fn lookup(
 
 /// `lookup` for a key already parsed.
 pub fn lookup_key(
-    state: &AppState,
+    state: &HttpState,
     key: Uuid,
     if_none_match: IfNoneMatch<'_>,
     shape: Shape,
 ) -> Lookup {
-    let owned = state.reloader.key_prefixes();
+    let state = &state.app;
+    let owned = state.key_prefixes;
     if !owned.owns(key.as_u128()) {
         state.metrics.lookups_misdirected.inc();
         return Lookup::Failed(Problem::misdirected(key, &owned.to_string()));
@@ -341,15 +348,32 @@ pub fn lookup_key(
     }
 }
 
+/// The answer of `GET`/`HEAD /v1/keys/{key}`, from the raw (percent-decoded) key
+/// segment; the operation and the fast path both return it.
+pub fn key_answer(
+    state: &HttpState,
+    raw_key: &str,
+    headers: &HeaderMap,
+) -> KeyResponse<RawJson<KeyValue>> {
+    let found = lookup(state, raw_key, IfNoneMatch::of(headers), Shape::Json);
+    KeyResponse::from_lookup(found, state, RawJson::new)
+}
+
+/// The answer of `GET /v1/keys/{key}/value`; the operation and the fast path both
+/// return it.
+pub fn value_answer(state: &HttpState, raw_key: &str, headers: &HeaderMap) -> KeyResponse<TextValue> {
+    let found = lookup(state, raw_key, IfNoneMatch::of(headers), Shape::Value);
+    KeyResponse::from_lookup(found, state, TextValue)
+}
+
 impl<T: Payload + poem::IntoResponse + Send> KeyResponse<T> {
-    fn from_lookup(found: Lookup, state: &AppState, payload: impl FnOnce(Bytes) -> T) -> Self {
-        let text = |value: &HeaderValue| value.to_str().unwrap_or_default().to_owned();
-        let cache_control = text(&state.settings.cache_control_header);
+    fn from_lookup(found: Lookup, state: &HttpState, payload: impl FnOnce(Bytes) -> T) -> Self {
+        let cache_control = HeaderText(state.settings.cache_control_header.clone());
         match found {
             Lookup::Hit { body, etag } => {
-                KeyResponse::Ok(payload(body), text(&etag), cache_control)
+                KeyResponse::Ok(payload(body), HeaderText(etag), cache_control)
             }
-            Lookup::NotModified { etag } => KeyResponse::NotModified(text(&etag), cache_control),
+            Lookup::NotModified { etag } => KeyResponse::NotModified(HeaderText(etag), cache_control),
             Lookup::Failed(problem) => match problem.status {
                 400 => KeyResponse::BadRequest(problem.into()),
                 404 => KeyResponse::NotFound(problem.into()),

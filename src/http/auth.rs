@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::jwk::{
@@ -21,13 +20,12 @@ use jsonwebtoken::jwk::{
 };
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use poem::http::{header, HeaderMap, HeaderValue, Uri};
-use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+use poem::{IntoResponse, Request, Response};
 use poem_openapi::registry::{MetaSecurityScheme, Registry};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 use serde_json::Value;
 
 use super::problem::{Problem, ProblemKind};
-use super::AppState;
 
 /// The scope every data route needs.
 pub const SCOPE_READ: &str = "kv:read";
@@ -527,91 +525,8 @@ fn signature_algorithm(jwk: &Jwk) -> Result<Algorithm, String> {
     }
 }
 
-/// Requires a token with `scope` on every request except the paths `is_open` lets
-/// through. Verified principals are left in the request for the rate limiter.
-pub struct RequireScope {
-    pub state: Arc<AppState>,
-    pub scope: &'static str,
-    pub is_open: fn(&str) -> bool,
-}
-
-impl<E: Endpoint<Output = Response>> Middleware<E> for RequireScope {
-    type Output = RequireScopeEndpoint<E>;
-
-    fn transform(&self, ep: E) -> Self::Output {
-        RequireScopeEndpoint {
-            inner: ep,
-            state: self.state.clone(),
-            scope: self.scope,
-            is_open: self.is_open,
-        }
-    }
-}
-
-pub struct RequireScopeEndpoint<E> {
-    inner: E,
-    state: Arc<AppState>,
-    scope: &'static str,
-    is_open: fn(&str) -> bool,
-}
-
-impl<E: Endpoint<Output = Response>> Endpoint for RequireScopeEndpoint<E> {
-    type Output = Response;
-
-    async fn call(&self, mut req: Request) -> poem::Result<Response> {
-        match authorize(
-            &self.state,
-            req.uri(),
-            req.headers(),
-            self.scope,
-            self.is_open,
-        ) {
-            Ok(Some(principal)) => {
-                req.set_data(principal);
-                self.inner.call(req).await
-            }
-            Ok(None) => self.inner.call(req).await,
-            Err(refusal) => Ok(*refusal),
-        }
-    }
-}
-
-/// The check `RequireScope` makes, also called by the hot routes' fast path so both
-/// paths admit exactly the same requests. `Ok(None)`: auth is off or the path is open.
-/// A refusal is counted in `kvserve_auth_failures_total` and comes back as the answer
-/// (boxed, as in every check of this kind: refusals are rare and a `Response` is big).
-pub fn authorize(
-    state: &AppState,
-    uri: &Uri,
-    headers: &HeaderMap,
-    scope: &'static str,
-    is_open: fn(&str) -> bool,
-) -> Result<Option<Principal>, Box<Response>> {
-    let Some(auth) = state.auth.as_ref() else {
-        return Ok(None);
-    };
-    if is_open(uri.path()) {
-        return Ok(None);
-    }
-    let checked = auth.authenticate(uri, headers).and_then(|principal| {
-        if principal.has_scope(scope) {
-            Ok(principal)
-        } else {
-            Err(AuthFailure::InsufficientScope(scope))
-        }
-    });
-    checked.map(Some).map_err(|failure| {
-        state
-            .metrics
-            .auth_failures
-            .with_label_values(&[failure.reason()])
-            .inc();
-        Box::new(failure.into_response())
-    })
-}
-
 /// Declares the bearer scheme on an operation, so the spec lists it and Swagger UI's
-/// Authorize button sends the token. Verification is `RequireScope`'s job (it runs
+/// Authorize button sends the token. Verification is the admission pipeline's job (`http::pipeline`) (it runs
 /// before routing, also for requests no operation matches), so extraction never fails.
 pub struct BearerAuth;
 

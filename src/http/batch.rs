@@ -19,7 +19,8 @@ use uuid::Uuid;
 
 use super::key::EXAMPLE_KEY;
 use super::problem::{Problem, ProblemError, ProblemKind};
-use super::AppState;
+use super::state::HttpState;
+use crate::state::AppState;
 use crate::dataset::Dataset;
 
 /// The request body of a batch lookup.
@@ -113,7 +114,7 @@ impl<'a> ApiExtractor<'a> for BatchBody {
             return Err(refuse(ProblemKind::UnsupportedMediaType, detail).into());
         }
         let limit = request
-            .data::<Arc<AppState>>()
+            .data::<Arc<HttpState>>()
             .map_or(1 << 20, |state| state.settings.max_body_bytes);
         let too_large = || {
             refuse(

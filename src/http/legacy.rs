@@ -6,8 +6,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use poem_openapi::param::Path;
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
@@ -18,7 +16,7 @@ use super::auth::BearerAuth;
 use super::key::KeyParam;
 use super::payload::{ProblemJson, RawJson};
 use super::problem::{Problem, NOT_LOADED_RETRY_AFTER_SECS};
-use super::AppState;
+use super::state::HttpState;
 
 /// FastAPI's 404 body.
 #[derive(Object)]
@@ -109,11 +107,11 @@ pub enum LegacyResponse {
 }
 
 pub struct LegacyApi {
-    state: Arc<AppState>,
+    state: Arc<HttpState>,
 }
 
 impl LegacyApi {
-    pub fn new(state: Arc<AppState>) -> Self {
+    pub fn new(state: Arc<HttpState>) -> Self {
         Self { state }
     }
 }
@@ -135,58 +133,59 @@ impl LegacyApi {
         key: Path<KeyParam>,
         _auth: BearerAuth,
     ) -> LegacyResponse {
-        let deprecation = || "true".to_owned();
-        match answer(&self.state, &key.0 .0) {
-            LegacyAnswer::Found { body, link } => {
-                LegacyResponse::Ok(RawJson::new(body), deprecation(), link)
-            }
-            LegacyAnswer::NotFound { link } => {
-                LegacyResponse::NotFound(RawJson::new(NOT_FOUND_BODY), deprecation(), link)
-            }
-            LegacyAnswer::Invalid(body) => {
-                LegacyResponse::Unprocessable(RawJson::new(body), deprecation())
-            }
-            LegacyAnswer::Unavailable(problem) if problem.status == 421 => {
-                LegacyResponse::Misdirected(problem.into())
-            }
-            LegacyAnswer::Unavailable(problem) => {
-                LegacyResponse::NotLoaded(problem.into(), NOT_LOADED_RETRY_AFTER_SECS)
-            }
+        answer(&self.state, &key.0 .0)
+    }
+
+    /// The legacy route's status and headers, without a body.
+    #[oai(
+        path = "/get_value/:key",
+        method = "head",
+        operation_id = "legacyHeadValue",
+        deprecated = true
+    )]
+    async fn head_value(
+        &self,
+        /// The key to look up.
+        key: Path<KeyParam>,
+        _auth: BearerAuth,
+    ) -> LegacyResponse {
+        answer(&self.state, &key.0 .0)
+    }
+}
+
+/// The old service's answer for `raw_key`; the operation above and the fast path
+/// (`http::fast`) both return it.
+pub fn answer(state: &HttpState, raw_key: &str) -> LegacyResponse {
+    let key = match uuid::Uuid::parse_str(raw_key) {
+        Ok(key) => key,
+        Err(err) => {
+            let body = validation_error(raw_key, &err);
+            return LegacyResponse::Unprocessable(RawJson::new(body), deprecation());
+        }
+    };
+    let link = format!("</v1/keys/{}>; rel=\"successor-version\"", key.hyphenated());
+    match lookup_key(state, key, IfNoneMatch::absent(), Shape::Json) {
+        Lookup::Hit { body, .. } => LegacyResponse::Ok(RawJson::new(body), deprecation(), link),
+        Lookup::Failed(problem) if problem.status == 404 => {
+            LegacyResponse::NotFound(RawJson::new(NOT_FOUND_BODY), deprecation(), link)
+        }
+        Lookup::Failed(problem) if problem.status == 421 => {
+            LegacyResponse::Misdirected(problem.into())
+        }
+        Lookup::Failed(problem) => {
+            LegacyResponse::NotLoaded(problem.into(), NOT_LOADED_RETRY_AFTER_SECS)
+        }
+        // No If-None-Match is passed, so there is no 304.
+        Lookup::NotModified { .. } => {
+            LegacyResponse::NotLoaded(Problem::not_loaded().into(), NOT_LOADED_RETRY_AFTER_SECS)
         }
     }
 }
 
-/// The old service's answer for `raw_key`, before it is dressed as a response (by the
-/// OpenAPI operation above or by the fast path in `http::fast`).
-pub enum LegacyAnswer {
-    Found {
-        body: Bytes,
-        link: String,
-    },
-    NotFound {
-        link: String,
-    },
-    /// The 422 body.
-    Invalid(Vec<u8>),
-    Unavailable(Problem),
+fn deprecation() -> String {
+    "true".to_owned()
 }
 
-pub fn answer(state: &AppState, raw_key: &str) -> LegacyAnswer {
-    let key = match uuid::Uuid::parse_str(raw_key) {
-        Ok(key) => key,
-        Err(err) => return LegacyAnswer::Invalid(validation_error(raw_key, &err)),
-    };
-    let link = format!("</v1/keys/{}>; rel=\"successor-version\"", key.hyphenated());
-    match lookup_key(state, key, IfNoneMatch::absent(), Shape::Json) {
-        Lookup::Hit { body, .. } => LegacyAnswer::Found { body, link },
-        Lookup::Failed(problem) if problem.status == 404 => LegacyAnswer::NotFound { link },
-        Lookup::Failed(problem) => LegacyAnswer::Unavailable(problem),
-        // No If-None-Match is passed, so there is no 304.
-        Lookup::NotModified { .. } => LegacyAnswer::Unavailable(Problem::not_loaded()),
-    }
-}
-
-/// `{"detail":"Key not found"}`, as FastAPI wrote it.
 pub const NOT_FOUND_BODY: &[u8] = br#"{"detail":"Key not found"}"#;
 
 #[derive(serde::Serialize)]

@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use std::future::Future;
 
 use poem::http::{header, HeaderMap, Uri};
-use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+use poem::{IntoResponse, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::problem::{Problem, ProblemKind};
-use super::AppState;
 
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
@@ -87,49 +87,23 @@ impl RequestLimits {
             None => Ok(None),
         }
     }
-}
 
-/// `RequestLimits` and `--request-timeout` as a poem middleware.
-pub struct Limits(pub Arc<AppState>);
-
-impl<E: Endpoint<Output = Response>> Middleware<E> for Limits {
-    type Output = LimitsEndpoint<E>;
-
-    fn transform(&self, ep: E) -> Self::Output {
-        LimitsEndpoint {
-            inner: ep,
-            state: self.0.clone(),
-        }
-    }
-}
-
-pub struct LimitsEndpoint<E> {
-    inner: E,
-    state: Arc<AppState>,
-}
-
-impl<E: Endpoint<Output = Response>> Endpoint for LimitsEndpoint<E> {
-    type Output = Response;
-
-    async fn call(&self, req: Request) -> poem::Result<Response> {
-        // Held until the answer is built; dropped with the future if the client leaves.
-        let _permit = match self.state.limits.admit(req.uri(), req.headers()) {
-            Ok(permit) => permit,
-            Err(refusal) => return Ok(*refusal),
+    /// Runs `answer` within `--request-timeout`, if set; past it the answer is a 503
+    /// problem and `answer` is dropped.
+    pub async fn within_timeout(&self, answer: impl Future<Output = Response>) -> Response {
+        let Some(limit) = self.settings.request_timeout else {
+            return answer.await;
         };
-        match self.state.limits.settings.request_timeout {
-            None => self.inner.call(req).await,
-            Some(limit) => match tokio::time::timeout(limit, self.inner.call(req)).await {
-                Ok(result) => result,
-                Err(_) => Ok(Problem::new(
-                    ProblemKind::Timeout,
-                    format!(
-                        "the request took longer than {} (--request-timeout)",
-                        humantime::format_duration(limit)
-                    ),
-                )
-                .into_response()),
-            },
+        match tokio::time::timeout(limit, answer).await {
+            Ok(resp) => resp,
+            Err(_) => Problem::new(
+                ProblemKind::Timeout,
+                format!(
+                    "the request took longer than {} (--request-timeout)",
+                    humantime::format_duration(limit)
+                ),
+            )
+            .into_response(),
         }
     }
 }

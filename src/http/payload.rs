@@ -7,11 +7,11 @@
 use std::marker::PhantomData;
 
 use bytes::Bytes;
-use poem::http::header;
+use poem::http::{header, HeaderValue};
 use poem::{IntoResponse, Response};
 use poem_openapi::payload::Payload;
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
-use poem_openapi::types::Type;
+use poem_openapi::types::{ToHeader, Type};
 
 use super::problem::{self, Problem};
 
@@ -96,5 +96,40 @@ impl IntoResponse for TextValue {
         Response::builder()
             .header(header::CONTENT_TYPE, Self::CONTENT_TYPE)
             .body(self.0)
+    }
+}
+
+/// A response header value made once (an `ETag`, a `Cache-Control`), documented in the
+/// spec as a string: the operations hand it to poem-openapi without a `String` copy per
+/// request.
+pub struct HeaderText(pub HeaderValue);
+
+impl Type for HeaderText {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> std::borrow::Cow<'static, str> {
+        "string".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        String::schema_ref()
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(std::iter::once(self))
+    }
+}
+
+impl ToHeader for HeaderText {
+    fn to_header(&self) -> Option<HeaderValue> {
+        Some(self.0.clone())
     }
 }

@@ -195,6 +195,15 @@ impl Problem {
         )
     }
 
+    /// A path whose percent-encoded bytes are not UTF-8 (poem's router and the fast
+    /// path both refuse it).
+    pub fn invalid_path(path: &str) -> Self {
+        Self::new(
+            ProblemKind::InvalidPath,
+            format!("the path {path} is not valid UTF-8 once percent-decoded"),
+        )
+    }
+
     pub fn not_loaded() -> Self {
         Self::new(
             ProblemKind::NotLoaded,
@@ -253,10 +262,7 @@ pub fn into_problem_response(err: poem::Error, method: &str, path: &str) -> Resp
             format!("no route matches {path}"),
         )
     } else if err.is::<poem::error::ParsePathError>() {
-        Problem::new(
-            ProblemKind::InvalidPath,
-            format!("the path {path} is not valid UTF-8 once percent-decoded"),
-        )
+        Problem::invalid_path(path)
     } else if err.is::<MethodNotAllowedError>() {
         Problem::new(
             ProblemKind::MethodNotAllowed,

@@ -32,12 +32,10 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use poem::http::{header, HeaderMap, HeaderName, HeaderValue};
-use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+use poem::{IntoResponse, Response};
 
 use super::auth::Principal;
 use super::problem::{Problem, ProblemKind};
-use super::AppState;
-use crate::metrics::Metrics;
 
 /// How often idle client state is dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
@@ -99,7 +97,11 @@ struct Standing {
 }
 
 /// A refusal: the 429 to send (without the `RateLimit` fields, which `stamp` adds).
-pub struct Refused(Box<Response>);
+pub struct Refused {
+    /// Which limit refused, for `kvserve_rate_limited_total{limit}`.
+    pub kind: LimitKind,
+    answer: Box<Response>,
+}
 
 impl<K: Hash + Eq + Clone> KeyedLimit<K> {
     fn new(kind: LimitKind, spec: LimitSpec) -> Self {
@@ -124,7 +126,6 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
     fn check(
         &self,
         key: &K,
-        metrics: &Metrics,
         standings: &mut Standings,
         whose: &str,
     ) -> Result<(), Refused> {
@@ -143,7 +144,6 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
                 Ok(())
             }
             Err(not_until) => {
-                metrics.rate_limited(self.kind).inc();
                 // The next request is allowed after `wait`; the bucket is full again
                 // after that and the other B-1 requests' refill.
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -166,7 +166,10 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
                 .into_response();
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-                Err(Refused(Box::new(resp)))
+                Err(Refused {
+                    kind: self.kind,
+                    answer: Box::new(resp),
+                })
             }
         }
     }
@@ -269,7 +272,6 @@ impl RateLimits {
     pub fn check_peer(
         &self,
         standings: &mut Standings,
-        metrics: &Metrics,
         headers: &HeaderMap,
         peer: Option<IpAddr>,
     ) -> Result<(), Refused> {
@@ -277,7 +279,7 @@ impl RateLimits {
             return Ok(());
         };
         let address = self.address(headers, peer);
-        limit.check(&address, metrics, standings, "from this address")
+        limit.check(&address, standings, "from this address")
     }
 
     /// The per-subject limit; call after authentication with its principal. A no-op
@@ -285,7 +287,6 @@ impl RateLimits {
     pub fn check_subject(
         &self,
         standings: &mut Standings,
-        metrics: &Metrics,
         principal: Option<&Principal>,
         headers: &HeaderMap,
         peer: Option<IpAddr>,
@@ -297,7 +298,7 @@ impl RateLimits {
             Some(subject) => SubjectKey::Subject(subject.clone()),
             None => SubjectKey::Address(self.address(headers, peer)),
         };
-        limit.check(&key, metrics, standings, "for this token's subject")
+        limit.check(&key, standings, "for this token's subject")
     }
 
     /// Adds `RateLimit-Policy` and `RateLimit` (the limits checked, closest to their
@@ -322,7 +323,7 @@ impl RateLimits {
 
     /// The 429 of `refused`, stamped with every standing known.
     pub fn refusal(&self, refused: Refused, standings: &Standings) -> Response {
-        let mut resp = *refused.0;
+        let mut resp = *refused.answer;
         self.stamp(standings, resp.headers_mut());
         resp
     }
@@ -348,98 +349,6 @@ pub fn spawn_pruning(limits: &Arc<RateLimits>) {
             );
         }
     });
-}
-
-/// The per-address limit as a poem middleware, outside authentication. It also writes
-/// the `RateLimit` fields into every answer from inside it: the subject layer's
-/// standing comes back in the response's data.
-pub struct PeerRateLimit(pub Arc<AppState>);
-
-/// The per-subject limit as a poem middleware, inside authentication.
-pub struct SubjectRateLimit(pub Arc<AppState>);
-
-impl<E: Endpoint<Output = Response>> Middleware<E> for PeerRateLimit {
-    type Output = PeerRateLimitEndpoint<E>;
-
-    fn transform(&self, ep: E) -> Self::Output {
-        PeerRateLimitEndpoint {
-            inner: ep,
-            state: self.0.clone(),
-        }
-    }
-}
-
-impl<E: Endpoint<Output = Response>> Middleware<E> for SubjectRateLimit {
-    type Output = SubjectRateLimitEndpoint<E>;
-
-    fn transform(&self, ep: E) -> Self::Output {
-        SubjectRateLimitEndpoint {
-            inner: ep,
-            state: self.0.clone(),
-        }
-    }
-}
-
-pub struct PeerRateLimitEndpoint<E> {
-    inner: E,
-    state: Arc<AppState>,
-}
-
-pub struct SubjectRateLimitEndpoint<E> {
-    inner: E,
-    state: Arc<AppState>,
-}
-
-fn peer_ip(req: &Request) -> Option<IpAddr> {
-    req.remote_addr().as_socket_addr().map(|a| a.ip())
-}
-
-impl<E: Endpoint<Output = Response>> Endpoint for PeerRateLimitEndpoint<E> {
-    type Output = Response;
-
-    async fn call(&self, mut req: Request) -> poem::Result<Response> {
-        let Some(limits) = self.state.rate_limit.as_ref() else {
-            return self.inner.call(req).await;
-        };
-        let mut standings = Standings::default();
-        let peer = peer_ip(&req);
-        if let Err(refused) =
-            limits.check_peer(&mut standings, &self.state.metrics, req.headers(), peer)
-        {
-            return Ok(limits.refusal(refused, &standings));
-        }
-        req.set_data(standings.clone());
-        let mut resp = self.inner.call(req).await?;
-        // The subject layer's answer carries both standings; others only this one's.
-        let standings = resp.data::<Standings>().cloned().unwrap_or(standings);
-        limits.stamp(&standings, resp.headers_mut());
-        Ok(resp)
-    }
-}
-
-impl<E: Endpoint<Output = Response>> Endpoint for SubjectRateLimitEndpoint<E> {
-    type Output = Response;
-
-    async fn call(&self, req: Request) -> poem::Result<Response> {
-        let Some(limits) = self.state.rate_limit.as_ref() else {
-            return self.inner.call(req).await;
-        };
-        let mut standings = req.data::<Standings>().cloned().unwrap_or_default();
-        let peer = peer_ip(&req);
-        let checked = limits.check_subject(
-            &mut standings,
-            &self.state.metrics,
-            req.data::<Principal>(),
-            req.headers(),
-            peer,
-        );
-        let mut resp = match checked {
-            Ok(()) => self.inner.call(req).await?,
-            Err(Refused(resp)) => *resp,
-        };
-        resp.set_data(standings);
-        Ok(resp)
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! The outermost layer of the API listener: a request id for every request (the
-//! caller's `X-Request-Id` when it sends a usable one), echoed in the answer, a tracing
-//! span that every log line of the request carries, and one access-log event.
+//! The access log of the API listener: a request id for every request (the caller's
+//! `X-Request-Id` when it sends a usable one), echoed in the answer, a tracing span that
+//! every log line of the request carries, and one access-log event. The admission
+//! pipeline (`http::pipeline`) opens and closes it.
 //!
 //! Access-log events have the target `kvserve::access`, so an operator can silence
 //! them alone: `--log-level info,kvserve::access=off`.
@@ -12,11 +13,10 @@ use std::time::Instant;
 
 use opentelemetry::trace::TraceContextExt;
 use poem::http::{HeaderMap, HeaderName, HeaderValue, Method};
-use poem::{Endpoint, Middleware, Request, Response};
-use tracing::{Instrument, Span};
+use poem::Response;
+use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::metrics::{path_label, route_label_or};
 use crate::telemetry;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -24,44 +24,6 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Longest caller-supplied request id kept; longer ones are replaced, so a client
 /// cannot inflate every log line.
 const MAX_REQUEST_ID: usize = 128;
-
-pub struct RequestLog;
-
-impl<E: Endpoint<Output = Response>> Middleware<E> for RequestLog {
-    type Output = RequestLogEndpoint<E>;
-
-    fn transform(&self, ep: E) -> Self::Output {
-        RequestLogEndpoint(ep)
-    }
-}
-
-pub struct RequestLogEndpoint<E>(E);
-
-impl<E: Endpoint<Output = Response>> Endpoint for RequestLogEndpoint<E> {
-    type Output = Response;
-
-    async fn call(&self, req: Request) -> poem::Result<Response> {
-        let access = Access::begin(
-            req.headers(),
-            req.method(),
-            req.remote_addr().as_socket_addr().copied(),
-        );
-        let span = access.span(req.uri().path());
-        let before_routing = path_label(req.uri().path());
-        if let Some(parent) = telemetry::remote_context(req.headers()) {
-            let _ = span.set_parent(parent);
-        }
-        let mut resp = self
-            .0
-            .call(req)
-            .instrument(span.clone())
-            .await
-            .unwrap_or_else(|err| err.into_response());
-        let route = route_label_or(&resp, before_routing);
-        access.finish(&span, route, &mut resp);
-        Ok(resp)
-    }
-}
 
 /// One request's entry in the access log, from its head to its answer. Used by the
 /// middleware and by the hot routes' fast path, so both log and tag alike.
@@ -96,11 +58,11 @@ impl Access {
     /// With traces on, the span is the exported server span and must exist; without,
     /// it only carries the request id into log lines of the request, so it is created
     /// at DEBUG and costs nothing unless debug logs are on.
-    pub fn span(&self, path: &str) -> Span {
+    pub fn span(&self, path: &str, headers: &HeaderMap) -> Span {
         let id = self.id.to_str().unwrap_or_default();
         let (method, client) = (&self.method, &self.client);
         if telemetry::traces_enabled() {
-            tracing::info_span!(
+            let span = tracing::info_span!(
                 "request",
                 request_id = %id,
                 method = %method,
@@ -111,7 +73,12 @@ impl Access {
                 http.request.method = %method,
                 http.route = tracing::field::Empty,
                 http.response.status_code = tracing::field::Empty,
-            )
+            );
+            // A caller's `traceparent` makes this span a child of the caller's.
+            if let Some(parent) = telemetry::remote_context(headers) {
+                let _ = span.set_parent(parent);
+            }
+            span
         } else {
             tracing::debug_span!("request", request_id = %id, method = %method, path = %path, client = %client)
         }

@@ -31,7 +31,8 @@ use tokio::task::JoinSet;
 
 use super::body::DeadlineBody;
 use super::conn::{ConnectionGate, Progress};
-use super::{fast, AppState};
+use super::fast;
+use super::state::HttpState;
 
 type Body = BoxBody<Bytes, io::Error>;
 type HyperResponse = hyper::Response<Body>;
@@ -47,7 +48,7 @@ pub struct Listener<E> {
     pub socket: TcpListener,
     pub gate: ConnectionGate,
     pub endpoint: E,
-    pub fast: Option<Arc<AppState>>,
+    pub fast: Option<Arc<HttpState>>,
 }
 
 impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
@@ -134,7 +135,7 @@ async fn wait_closing(closing: &mut watch::Receiver<bool>) {
 /// The hyper service of one connection.
 struct ConnectionService<E> {
     endpoint: Arc<E>,
-    fast: Option<Arc<AppState>>,
+    fast: Option<Arc<HttpState>>,
     local: LocalAddr,
     peer: SocketAddr,
     /// Tells the connection's deadlines where each request begins and ends.

@@ -39,7 +39,7 @@ pub struct TestServer {
     pub admin: SocketAddr,
     pub client: reqwest::Client,
     /// The running server's shared state, for the few checks only its inside shows.
-    pub state: std::sync::Arc<kvserve::http::AppState>,
+    pub state: std::sync::Arc<kvserve::http::HttpState>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), kvserve::AppError>>>,
 }

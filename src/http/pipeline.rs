@@ -1,0 +1,228 @@
+//! The admission pipeline of the API listener, written once as plain functions in the
+//! order of the contract (docs/ARCHITECTURE.md §2):
+//!
+//! 1. `begin`: request id, access-log span, in-flight gauge;
+//! 2. `admit`: request limits and shedding → per-address rate limit → authentication →
+//!    per-subject rate limit, each a refusal that ends the request;
+//! 3. the route answers (the OpenAPI operations, or the fast path for hot routes);
+//! 4. `Admission::stamp`: the rate-limit fields on the answer;
+//! 5. `finish`: request metrics, access-log event, request id and `nosniff` headers.
+//!
+//! Both paths call exactly these: `http::fast::serve` from hyper's request, and
+//! `through_framework` (the poem side, one `around` layer) for everything else. A new
+//! check goes into `admit`, nowhere else.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use poem::http::{header, HeaderMap, HeaderValue, Method, Uri};
+use poem::{Endpoint, Request, Response};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{Instrument, Span};
+
+use super::auth::{AuthFailure, Principal, SCOPE_READ};
+use super::metrics::InFlight;
+use super::ratelimit::{Refused, Standings};
+use super::request_log::Access;
+use super::routes;
+use super::state::HttpState;
+
+const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
+
+/// What admission reads of a request: its head and who sent it.
+pub struct Head<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub peer: Option<SocketAddr>,
+}
+
+impl<'a> Head<'a> {
+    pub fn of(req: &'a Request) -> Self {
+        Self {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            peer: req.remote_addr().as_socket_addr().copied(),
+        }
+    }
+}
+
+/// Who may pass on a listener: the scope a token needs, and the paths open to all.
+#[derive(Clone, Copy)]
+pub struct Policy {
+    pub scope: &'static str,
+    pub is_open: fn(&str) -> bool,
+}
+
+/// The API listener's: `kv:read`, except the spec and its viewer.
+pub const API: Policy = Policy {
+    scope: SCOPE_READ,
+    is_open: routes::is_open_path,
+};
+
+/// One request from its head to its answer: the access-log entry, its span, and the
+/// in-flight count (left when dropped, also if the client goes away mid-answer).
+pub struct Exchange {
+    access: Access,
+    pub span: Span,
+    started: Instant,
+    _in_flight: InFlight,
+}
+
+/// Step 1, for every request.
+pub fn begin(state: &HttpState, head: &Head<'_>) -> Exchange {
+    let access = Access::begin(head.headers, head.method, head.peer);
+    let span = access.span(head.uri.path(), head.headers);
+    Exchange {
+        started: access.started(),
+        access,
+        span,
+        _in_flight: state.metrics.enter(),
+    }
+}
+
+/// The answer that ends a request at a check (boxed: refusals are rare and a
+/// `Response` is big).
+pub type Refusal = Box<Response>;
+
+/// A request that passed every check: what it holds until its answer is made.
+pub struct Admission {
+    /// The `--max-in-flight` slot.
+    _permit: Option<OwnedSemaphorePermit>,
+    standings: Option<Standings>,
+    /// The verified token's principal; `None` with auth off or on an open path.
+    pub principal: Option<Principal>,
+}
+
+/// Step 2: the checks, cheapest and least trusting first. `Err` is the refusal to send.
+pub fn admit(state: &HttpState, head: &Head<'_>, policy: Policy) -> Result<Admission, Refusal> {
+    let permit = state.limits.admit(head.uri, head.headers)?;
+    let peer = head.peer.map(|addr| addr.ip());
+    let Some(limits) = &state.rate_limit else {
+        return Ok(Admission {
+            _permit: permit,
+            standings: None,
+            principal: authenticate(state, head, policy)?,
+        });
+    };
+    let refused = |refused: Refused, standings: &Standings| {
+        state.metrics.count_rate_limited(refused.kind);
+        Box::new(limits.refusal(refused, standings))
+    };
+    let mut standings = Standings::default();
+    if let Err(refusal) = limits.check_peer(&mut standings, head.headers, peer) {
+        return Err(refused(refusal, &standings));
+    }
+    let principal = match authenticate(state, head, policy) {
+        Ok(principal) => principal,
+        Err(mut refusal) => {
+            limits.stamp(&standings, refusal.headers_mut());
+            return Err(refusal);
+        }
+    };
+    let subject = limits.check_subject(&mut standings, principal.as_ref(), head.headers, peer);
+    if let Err(refusal) = subject {
+        return Err(refused(refusal, &standings));
+    }
+    Ok(Admission {
+        _permit: permit,
+        standings: Some(standings),
+        principal,
+    })
+}
+
+/// The token check of `policy`. `Ok(None)`: auth is off or the path is open. A refusal
+/// is counted in `kvserve_auth_failures_total`.
+pub fn authenticate(
+    state: &HttpState,
+    head: &Head<'_>,
+    policy: Policy,
+) -> Result<Option<Principal>, Refusal> {
+    let Some(auth) = state.auth.as_ref() else {
+        return Ok(None);
+    };
+    if (policy.is_open)(head.uri.path()) {
+        return Ok(None);
+    }
+    let checked = auth.authenticate(head.uri, head.headers).and_then(|principal| {
+        if principal.has_scope(policy.scope) {
+            Ok(principal)
+        } else {
+            Err(AuthFailure::InsufficientScope(policy.scope))
+        }
+    });
+    checked.map(Some).map_err(|failure| {
+        state.metrics.count_auth_failure(failure.reason());
+        Box::new(failure.into_response())
+    })
+}
+
+impl Admission {
+    /// Step 4: where the client stands against the rate limits it passed.
+    pub fn stamp(&self, state: &HttpState, resp: &mut Response) {
+        if let (Some(limits), Some(standings)) = (&state.rate_limit, &self.standings) {
+            limits.stamp(standings, resp.headers_mut());
+        }
+    }
+}
+
+/// Step 5: count, log and tag the answer.
+pub fn finish(
+    state: &HttpState,
+    exchange: Exchange,
+    method: &Method,
+    route: &'static str,
+    mut resp: Response,
+) -> Response {
+    state
+        .metrics
+        .observe(method, route, resp.status(), exchange.started);
+    exchange.access.finish(&exchange.span, route, &mut resp);
+    nosniff(&mut resp);
+    resp
+}
+
+/// `X-Content-Type-Options: nosniff` on every answer of both listeners.
+pub fn nosniff(resp: &mut Response) {
+    resp.headers_mut()
+        .insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
+}
+
+/// The pipeline around poem's router: every API request the fast path does not take.
+/// `--request-timeout` bounds the route's answer (the fast path's is synchronous).
+pub async fn through_framework<E: Endpoint<Output = Response>>(
+    state: Arc<HttpState>,
+    routes: Arc<E>,
+    mut req: Request,
+) -> poem::Result<Response> {
+    let method = req.method().clone();
+    let before_routing = routes::path_label(req.uri().path());
+    let head = Head::of(&req);
+    let exchange = begin(&state, &head);
+    let admitted = exchange.span.in_scope(|| admit(&state, &head, API));
+    let resp = match admitted {
+        Err(refusal) => *refusal,
+        Ok(mut admission) => {
+            if let Some(principal) = admission.principal.take() {
+                req.set_data(principal);
+            }
+            let answer = async {
+                routes
+                    .call(req)
+                    .await
+                    .unwrap_or_else(|err| err.into_response())
+            };
+            let mut resp = state
+                .limits
+                .within_timeout(answer)
+                .instrument(exchange.span.clone())
+                .await;
+            admission.stamp(&state, &mut resp);
+            resp
+        }
+    };
+    let route = routes::route_label(&resp, before_routing);
+    Ok(finish(&state, exchange, &method, route, resp))
+}

@@ -1,0 +1,73 @@
+//! What the API and admin listeners share: the application state below them, the
+//! settings handlers read on every request, and the admission pipeline's parts
+//! (limits, authentication, rate limits, request metrics).
+
+use std::sync::Arc;
+
+use poem::http::HeaderValue;
+
+use super::auth::Authenticator;
+use super::limits::{LimitSettings, RequestLimits};
+use super::metrics::HttpMetrics;
+use super::ratelimit::RateLimits;
+use crate::metrics::MetricsError;
+use crate::state::AppState;
+
+/// Settings of the API listener that handlers read on every request.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// The whole `Cache-Control` value of the 200s and 304s of `/v1/keys/{key}` and
+    /// `/v1/keys/{key}/value`, built once by `cache_control`.
+    pub cache_control_header: HeaderValue,
+    pub max_batch: usize,
+    pub max_body_bytes: usize,
+    pub limits: LimitSettings,
+    /// `--fast-path`: answer the hot routes straight from hyper's request.
+    pub fast_path: bool,
+}
+
+/// The `Cache-Control` value of a lookup's 200 and 304, from `--cache-max-age`.
+///
+/// With auth on it is `private`: a shared cache or CDN may store a `public` answer to a
+/// request that carried a token and hand it to one that carried none (RFC 9111 §3.5),
+/// which would serve data past the authentication. `private` still lets the client's
+/// own cache keep it for `max-age`. `Vary: Authorization` was not chosen: a shared
+/// cache would still store one copy per token and serve it for as long as `max-age`
+/// says, past the token's expiry or revocation. With auth off every client may read
+/// everything, so the answer is `public`.
+pub fn cache_control(auth_on: bool, max_age: std::time::Duration) -> HeaderValue {
+    let scope = if auth_on { "private" } else { "public" };
+    format!("{scope}, max-age={}", max_age.as_secs())
+        .parse()
+        .unwrap_or(HeaderValue::from_static("no-store"))
+}
+
+pub struct HttpState {
+    pub app: Arc<AppState>,
+    pub settings: HttpSettings,
+    pub metrics: HttpMetrics,
+    /// `None`: authentication is off.
+    pub auth: Option<Authenticator>,
+    /// `None`: neither rate limit is on.
+    pub rate_limit: Option<Arc<RateLimits>>,
+    /// The API listener's request limits (`--max-uri-bytes`, `--max-in-flight`, ...).
+    pub limits: RequestLimits,
+}
+
+impl HttpState {
+    pub fn new(
+        app: Arc<AppState>,
+        settings: HttpSettings,
+        auth: Option<Authenticator>,
+        rate_limit: Option<RateLimits>,
+    ) -> Result<Self, MetricsError> {
+        Ok(Self {
+            metrics: HttpMetrics::new(app.metrics.registry())?,
+            limits: RequestLimits::new(settings.limits.clone()),
+            app,
+            settings,
+            auth,
+            rate_limit: rate_limit.map(Arc::new),
+        })
+    }
+}
