@@ -66,6 +66,7 @@ fn state(f: &Fixture, cache_capacity: usize) -> Arc<AppState> {
             max_in_flight: None,
             request_timeout: None,
         },
+        fast_path: true,
     };
     let reloader = Reloader::new(f.path.clone(), LoadOptions::default());
     let state = AppState::new(Cache::new(cache_capacity), settings, reloader).expect("state");

@@ -78,6 +78,13 @@ pub struct ServeArgs {
     #[arg(long, env = "KVSERVE_CACHE_MAX_AGE", default_value = "60s", value_parser = parse_duration)]
     pub cache_max_age: Duration,
 
+    /// Answer the hot routes without the framework's per-request layers (measured: about
+    /// half the CPU per request). `false` sends every request through the reference path,
+    /// the OpenAPI operations; both give the same bytes (tests prove it), so this is for
+    /// diagnosis only.
+    #[arg(long, env = "KVSERVE_FAST_PATH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub fast_path: bool,
+
     /// Most keys one `POST /v1/keys/batch` may ask for.
     #[arg(long, env = "KVSERVE_MAX_BATCH", default_value_t = 1000)]
     pub max_batch: usize,

@@ -100,6 +100,7 @@ impl App {
                 max_in_flight: protect.max_in_flight,
                 request_timeout: protect.request_timeout,
             },
+            fast_path: args.fast_path,
         };
         let reloader = Reloader::new(args.data.clone(), args.load.options());
         let spec = |per_second, burst| http::ratelimit::LimitSpec { per_second, burst };

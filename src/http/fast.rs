@@ -106,10 +106,13 @@ impl<E: Endpoint<Output = Response>> Endpoint for FastRoutesEndpoint<E> {
 
 /// Answers a hot-route request from hyper's request, with every check the API
 /// endpoint's layers would make, in their order; `None` for any other request, which
-/// then goes to poem.
+/// then goes to poem, and for every request with `--fast-path false`.
 pub fn serve<B>(state: &AppState, req: &hyper::Request<B>, peer: SocketAddr) -> Option<Response> {
     let method = req.method();
-    if (method != Method::GET && method != Method::HEAD) || telemetry::traces_enabled() {
+    if !state.settings.fast_path
+        || (method != Method::GET && method != Method::HEAD)
+        || telemetry::traces_enabled()
+    {
         return None;
     }
     let (uri, headers) = (req.uri(), req.headers());

@@ -38,6 +38,8 @@ pub struct HttpSettings {
     pub max_batch: usize,
     pub max_body_bytes: usize,
     pub limits: limits::LimitSettings,
+    /// `--fast-path`: `false` sends every request through poem, the reference path.
+    pub fast_path: bool,
 }
 
 /// The `Cache-Control` value of a lookup's 200 and 304, from `--cache-max-age`.
@@ -158,6 +160,7 @@ pub fn openapi_json() -> String {
             max_in_flight: None,
             request_timeout: None,
         },
+        fast_path: true,
     };
     let reloader = Reloader::new(Default::default(), LoadOptions::default());
     match AppState::new(Cache::new(0), settings, reloader) {
