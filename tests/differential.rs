@@ -118,12 +118,22 @@ enum RequestId {
     Unusable,
 }
 
+/// Bytes as sent, shown escaped in a failing case.
+#[derive(Clone)]
+struct Wire(Vec<u8>);
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"{}\"", escape(&self.0))
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Req {
     method: &'static str,
     route: Route,
     /// The key segment as written on the wire (raw bytes, maybe percent-encoded).
-    key: Vec<u8>,
+    key: Wire,
     query: &'static str,
     etag: Etag,
     auth: Auth,
@@ -141,7 +151,7 @@ struct Ctx {
 
 impl Req {
     fn target(&self) -> Vec<u8> {
-        let k = self.key.as_slice();
+        let k = self.key.0.as_slice();
         let parts: &[&[u8]] = match self.route {
             Route::Key => &[b"/v1/keys/", k],
             Route::Value => &[b"/v1/keys/", k, b"/value"],
@@ -329,7 +339,7 @@ fn req_strategy() -> impl Strategy<Value = Req> {
         |(method, route, key, query, etag, auth, request_id)| Req {
             method,
             route,
-            key,
+            key: Wire(key),
             query,
             etag,
             auth,
