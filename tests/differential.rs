@@ -2,36 +2,48 @@
 //! (`http::fast::serve`, `--fast-path true`) against the reference path, every request
 //! through poem (`--fast-path false`). Two servers on the same data file, one per path,
 //! get the same generated requests, written byte for byte on raw TCP (nothing
-//! normalises them), and must answer with the same status line, the same headers as a
-//! sorted multiset of (lowercased name, value) and the same body bytes. Two exceptions,
-//! both per-request by nature: the `date` value, and `x-request-id` when the request
-//! sent no usable one (the server then makes one up); both must still be present.
+//! normalises them; one request per connection), and must answer with the same status
+//! line, the same headers as a sorted multiset of (lowercased name, value) and the same
+//! body bytes. Two exceptions, both per-request by nature: the `date` value, and
+//! `x-request-id` when the request sent no usable one (the server then makes one up);
+//! each must still be present once on both sides.
 //!
 //! Four configurations: auth off; HS256 auth; a shard (`--key-prefixes 0-7`); HS256
-//! auth with a per-address rate limit low enough to be hit (`--rate-limit 1
-//! --rate-limit-burst 2`). The generator covers methods (GET, HEAD and others), the
-//! three hot routes and their near misses, key spellings (every UUID form, missing,
-//! outside the shard, damaged, unicode, percent-encoded bytes including invalid UTF-8
-//! and an encoded `/`), a query, `If-None-Match`, `Authorization` and `X-Request-Id`
-//! variants (see `Req`).
+//! auth with both rate limits low enough to be hit (`--rate-limit 1
+//! --rate-limit-burst 3 --subject-rate-limit 1 --subject-rate-limit-burst 2`). The
+//! generator (`req_strategy`) covers methods (GET, HEAD, POST, DELETE, OPTIONS, PUT,
+//! PATCH), the three hot routes and their near misses (`/v1/keys/`, `/v1/keys`,
+//! `/v1/keys/batch`, `/v1/keys/{k}/value/x`, `/get_value/`, trailing slashes,
+//! `/v1/keys//value`), a query string, key spellings (hyphenated, simple, braced raw
+//! and encoded, urn, upper case, wholly percent-encoded; missing; outside the shard;
+//! damaged: wrong length, bad hex, empty, unicode raw and encoded, `%ff`, `%c3%28`,
+//! `%2F`, `%00`, lone `%`; random strings), `If-None-Match` (absent, current, `W/`,
+//! `*`, a list, stale, garbage, two lines), `Authorization` (absent, good, bad
+//! signature, expired, wrong scope, not Bearer, lowercase scheme, empty, two headers)
+//! and `X-Request-Id` (absent, usable, unusable). The statuses compared are printed at
+//! the end (`--nocapture`): a run of 256 reaches 200, 304, 400, 401, 403, 404, 405, 421,
+//! 422, and 429 from each limit (the subject one a few times).
 //!
-//! The rate limit is made exact, not tolerated: the servers are given
-//! `--trust-forwarded-for` and every case a fresh `X-Forwarded-For` address, so each
-//! case starts on a full bucket of its own, and sends its sequence of one to four
-//! requests to one server, then the same to the other. At one request per second, a
-//! sequence sent in well under a second sees no refill, so `r`, `t` and `Retry-After`
-//! are the same on both; a sequence that took longer (a stalled machine) is sent again
-//! with a new address instead of being compared.
+//! The rate limits are made exact, not tolerated: the servers trust
+//! `X-Forwarded-For`, and every case gets a fresh address and a fresh token subject, so
+//! it starts on full buckets of its own, and sends its sequence of one to five requests
+//! to one server, then the same to the other. At one request per second, a sequence
+//! sent in well under a second sees no refill, so `RateLimit`'s `r` and `t` and
+//! `Retry-After` are the same on both; a sequence that took longer (a stalled machine)
+//! is sent again as a new client instead of being compared.
 //!
-//! `PROPTEST_CASES=N` runs N cases per configuration (default 256; about ten seconds
-//! for all four in a debug build). A failure names the request (escaped bytes) and
-//! what differs: status, headers only one side sent, body.
+//! `PROPTEST_CASES=N` runs N cases per configuration (default 256: about 4 s for all
+//! four in a debug build; 2000 take about 20 s). A failure is shrunk and names the
+//! request (escaped bytes) and what differs: status line, each header only one side
+//! sent, the two bodies.
 //!
-//! Proved able to fail (not committed): an extra header planted in the fast path's
-//! answer (`fast::serve`) failed every configuration on its first GET/HEAD of a hot
-//! route, naming the header; a changed byte in the reference answer (the
-//! `Cache-Control` value of `FastRoutes`, which answers the hot routes inside poem
-//! today) failed on the first 200/304, showing both values.
+//! Proved able to fail (plants not committed): an `x-plant: 1` header added to the
+//! fast path's answer in `fast::serve` failed all four configurations, shrunk to
+//! `GET /v1/keys/{KEY}` with "header only in fast: x-plant: 1"; a changed byte in the
+//! reference answer (`max-age=61` in the `Cache-Control` of `FastRoutes`, which answers
+//! the hot routes inside poem on today's code) failed all four with the two
+//! `cache-control` values side by side; the last body byte of the reference's 404s
+//! changed failed with both bodies shown.
 
 mod common;
 
@@ -140,13 +152,32 @@ struct Req {
     request_id: RequestId,
 }
 
-/// What rendering a request needs from the run: the tokens and the data's ETag.
+/// What rendering a request needs from the run: the data's ETag and the tokens.
 struct Ctx {
     etag: String,
+    tokens: Tokens,
+}
+
+/// The tokens a case sends, all for one subject (`sub`).
+struct Tokens {
     good: String,
     bad_signature: String,
     expired: String,
     wrong_scope: String,
+}
+
+impl Tokens {
+    fn for_subject(sub: &str) -> Self {
+        let secret = std::fs::read(SECRET).expect("the HS256 fixture");
+        // The server trims the secret file's trailing whitespace too.
+        let secret = secret.trim_ascii_end();
+        Self {
+            good: mint(secret, sub, "kv:read", 3600),
+            bad_signature: mint(b"not the secret", sub, "kv:read", 3600),
+            expired: mint(secret, sub, "kv:read", -3600),
+            wrong_scope: mint(secret, sub, "kv:admin", 3600),
+        }
+    }
 }
 
 impl Req {
@@ -179,7 +210,7 @@ impl Req {
         out.extend_from_slice(&self.target());
         out.extend_from_slice(b" HTTP/1.1\r\nHost: kvserve.test\r\n");
         let mut head = String::new();
-        let quoted = ctx.etag.as_str();
+        let (quoted, tokens) = (ctx.etag.as_str(), &ctx.tokens);
         match self.etag {
             Etag::Absent => {}
             Etag::Current => head += &format!("If-None-Match: {quoted}\r\n"),
@@ -194,19 +225,21 @@ impl Req {
         }
         match self.auth {
             Auth::Absent => {}
-            Auth::Good => head += &format!("Authorization: Bearer {}\r\n", ctx.good),
+            Auth::Good => head += &format!("Authorization: Bearer {}\r\n", tokens.good),
             Auth::BadSignature => {
-                head += &format!("Authorization: Bearer {}\r\n", ctx.bad_signature)
+                head += &format!("Authorization: Bearer {}\r\n", tokens.bad_signature)
             }
-            Auth::Expired => head += &format!("Authorization: Bearer {}\r\n", ctx.expired),
-            Auth::WrongScope => head += &format!("Authorization: Bearer {}\r\n", ctx.wrong_scope),
+            Auth::Expired => head += &format!("Authorization: Bearer {}\r\n", tokens.expired),
+            Auth::WrongScope => {
+                head += &format!("Authorization: Bearer {}\r\n", tokens.wrong_scope)
+            }
             Auth::NotBearer => head += "Authorization: Basic dXNlcjpwYXNz\r\n",
-            Auth::LowercaseScheme => head += &format!("Authorization: bearer {}\r\n", ctx.good),
+            Auth::LowercaseScheme => head += &format!("Authorization: bearer {}\r\n", tokens.good),
             Auth::EmptyBearer => head += "Authorization: Bearer \r\n",
             Auth::TwoHeaders => {
                 head += &format!(
                     "Authorization: Bearer {}\r\nAuthorization: Bearer {}\r\n",
-                    ctx.good, ctx.bad_signature
+                    tokens.good, tokens.bad_signature
                 )
             }
         }
@@ -350,12 +383,12 @@ fn req_strategy() -> impl Strategy<Value = Req> {
 
 // ---- tokens -----------------------------------------------------------------------
 
-fn mint(secret: &[u8], scope: &str, exp_from_now: i64) -> String {
+fn mint(secret: &[u8], sub: &str, scope: &str, exp_from_now: i64) -> String {
     let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let claims = json!({"sub": "diff", "scope": scope, "exp": now + exp_from_now});
+    let claims = json!({"sub": sub, "scope": scope, "exp": now + exp_from_now});
     encode(
         &Header::new(Algorithm::HS256),
         &claims,
@@ -520,10 +553,9 @@ async fn pair(args: &[&str]) -> Pair {
     }
 }
 
-fn context(pair: &Pair, xff: Option<&str>) -> Ctx {
-    let secret = std::fs::read(SECRET).expect("the HS256 fixture");
-    let secret = secret.trim_ascii_end();
-    let good = mint(secret, "kv:read", 3600);
+/// The data's ETag, asked of both servers once (as `xff`, with a token of `sub`).
+fn current_etag(pair: &Pair, xff: Option<&str>) -> String {
+    let good = Tokens::for_subject("etag").good;
     let mut etags = Vec::new();
     for addr in [pair.fast.api, pair.reference.api] {
         let mut request =
@@ -543,20 +575,27 @@ fn context(pair: &Pair, xff: Option<&str>) -> Ctx {
         etags.push(etag);
     }
     assert_eq!(etags[0], etags[1], "both servers serve the same file");
-    Ctx {
-        etag: etags.remove(0),
-        good,
-        bad_signature: mint(b"not the secret", "kv:read", 3600),
-        expired: mint(secret, "kv:read", -3600),
-        wrong_scope: mint(secret, "kv:admin", 3600),
+    etags.remove(0)
+}
+
+/// The status code, and for a 429 which limit refused.
+fn outcome(answer: &Answer) -> String {
+    let code = answer.status.get(9..12).unwrap_or("???").to_owned();
+    let body = String::from_utf8_lossy(&answer.body);
+    match code.as_str() {
+        "429" if body.contains("subject") => "429 subject".to_owned(),
+        "429" if body.contains("address") => "429 address".to_owned(),
+        _ => code,
     }
 }
 
-/// Every address a case of the rate-limited run uses is fresh: its buckets start full.
-fn fresh_address() -> String {
+/// Every address and subject a case of the rate-limited run uses is fresh: its
+/// buckets start full.
+fn fresh_client() -> (String, String) {
     static NEXT: AtomicU32 = AtomicU32::new(1);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff)
+    let address = format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
+    (address, format!("client-{n}"))
 }
 
 /// Longest a rate-limited sequence may take on one server and still be compared: well
@@ -570,7 +609,11 @@ fn run(args: &[&str], sequence: std::ops::RangeInclusive<usize>, rate_limited: b
         .build()
         .expect("a runtime");
     let pair = runtime.block_on(pair(args));
-    let ctx = context(&pair, rate_limited.then_some("192.0.2.1"));
+    let etag = current_etag(&pair, rate_limited.then_some("192.0.2.1"));
+    let fixed = Ctx {
+        etag: etag.clone(),
+        tokens: Tokens::for_subject("diff"),
+    };
     let config = ProptestConfig {
         cases: cases(256),
         failure_persistence: None,
@@ -583,11 +626,20 @@ fn run(args: &[&str], sequence: std::ops::RangeInclusive<usize>, rate_limited: b
     let seen = std::sync::Mutex::new(std::collections::BTreeMap::<String, u32>::new());
     let outcome = runner.run(&strategy, |reqs| {
         for _attempt in 0..5 {
-            let xff = rate_limited.then(fresh_address);
-            let rendered: Vec<Vec<u8>> = reqs
-                .iter()
-                .map(|r| r.render(&ctx, xff.as_deref()))
-                .collect();
+            let fresh = rate_limited.then(fresh_client);
+            let per_case;
+            let ctx = match &fresh {
+                Some((_, sub)) => {
+                    per_case = Ctx {
+                        etag: etag.clone(),
+                        tokens: Tokens::for_subject(sub),
+                    };
+                    &per_case
+                }
+                None => &fixed,
+            };
+            let xff = fresh.as_ref().map(|(address, _)| address.as_str());
+            let rendered: Vec<Vec<u8>> = reqs.iter().map(|r| r.render(ctx, xff)).collect();
             let mut answers = Vec::new();
             let mut in_time = true;
             for addr in [pair.fast.api, pair.reference.api] {
@@ -607,7 +659,7 @@ fn run(args: &[&str], sequence: std::ops::RangeInclusive<usize>, rate_limited: b
                     TestCaseError::fail(format!("request {} of {}: {e}", i + 1, reqs.len()))
                 })?;
                 if let Ok(mut seen) = seen.lock() {
-                    *seen.entry(answers[0][i].status.clone()).or_default() += 1;
+                    *seen.entry(outcome(&answers[0][i])).or_default() += 1;
                 }
             }
             return Ok(());
@@ -654,10 +706,14 @@ fn rate_limited() {
             "--rate-limit",
             "1",
             "--rate-limit-burst",
+            "3",
+            "--subject-rate-limit",
+            "1",
+            "--subject-rate-limit-burst",
             "2",
             "--trust-forwarded-for",
         ],
-        1..=4,
+        1..=5,
         true,
     );
 }
