@@ -12,8 +12,8 @@ use kvserve::cache::Cache;
 use kvserve::dataset::{self, gen, LoadOptions, Storage};
 use kvserve::http::api::{lookup, IfNoneMatch, Shape};
 use kvserve::http::{limits::LimitSettings, HttpSettings, HttpState};
-use kvserve::state::AppState;
 use kvserve::reload::Reloader;
+use kvserve::state::AppState;
 
 const LINES: u64 = 1_000_000;
 

@@ -32,8 +32,8 @@ use crate::cli::ServeArgs;
 use crate::dataset::LoadError;
 use crate::http::conn::{ConnectionGate, ConnectionLimits};
 use crate::http::{HttpSettings, HttpState};
-use crate::state::AppState;
 use crate::reload::{ReloadError, Reloader, Trigger};
+use crate::state::AppState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -215,7 +215,7 @@ async fn serve_dataset(
     watch_debounce: Option<Duration>,
     mut hangup: Option<Signal>,
 ) -> AppError {
-    let first = reload::reload(&state, None, Trigger::Startup, true);
+    let first = state.reload(None, Trigger::Startup, true);
     tokio::pin!(first);
     let mut queued = false;
     let loaded = loop {
@@ -246,10 +246,10 @@ async fn serve_dataset(
         None => None,
     };
     if queued {
-        let _ = reload::reload(&state, None, Trigger::Signal, true).await;
+        let _ = state.reload(None, Trigger::Signal, true).await;
     }
     while recv(&mut hangup).await.is_some() {
-        let _ = reload::reload(&state, None, Trigger::Signal, true).await;
+        let _ = state.reload(None, Trigger::Signal, true).await;
     }
     std::future::pending().await
 }

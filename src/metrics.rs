@@ -4,7 +4,9 @@
 
 use std::time::UNIX_EPOCH;
 
-use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 use crate::cache::Cache;
 use crate::dataset::DatasetInfo;
@@ -155,7 +157,6 @@ impl Metrics {
         })
     }
 
-
     /// Where other parts of the process (the HTTP listener) register their metrics, so
     /// one scrape shows everything.
     pub fn registry(&self) -> &Registry {
@@ -194,4 +195,3 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 }
-

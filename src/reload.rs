@@ -1,50 +1,14 @@
-//! The current `Dataset` and how it is replaced: at start-up, on SIGHUP, on
-//! `POST /admin/reload` and, with `--watch`, when the file changes.
-//!
-//! Readers take a snapshot with one atomic load (`arc-swap`) and keep it for the whole
-//! request, so a swap never mixes two versions in one answer and requests in flight
-//! finish on the dataset they started with. A reload builds the new dataset completely
-//! before the swap; a failed one leaves the old dataset serving.
+//! Where and how the data file is (re)loaded: the file being served, which files a
+//! reload may name, the load options, and the lock that keeps loads one at a time.
+//! Loads happen at start-up, on SIGHUP, on `POST /admin/reload` and, with `--watch`,
+//! when the file changes; `state::AppState::reload` runs them and swaps the result in.
 
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::{ArcSwapOption, Guard};
 use tokio::sync::oneshot;
-use tracing::Instrument;
 
-use crate::dataset::{self, Dataset, DatasetInfo, LoadError, LoadOptions};
-use crate::state::AppState;
-
-/// The slot every request reads the dataset from; empty until the first load.
-#[derive(Default)]
-pub struct DatasetSlot {
-    current: ArcSwapOption<Dataset>,
-    generation: AtomicU64,
-}
-
-impl DatasetSlot {
-    /// A cheap snapshot for the request hot path (no reference count traffic in the
-    /// common case).
-    pub fn load(&self) -> Guard<Option<Arc<Dataset>>> {
-        self.current.load()
-    }
-
-    pub fn is_loaded(&self) -> bool {
-        self.current.load().is_some()
-    }
-
-    /// Makes `dataset` the one every new request sees, numbering it with the next
-    /// generation (1 for the first load).
-    pub fn install(&self, mut dataset: Dataset) -> Arc<Dataset> {
-        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        dataset.set_generation(generation);
-        let dataset = Arc::new(dataset);
-        self.current.store(Some(dataset.clone()));
-        dataset
-    }
-}
+use crate::dataset::{self, Dataset, LoadError, LoadOptions};
 
 /// What asked for a load; logged, and the start-up load is not counted as a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +108,29 @@ impl Reloader {
         options
     }
 
+    /// Takes the reload lock: waits for a running load with `wait`, else `Busy`. The
+    /// guard belongs to the load, not to whoever asked for it (see `running`).
+    pub async fn lock(&self, wait: bool) -> Result<tokio::sync::OwnedMutexGuard<()>, ReloadError> {
+        if wait {
+            Ok(self.running.clone().lock_owned().await)
+        } else {
+            self.running
+                .clone()
+                .try_lock_owned()
+                .map_err(|_| ReloadError::Busy)
+        }
+    }
+
+    /// Loads `path` with the options it is loaded with, off the async runtime.
+    pub async fn load(&self, path: &Path) -> Result<Dataset, ReloadError> {
+        load_on_thread(path.to_path_buf(), self.options_for(path)).await
+    }
+
+    /// Records that `path` is now the file being served.
+    pub fn set_current(&self, path: PathBuf) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = path;
+    }
+
     /// Resolves a path given to `POST /admin/reload`: the name of a file directly in
     /// the data file's folder (the folder `--watch` watches), which, if it is a
     /// symlink, must lead to a file inside that folder.
@@ -176,88 +163,6 @@ impl Reloader {
     }
 }
 
-/// Loads `requested` (or the current file) and swaps it in. With `wait` false a
-/// second concurrent call fails with `Busy` instead of queueing (the HTTP route's
-/// 409); signals and file watching queue.
-///
-/// The load runs in its own task, which owns the reload lock and does the install,
-/// the metrics and the logging; the caller only awaits its result. Dropping the
-/// caller (a client that disconnects) leaves the load running, still one at a time,
-/// still logged and counted.
-pub async fn reload(
-    state: &Arc<AppState>,
-    requested: Option<&str>,
-    trigger: Trigger,
-    wait: bool,
-) -> Result<Arc<Dataset>, ReloadError> {
-    let reloader = &state.reloader;
-    let running = if wait {
-        reloader.running.clone().lock_owned().await
-    } else {
-        reloader
-            .running
-            .clone()
-            .try_lock_owned()
-            .map_err(|_| ReloadError::Busy)?
-    };
-    let span = tracing::info_span!("reload", %trigger);
-    // A refused request (path not allowed) is not a failed reload: nothing was loaded.
-    let path = match requested {
-        Some(requested) => span.in_scope(|| reloader.resolve(requested))?,
-        None => reloader.current_path(),
-    };
-    let load =
-        tokio::spawn(load_and_install(state.clone(), path, trigger, running).instrument(span));
-    match load.await {
-        Ok(result) => result,
-        Err(err) if err.is_panic() => Err(ReloadError::Panicked),
-        Err(_) => Err(ReloadError::Cancelled),
-    }
-}
-
-/// The reload proper, in its own task; `_running` is the reload lock, released when
-/// the new dataset is installed or the failure recorded.
-async fn load_and_install(
-    state: Arc<AppState>,
-    path: PathBuf,
-    trigger: Trigger,
-    _running: tokio::sync::OwnedMutexGuard<()>,
-) -> Result<Arc<Dataset>, ReloadError> {
-    let reloader = &state.reloader;
-    tracing::info!(path = %path.display(), %trigger, "loading data file");
-    let result = load_on_thread(path.clone(), reloader.options_for(&path)).await;
-    let counted = trigger != Trigger::Startup;
-    match result {
-        Ok(dataset) => {
-            let dataset = state.dataset.install(dataset);
-            // Rendered answers of the old dataset must not outlive it.
-            state.cache.purge();
-            *reloader.current.lock().unwrap_or_else(|p| p.into_inner()) = path;
-            let info: &DatasetInfo = dataset.info();
-            state.metrics.record_dataset(info);
-            if counted {
-                state.metrics.record_reload(true);
-            }
-            tracing::info!(
-                %trigger,
-                path = %info.path.display(),
-                keys = info.keys,
-                generation = info.generation,
-                version = %info.version,
-                seconds = info.load_seconds,
-                "dataset installed"
-            );
-            Ok(dataset)
-        }
-        Err(err) => {
-            if counted {
-                state.metrics.record_reload(false);
-                tracing::error!(%trigger, error = %err, "reload failed; the previous dataset stays in service");
-            }
-            Err(err)
-        }
-    }
-}
 /// Loads on a plain thread, not `spawn_blocking`: if shutdown comes mid-load, the
 /// process can exit without waiting for the runtime's blocking pool to finish it.
 async fn load_on_thread(path: PathBuf, options: LoadOptions) -> Result<Dataset, ReloadError> {

@@ -16,8 +16,8 @@ use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use crate::reload::Trigger;
 use crate::state::AppState;
-use crate::reload::{self, Trigger};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot watch {}: {source}", folder.display())]
@@ -76,7 +76,7 @@ pub fn spawn(
                     Err(_elapsed) => break,
                 }
             }
-            let _ = reload::reload(&state, None, Trigger::Watch, true).await;
+            let _ = state.reload(None, Trigger::Watch, true).await;
         }
     });
     Ok(watcher)

@@ -12,8 +12,8 @@ use super::auth::SCOPE_ADMIN;
 use super::pipeline::{self, Head, Policy};
 use super::problem::{self, Problem, ProblemKind};
 use super::state::HttpState;
+use crate::reload::{ReloadError, Trigger};
 use crate::state::AppState;
-use crate::reload::{self, ReloadError, Trigger};
 
 /// `GET /livez`: the process is up and its runtime answers.
 #[handler]
@@ -74,7 +74,10 @@ async fn reload_dataset(Data(state): Data<&Arc<AppState>>, body: Body) -> Respon
         Ok(path) => path,
         Err(problem) => return problem.into_response(),
     };
-    match reload::reload(state, requested.as_deref(), Trigger::Request, false).await {
+    match state
+        .reload(requested.as_deref(), Trigger::Request, false)
+        .await
+    {
         Ok(dataset) => Json(dataset.info()).into_response(),
         Err(err) => {
             let kind = match err {

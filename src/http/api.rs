@@ -361,7 +361,11 @@ pub fn key_answer(
 
 /// The answer of `GET /v1/keys/{key}/value`; the operation and the fast path both
 /// return it.
-pub fn value_answer(state: &HttpState, raw_key: &str, headers: &HeaderMap) -> KeyResponse<TextValue> {
+pub fn value_answer(
+    state: &HttpState,
+    raw_key: &str,
+    headers: &HeaderMap,
+) -> KeyResponse<TextValue> {
     let found = lookup(state, raw_key, IfNoneMatch::of(headers), Shape::Value);
     KeyResponse::from_lookup(found, state, TextValue)
 }
@@ -373,7 +377,9 @@ impl<T: Payload + poem::IntoResponse + Send> KeyResponse<T> {
             Lookup::Hit { body, etag } => {
                 KeyResponse::Ok(payload(body), HeaderText(etag), cache_control)
             }
-            Lookup::NotModified { etag } => KeyResponse::NotModified(HeaderText(etag), cache_control),
+            Lookup::NotModified { etag } => {
+                KeyResponse::NotModified(HeaderText(etag), cache_control)
+            }
             Lookup::Failed(problem) => match problem.status {
                 400 => KeyResponse::BadRequest(problem.into()),
                 404 => KeyResponse::NotFound(problem.into()),

@@ -20,8 +20,8 @@ use uuid::Uuid;
 use super::key::EXAMPLE_KEY;
 use super::problem::{Problem, ProblemError, ProblemKind};
 use super::state::HttpState;
-use crate::state::AppState;
 use crate::dataset::Dataset;
+use crate::state::AppState;
 
 /// The request body of a batch lookup.
 #[derive(Object)]

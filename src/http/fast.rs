@@ -56,7 +56,13 @@ pub fn serve<B>(state: &HttpState, req: &hyper::Request<B>, peer: SocketAddr) ->
             }
             Err(refusal) => *refusal,
         });
-    Some(pipeline::finish(state, exchange, method, route.label(), resp))
+    Some(pipeline::finish(
+        state,
+        exchange,
+        method,
+        route.label(),
+        resp,
+    ))
 }
 
 /// What the route's operation answers, from the raw key segment decoded as poem's

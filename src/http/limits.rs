@@ -3,9 +3,9 @@
 //! request (`--request-timeout`). Each refusal is problem+json, so a client under
 //! load sees why and when to retry.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use std::future::Future;
 
 use poem::http::{header, HeaderMap, Uri};
 use poem::{IntoResponse, Response};

@@ -96,8 +96,14 @@ impl HttpMetrics {
                 "kvserve_http_request_duration_seconds",
                 Box::new(duration.clone()),
             ),
-            ("kvserve_http_requests_in_flight", Box::new(in_flight.clone())),
-            ("kvserve_auth_failures_total", Box::new(auth_failures.clone())),
+            (
+                "kvserve_http_requests_in_flight",
+                Box::new(in_flight.clone()),
+            ),
+            (
+                "kvserve_auth_failures_total",
+                Box::new(auth_failures.clone()),
+            ),
             ("kvserve_rate_limited_total", Box::new(rate_limited.clone())),
         ];
         for (name, collector) in collectors {

@@ -146,13 +146,15 @@ pub fn authenticate(
     if (policy.is_open)(head.uri.path()) {
         return Ok(None);
     }
-    let checked = auth.authenticate(head.uri, head.headers).and_then(|principal| {
-        if principal.has_scope(policy.scope) {
-            Ok(principal)
-        } else {
-            Err(AuthFailure::InsufficientScope(policy.scope))
-        }
-    });
+    let checked = auth
+        .authenticate(head.uri, head.headers)
+        .and_then(|principal| {
+            if principal.has_scope(policy.scope) {
+                Ok(principal)
+            } else {
+                Err(AuthFailure::InsufficientScope(policy.scope))
+            }
+        });
     checked.map(Some).map_err(|failure| {
         state.metrics.count_auth_failure(failure.reason());
         Box::new(failure.into_response())

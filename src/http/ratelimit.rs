@@ -123,12 +123,7 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
     }
 
     /// Takes one request from `key`'s bucket; the standing is recorded either way.
-    fn check(
-        &self,
-        key: &K,
-        standings: &mut Standings,
-        whose: &str,
-    ) -> Result<(), Refused> {
+    fn check(&self, key: &K, standings: &mut Standings, whose: &str) -> Result<(), Refused> {
         match self.limiter.check_key(key) {
             Ok(snapshot) => {
                 // GCRA: each request used pushes the "full again" time 1/R further out;
