@@ -1248,7 +1248,9 @@ fn a_subject_limit_without_a_jwt_key_is_refused_at_start() {
 /// one client; with it, each gets state, and pruning gives the memory back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_forwarded_for_floods_stay_bounded() {
-    const CLIENTS: u32 = 100_000;
+    // Enough distinct forged addresses to show they share one bucket (or, trusted, get
+    // one each and are pruned); more only makes the test slow.
+    const CLIENTS: u32 = 5_000;
     let dir = tempfile::tempdir().unwrap();
     let data = write_file(dir.path(), "xff.data", sample_lines());
     let flood = |s: &TestServer| {
@@ -1280,11 +1282,9 @@ async fn forged_forwarded_for_floods_stay_bounded() {
         }
     };
 
-    let s = TestServer::start(
-        &data,
-        &["--rate-limit", "1000", "--rate-limit-burst", "100"],
-    )
-    .await;
+    // 10/s: the one real client is over its burst of 100 however slowly the machine
+    // sends (a rate near the sending speed made this depend on the machine's load).
+    let s = TestServer::start(&data, &["--rate-limit", "10", "--rate-limit-burst", "100"]).await;
     let limited = flood(&s).await;
     let limiter = s.state.rate_limit.as_ref().unwrap();
     assert_eq!(

@@ -15,7 +15,8 @@ use super::auth::BearerAuth;
 use super::batch::{self, BatchBody, BatchResult};
 use super::key::{render_key_value, KeyParam, EXAMPLE_KEY};
 use super::payload::{HeaderText, ProblemJson, RawJson, TextValue};
-use super::problem::{Problem, NOT_LOADED_RETRY_AFTER_SECS};
+use super::problem::Problem;
+use super::responses::Guarded;
 use super::state::HttpState;
 
 #[derive(Tags)]
@@ -69,21 +70,6 @@ pub enum KeyResponse<T: Payload + poem::IntoResponse + Send> {
     /// No value for this key.
     #[oai(status = 404)]
     NotFound(ProblemJson),
-    /// The key's first hex digit belongs to another shard (`--key-prefixes`).
-    #[oai(status = 421)]
-    Misdirected(ProblemJson),
-    /// No valid bearer token (when the server runs with a JWT key).
-    #[oai(status = 401)]
-    Unauthorized(ProblemJson, #[oai(header = "WWW-Authenticate")] String),
-    /// The token lacks the `kv:read` scope.
-    #[oai(status = 403)]
-    Forbidden(ProblemJson, #[oai(header = "WWW-Authenticate")] String),
-    /// Over a rate limit: per client address (`--rate-limit`) or per token subject (`--subject-rate-limit`).
-    #[oai(status = 429)]
-    TooManyRequests(ProblemJson, #[oai(header = "Retry-After")] u32),
-    /// The data file is still loading, or the server is overloaded.
-    #[oai(status = 503)]
-    NotLoaded(ProblemJson, #[oai(header = "Retry-After")] u32),
 }
 
 /// The answers of a batch lookup.
@@ -102,21 +88,6 @@ pub enum BatchResponse {
     /// The body is not declared `application/json` (no `Content-Type` included).
     #[oai(status = 415)]
     UnsupportedMediaType(ProblemJson),
-    /// A key's first hex digit belongs to another shard (`--key-prefixes`).
-    #[oai(status = 421)]
-    Misdirected(ProblemJson),
-    /// No valid bearer token (when the server runs with a JWT key).
-    #[oai(status = 401)]
-    Unauthorized(ProblemJson, #[oai(header = "WWW-Authenticate")] String),
-    /// The token lacks the `kv:read` scope.
-    #[oai(status = 403)]
-    Forbidden(ProblemJson, #[oai(header = "WWW-Authenticate")] String),
-    /// Over a rate limit: per client address (`--rate-limit`) or per token subject (`--subject-rate-limit`).
-    #[oai(status = 429)]
-    TooManyRequests(ProblemJson, #[oai(header = "Retry-After")] u32),
-    /// The data file is still loading, or the server is overloaded.
-    #[oai(status = 503)]
-    NotLoaded(ProblemJson, #[oai(header = "Retry-After")] u32),
 }
 
 pub struct KeysApi {
@@ -143,7 +114,7 @@ impl KeysApi {
         #[oai(name = "If-None-Match")]
         _if_none_match: Header<Option<String>>,
         headers: &HeaderMap,
-    ) -> KeyResponse<RawJson<KeyValue>> {
+    ) -> Guarded<KeyResponse<RawJson<KeyValue>>> {
         key_answer(&self.state, &key.0 .0, headers)
     }
 
@@ -160,7 +131,7 @@ impl KeysApi {
         #[oai(name = "If-None-Match")]
         _if_none_match: Header<Option<String>>,
         headers: &HeaderMap,
-    ) -> KeyResponse<RawJson<KeyValue>> {
+    ) -> Guarded<KeyResponse<RawJson<KeyValue>>> {
         self.get_key(key, _auth, _if_none_match, headers).await
     }
 
@@ -177,7 +148,7 @@ impl KeysApi {
         #[oai(name = "If-None-Match")]
         _if_none_match: Header<Option<String>>,
         headers: &HeaderMap,
-    ) -> KeyResponse<TextValue> {
+    ) -> Guarded<KeyResponse<TextValue>> {
         value_answer(&self.state, &key.0 .0, headers)
     }
 
@@ -194,7 +165,7 @@ impl KeysApi {
         #[oai(name = "If-None-Match")]
         _if_none_match: Header<Option<String>>,
         headers: &HeaderMap,
-    ) -> KeyResponse<TextValue> {
+    ) -> Guarded<KeyResponse<TextValue>> {
         value_answer(&self.state, &key.0 .0, headers)
     }
 
@@ -203,27 +174,24 @@ impl KeysApi {
     /// Keys may be in any UUID form; the answer shows them canonical, with duplicates
     /// folded. At most 1000 keys (`--max-batch`) and 1 MiB of body.
     #[oai(path = "/keys/batch", method = "post", operation_id = "batchGet")]
-    async fn batch(&self, body: BatchBody, _auth: BearerAuth) -> BatchResponse {
+    async fn batch(&self, body: BatchBody, _auth: BearerAuth) -> Guarded<BatchResponse> {
         let keys = match batch::parse_keys(&body.0, self.state.settings.max_batch) {
             Ok(keys) => keys,
-            Err(problem) => return BatchResponse::BadRequest(problem.into()),
+            Err(problem) => return Guarded::Route(BatchResponse::BadRequest(problem.into())),
         };
         let app = &self.state.app;
         let owned = app.key_prefixes;
         if let Some(foreign) = keys.iter().find(|key| !owned.owns(key.as_u128())) {
             app.metrics.lookups_misdirected.inc();
-            return BatchResponse::Misdirected(
-                Problem::misdirected(*foreign, &owned.to_string()).into(),
-            );
+            return Problem::misdirected(*foreign, &owned.to_string()).into();
         }
         let guard = app.dataset.load();
         let Some(dataset) = guard.as_ref() else {
-            return BatchResponse::NotLoaded(
-                Problem::not_loaded().into(),
-                NOT_LOADED_RETRY_AFTER_SECS,
-            );
+            return Problem::not_loaded().into();
         };
-        BatchResponse::Ok(RawJson::new(batch::render(app, dataset, &keys)))
+        Guarded::Route(BatchResponse::Ok(RawJson::new(batch::render(
+            app, dataset, &keys,
+        ))))
     }
 }
 
@@ -354,7 +322,7 @@ pub fn key_answer(
     state: &HttpState,
     raw_key: &str,
     headers: &HeaderMap,
-) -> KeyResponse<RawJson<KeyValue>> {
+) -> Guarded<KeyResponse<RawJson<KeyValue>>> {
     let found = lookup(state, raw_key, IfNoneMatch::of(headers), Shape::Json);
     KeyResponse::from_lookup(found, state, RawJson::new)
 }
@@ -365,15 +333,19 @@ pub fn value_answer(
     state: &HttpState,
     raw_key: &str,
     headers: &HeaderMap,
-) -> KeyResponse<TextValue> {
+) -> Guarded<KeyResponse<TextValue>> {
     let found = lookup(state, raw_key, IfNoneMatch::of(headers), Shape::Value);
     KeyResponse::from_lookup(found, state, TextValue)
 }
 
 impl<T: Payload + poem::IntoResponse + Send> KeyResponse<T> {
-    fn from_lookup(found: Lookup, state: &HttpState, payload: impl FnOnce(Bytes) -> T) -> Self {
+    fn from_lookup(
+        found: Lookup,
+        state: &HttpState,
+        payload: impl FnOnce(Bytes) -> T,
+    ) -> Guarded<Self> {
         let cache_control = HeaderText(state.settings.cache_control_header.clone());
-        match found {
+        Guarded::Route(match found {
             Lookup::Hit { body, etag } => {
                 KeyResponse::Ok(payload(body), HeaderText(etag), cache_control)
             }
@@ -383,10 +355,9 @@ impl<T: Payload + poem::IntoResponse + Send> KeyResponse<T> {
             Lookup::Failed(problem) => match problem.status {
                 400 => KeyResponse::BadRequest(problem.into()),
                 404 => KeyResponse::NotFound(problem.into()),
-                421 => KeyResponse::Misdirected(problem.into()),
-                _ => KeyResponse::NotLoaded(problem.into(), NOT_LOADED_RETRY_AFTER_SECS),
+                _ => return problem.into(),
             },
-        }
+        })
     }
 }
 

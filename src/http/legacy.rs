@@ -15,7 +15,8 @@ use super::api::{ApiTags, KeyValue};
 use super::auth::BearerAuth;
 use super::key::KeyParam;
 use super::payload::{ProblemJson, RawJson};
-use super::problem::{Problem, NOT_LOADED_RETRY_AFTER_SECS};
+use super::problem::Problem;
+use super::responses::Guarded;
 use super::state::HttpState;
 
 /// FastAPI's 404 body.
@@ -85,25 +86,10 @@ pub enum LegacyResponse {
         RawJson<LegacyValidationError>,
         #[oai(header = "Deprecation")] String,
     ),
-    /// The key's first hex digit belongs to another shard (`--key-prefixes`).
-    #[oai(status = 421)]
-    Misdirected(ProblemJson),
     /// The `Authorization` header is sent more than once (when the server runs with a
     /// JWT key).
     #[oai(status = 400)]
     BadRequest(ProblemJson),
-    /// No valid bearer token (when the server runs with a JWT key).
-    #[oai(status = 401)]
-    Unauthorized(ProblemJson, #[oai(header = "WWW-Authenticate")] String),
-    /// The token lacks the `kv:read` scope.
-    #[oai(status = 403)]
-    Forbidden(ProblemJson, #[oai(header = "WWW-Authenticate")] String),
-    /// Over a rate limit: per client address (`--rate-limit`) or per token subject (`--subject-rate-limit`).
-    #[oai(status = 429)]
-    TooManyRequests(ProblemJson, #[oai(header = "Retry-After")] u32),
-    /// The data file is still loading, or the server is overloaded.
-    #[oai(status = 503)]
-    NotLoaded(ProblemJson, #[oai(header = "Retry-After")] u32),
 }
 
 pub struct LegacyApi {
@@ -132,7 +118,7 @@ impl LegacyApi {
         /// The key to look up.
         key: Path<KeyParam>,
         _auth: BearerAuth,
-    ) -> LegacyResponse {
+    ) -> Guarded<LegacyResponse> {
         answer(&self.state, &key.0 .0)
     }
 
@@ -148,38 +134,36 @@ impl LegacyApi {
         /// The key to look up.
         key: Path<KeyParam>,
         _auth: BearerAuth,
-    ) -> LegacyResponse {
+    ) -> Guarded<LegacyResponse> {
         answer(&self.state, &key.0 .0)
     }
 }
 
 /// The old service's answer for `raw_key`; the operation above and the fast path
 /// (`http::fast`) both return it.
-pub fn answer(state: &HttpState, raw_key: &str) -> LegacyResponse {
+pub fn answer(state: &HttpState, raw_key: &str) -> Guarded<LegacyResponse> {
     let key = match uuid::Uuid::parse_str(raw_key) {
         Ok(key) => key,
         Err(err) => {
             let body = validation_error(raw_key, &err);
-            return LegacyResponse::Unprocessable(RawJson::new(body), deprecation());
+            return Guarded::Route(LegacyResponse::Unprocessable(
+                RawJson::new(body),
+                deprecation(),
+            ));
         }
     };
     let link = format!("</v1/keys/{}>; rel=\"successor-version\"", key.hyphenated());
-    match lookup_key(state, key, IfNoneMatch::absent(), Shape::Json) {
-        Lookup::Hit { body, .. } => LegacyResponse::Ok(RawJson::new(body), deprecation(), link),
-        Lookup::Failed(problem) if problem.status == 404 => {
-            LegacyResponse::NotFound(RawJson::new(NOT_FOUND_BODY), deprecation(), link)
-        }
-        Lookup::Failed(problem) if problem.status == 421 => {
-            LegacyResponse::Misdirected(problem.into())
-        }
-        Lookup::Failed(problem) => {
-            LegacyResponse::NotLoaded(problem.into(), NOT_LOADED_RETRY_AFTER_SECS)
-        }
-        // No If-None-Match is passed, so there is no 304.
-        Lookup::NotModified { .. } => {
-            LegacyResponse::NotLoaded(Problem::not_loaded().into(), NOT_LOADED_RETRY_AFTER_SECS)
-        }
-    }
+    Guarded::Route(
+        match lookup_key(state, key, IfNoneMatch::absent(), Shape::Json) {
+            Lookup::Hit { body, .. } => LegacyResponse::Ok(RawJson::new(body), deprecation(), link),
+            Lookup::Failed(problem) if problem.status == 404 => {
+                LegacyResponse::NotFound(RawJson::new(NOT_FOUND_BODY), deprecation(), link)
+            }
+            Lookup::Failed(problem) => return problem.into(),
+            // No If-None-Match is passed, so there is no 304.
+            Lookup::NotModified { .. } => return Problem::not_loaded().into(),
+        },
+    )
 }
 
 fn deprecation() -> String {

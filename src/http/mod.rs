@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod problem;
 pub mod ratelimit;
 pub mod request_log;
+pub mod responses;
 pub mod routes;
 pub mod server;
 pub mod state;
