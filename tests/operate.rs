@@ -923,3 +923,59 @@ async fn admin_dataset_tells_when_a_mapped_file_was_rewritten_in_place() {
     assert!(info(&s).await.get("mapped_file_changed").is_none());
     s.stop().await.unwrap();
 }
+
+/// `--storage` and `--on-duplicate` list their values, each with its meaning, in
+/// `--help`, and a bad value gets clap's own error naming the flag and the choices.
+#[test]
+fn the_help_lists_the_storage_and_duplicate_choices_and_refuses_others() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(binary())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let help = run(&["serve", "--help"]);
+    assert!(help.status.success());
+    let help = String::from_utf8(help.stdout).unwrap();
+    for line in [
+        "--storage <STORAGE>",
+        "- memory: The file is read into one contiguous buffer that holds every value",
+        "- mmap:   Values are read from the memory-mapped file",
+        "[default: memory]",
+        "--on-duplicate <ON_DUPLICATE>",
+        "- error: Refuse the file: two values for one key means a corrupt data file",
+        "- first: Keep the value from the earliest line",
+        "- last:  Keep the value from the latest line",
+        "[default: error]",
+    ] {
+        assert!(help.contains(line), "{line:?} missing from:\n{help}");
+    }
+    for (flag, bad, expected) in [
+        (
+            "--storage",
+            "nope",
+            "'--storage <STORAGE>'\n  [possible values: memory, mmap]",
+        ),
+        (
+            "--on-duplicate",
+            "x",
+            "'--on-duplicate <ON_DUPLICATE>'\n  [possible values: error, first, last]",
+        ),
+    ] {
+        let out = run(&["serve", flag, bad]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(
+            err,
+            format!("error: invalid value '{bad}' for {expected}\n\nFor more information, try '--help'.\n")
+        );
+    }
+    // The environment twins take the same values.
+    let out = std::process::Command::new(binary())
+        .args(["verify", "/nonexistent.data"])
+        .env("KVSERVE_STORAGE", "disk")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[possible values: memory, mmap]"));
+}

@@ -31,7 +31,7 @@ pub const MAX_VALUE_LEN: usize = (1 << 24) - 1;
 pub use index::MAX_FILE_LEN;
 
 /// What to do when a key appears on two lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnDuplicate {
     /// Refuse the file: two values for one key means a corrupt data file.
@@ -43,8 +43,31 @@ pub enum OnDuplicate {
     Last,
 }
 
+impl OnDuplicate {
+    /// Every choice, in the order `--help` lists them.
+    pub const ALL: [Self; 3] = [Self::Error, Self::First, Self::Last];
+
+    /// The name on the command line (and in `/admin/dataset`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::First => "first",
+            Self::Last => "last",
+        }
+    }
+
+    /// What the choice means, one sentence for `--help`.
+    pub const fn meaning(self) -> &'static str {
+        match self {
+            Self::Error => "Refuse the file: two values for one key means a corrupt data file",
+            Self::First => "Keep the value from the earliest line",
+            Self::Last => "Keep the value from the latest line",
+        }
+    }
+}
+
 /// Where the values live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Storage {
     /// The file is read into one contiguous buffer that holds every value.
@@ -54,6 +77,67 @@ pub enum Storage {
     /// shared lock is held for as long as the mapping lives.
     Mmap,
 }
+
+impl Storage {
+    /// Every choice, in the order `--help` lists them.
+    pub const ALL: [Self; 2] = [Self::Memory, Self::Mmap];
+
+    /// The name on the command line (and in `/admin/dataset`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Mmap => "mmap",
+        }
+    }
+
+    /// What the choice means, one sentence for `--help`.
+    pub const fn meaning(self) -> &'static str {
+        match self {
+            Self::Memory => "The file is read into one contiguous buffer that holds every value",
+            Self::Mmap => {
+                "Values are read from the memory-mapped file, for data larger than RAM; the \
+                 shared lock is held for as long as the mapping lives"
+            }
+        }
+    }
+}
+
+/// A name that is none of a choice's `ALL`; the message lists the names accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{given}` is not one of: {}", expected.join(", "))]
+pub struct UnknownChoice {
+    pub given: String,
+    pub expected: Vec<&'static str>,
+}
+
+/// `FromStr` and `Display` by the names of `ALL`, so the command line (in `cli.rs`)
+/// needs nothing from this module but the names.
+macro_rules! named_choice {
+    ($ty:ty) => {
+        impl std::str::FromStr for $ty {
+            type Err = UnknownChoice;
+
+            fn from_str(text: &str) -> Result<Self, Self::Err> {
+                Self::ALL
+                    .into_iter()
+                    .find(|choice| choice.name() == text)
+                    .ok_or_else(|| UnknownChoice {
+                        given: text.to_owned(),
+                        expected: Self::ALL.iter().map(|choice| choice.name()).collect(),
+                    })
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+named_choice!(OnDuplicate);
+named_choice!(Storage);
 
 /// How a load treats the file; see the `serve` flags of the same names.
 #[derive(Debug, Clone)]
