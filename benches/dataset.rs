@@ -79,16 +79,16 @@ fn lookups(c: &mut Criterion, f: &Fixture) {
     let dataset = dataset::load(&f.path, &LoadOptions::default()).expect("load");
     let mut group = c.benchmark_group("dataset");
     let mut i = 0usize;
-    group.bench_function("get hit", |b| {
+    group.bench_function("lookup hit", |b| {
         b.iter(|| {
             i = (i + 7919) % f.keys.len();
-            black_box(dataset.get(f.keys[i]))
+            black_box(dataset.lookup(f.keys[i]))
         })
     });
-    group.bench_function("get miss", |b| {
+    group.bench_function("lookup miss", |b| {
         b.iter(|| {
             i = (i + 7919) % f.keys.len();
-            black_box(dataset.get(f.keys[i] ^ 1))
+            black_box(dataset.lookup(f.keys[i] ^ 1))
         })
     });
     group.finish();
@@ -113,7 +113,7 @@ fn lookups(c: &mut Criterion, f: &Fixture) {
     });
 
     let key = uuid::Uuid::from_u128(hot);
-    let value = dataset.get_str(hot).expect("present").to_owned();
+    let value = dataset.lookup(hot).expect("present");
     c.bench_function("render/key_value", |b| {
         b.iter(|| {
             black_box(kvserve::http::key::render_key_value(

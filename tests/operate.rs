@@ -924,6 +924,71 @@ async fn admin_dataset_tells_when_a_mapped_file_was_rewritten_in_place() {
     s.stop().await.unwrap();
 }
 
+/// With `--storage mmap` a writer that ignores the lock can rewrite a value in place
+/// after the load. Every lookup route then answers what the file now holds, found (one
+/// index probe, no second look at the bytes): the raw route the bytes as they are, the
+/// JSON routes a valid JSON text in which a byte that is no longer UTF-8 reads as
+/// U+FFFD. A key the index holds is never answered 404 because its bytes changed.
+#[tokio::test]
+async fn a_mapped_value_rewritten_in_place_is_still_found_and_rendered_as_json() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "m.data", sample_lines());
+    let s = TestServer::start(&data, &["--storage", "mmap", "--cache-capacity", "0"]).await;
+    let file = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+    file.write_all_at(b"\xff", (KEY.len() + 1) as u64).unwrap();
+    let metrics = |s: &TestServer| {
+        let (client, url) = (s.client.clone(), s.admin_url("/metrics"));
+        async move {
+            let text = client.get(url).send().await.unwrap().text().await.unwrap();
+            let count = |result: &str| {
+                series(
+                    &text,
+                    &format!("kvserve_lookups_total{{result=\"{result}\"}}"),
+                )
+                .unwrap_or(0.0)
+            };
+            (count("found"), count("missing"))
+        }
+    };
+    let (found, missing) = metrics(&s).await;
+    let rewritten = format!("\u{fffd}{}", &VALUE[1..]);
+
+    let resp = s.get(&format!("/v1/keys/{KEY}")).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(body, json!({"key": KEY, "value": rewritten}));
+
+    let resp = s.get(&format!("/v1/keys/{KEY}/value")).await;
+    assert_eq!(resp.status(), 200);
+    let raw = resp.bytes().await.unwrap();
+    assert_eq!(raw[0], 0xff);
+    assert_eq!(&raw[1..], &VALUE.as_bytes()[1..]);
+
+    let resp = s.get(&format!("/get_value/{KEY}")).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["value"], rewritten);
+
+    let resp = s
+        .client
+        .post(s.url("/v1/keys/batch"))
+        .json(&json!({"keys": [KEY, KEY2, MISSING]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        body,
+        json!({"values": {KEY: rewritten, KEY2: VALUE2}, "missing": [MISSING]})
+    );
+
+    // Counted as before: one per key looked up.
+    assert_eq!(metrics(&s).await, (found + 5.0, missing + 1.0));
+    s.stop().await.unwrap();
+}
+
 /// `--storage` and `--on-duplicate` list their values, each with its meaning, in
 /// `--help`, and a bad value gets clap's own error naming the flag and the choices.
 #[test]

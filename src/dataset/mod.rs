@@ -1,6 +1,6 @@
 //! The data file and the in-memory `Dataset` built from it.
 //!
-//! Design goal: answer `get(key)` with one hash lookup and no allocation, from an index
+//! Design goal: answer `lookup(key)` with one hash probe and no allocation, from an index
 //! that several threads build at once. The cost: the whole file stays in memory (the
 //! value buffer *is* the file's bytes, so values are never copied), plus about 30–40
 //! bytes of index per key.
@@ -331,29 +331,28 @@ pub struct Dataset {
     bytes: Bytes,
     index: index::Index,
     info: DatasetInfo,
-    etag_header: poem::http::HeaderValue,
+    /// `info.etag` as bytes that share one allocation, so a response header can be
+    /// made from it without copying (the HTTP side builds the header; this module
+    /// knows nothing of HTTP).
+    etag: Bytes,
     /// With `--storage mmap`: the mapping and the file's stamp when it was loaded, to
     /// tell later whether the pages being served were written since.
     mapped: Option<(std::sync::Arc<mapped::MappedFile>, integrity::FileStamp)>,
 }
 
 impl Dataset {
-    fn range(&self, key: u128) -> Option<std::ops::Range<usize>> {
+    /// The value for `key`: one probe of the index, then a zero-copy slice of the
+    /// buffer (a reference count increment, no allocation), so it can become a
+    /// response body directly. Every lookup route answers from this one call.
+    ///
+    /// The bytes are not handed out as `&str`: the loader validated the whole file as
+    /// UTF-8, but with `--storage mmap` a writer that ignores the lock can change the
+    /// mapped pages afterwards, so callers that need text must treat them as bytes
+    /// (`http::key::escape_json` does).
+    pub fn lookup(&self, key: u128) -> Option<Bytes> {
         let start = self.index.get(&index::Key::new(key))?.offset();
-        Some(start..index::value_end(&self.bytes, start))
-    }
-
-    /// The value for `key`, as a zero-copy slice of the buffer (a reference count
-    /// increment, no allocation), so it can become a response body directly.
-    pub fn get(&self, key: u128) -> Option<Bytes> {
-        self.range(key).map(|range| self.bytes.slice(range))
-    }
-
-    /// The value as text. The loader validated the whole file as UTF-8, so this cannot
-    /// fail for a value the index points to.
-    pub fn get_str(&self, key: u128) -> Option<&str> {
-        self.range(key)
-            .and_then(|range| std::str::from_utf8(&self.bytes[range]).ok())
+        let end = index::value_end(&self.bytes, start);
+        Some(self.bytes.slice(start..end))
     }
 
     pub fn len(&self) -> usize {
@@ -391,8 +390,8 @@ impl Dataset {
         &self.info.etag
     }
 
-    /// The same, ready to go into a response without an allocation.
-    pub fn etag_header(&self) -> &poem::http::HeaderValue {
-        &self.etag_header
+    /// The same as shared bytes: cloning it is a reference count increment.
+    pub fn etag_bytes(&self) -> &Bytes {
+        &self.etag
     }
 }

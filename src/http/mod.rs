@@ -21,6 +21,7 @@ pub mod server;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use poem::{Endpoint, EndpointExt, Response, Route};
 use poem_openapi::OpenApiService;
 
@@ -101,9 +102,11 @@ impl AppState {
         self
     }
 
-    /// Looks `key` up in `dataset`, counting the outcome in `kvserve_lookups_total`.
-    pub fn find<'d>(&self, dataset: &'d Dataset, key: u128) -> Option<&'d str> {
-        let found = dataset.get_str(key);
+    /// Looks `key` up in `dataset` (one index probe, `Dataset::lookup`), counting the
+    /// outcome in `kvserve_lookups_total`. The value comes back as bytes, which every
+    /// route serves or renders (`key::escape_json`) without looking them up again.
+    pub fn find(&self, dataset: &Dataset, key: u128) -> Option<Bytes> {
+        let found = dataset.lookup(key);
         if found.is_some() {
             self.metrics.lookups_found.inc();
         } else {
