@@ -122,6 +122,7 @@ fn lookups(c: &mut Criterion, f: &Fixture) {
             ))
         })
     });
+    escaper(c, &value);
 
     // The whole lookup the hot route does, uniform over 100k keys: with the default
     // LRU and without one.
@@ -153,6 +154,39 @@ fn lookups(c: &mut Criterion, f: &Fixture) {
             )
         });
     }
+}
+
+/// The byte-level JSON string escaper against serde_json on the same text: a value of
+/// the data file (ASCII), the same with quotes and a control character, and
+/// non-ASCII text.
+fn escaper(c: &mut Criterion, ascii: &[u8]) {
+    let ascii = String::from_utf8(ascii.to_vec()).expect("the generator writes text");
+    let awkward = format!("{ascii} \"quoted\" \\ tab\there");
+    let accented = "héllo wörld, ça va très bien, 日本語のテキスト, 𝄞 ".repeat(2);
+    let mut group = c.benchmark_group("escape");
+    for (name, text) in [
+        ("ascii", ascii.as_str()),
+        ("escapes", awkward.as_str()),
+        ("non-ascii", accented.as_str()),
+    ] {
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        let mut out = Vec::with_capacity(4 * text.len() + 2);
+        group.bench_function(format!("{name}/kvserve"), |b| {
+            b.iter(|| {
+                out.clear();
+                kvserve::http::key::escape_json(&mut out, black_box(text.as_bytes()));
+                black_box(out.len())
+            })
+        });
+        group.bench_function(format!("{name}/serde_json"), |b| {
+            b.iter(|| {
+                out.clear();
+                let _ = serde_json::to_writer(&mut out, black_box(text));
+                black_box(out.len())
+            })
+        });
+    }
+    group.finish();
 }
 
 fn benches(c: &mut Criterion) {
