@@ -80,16 +80,16 @@ fn lookups(c: &mut Criterion, f: &Fixture) {
     let dataset = dataset::load(&f.path, &LoadOptions::default()).expect("load");
     let mut group = c.benchmark_group("dataset");
     let mut i = 0usize;
-    group.bench_function("get hit", |b| {
+    group.bench_function("lookup hit", |b| {
         b.iter(|| {
             i = (i + 7919) % f.keys.len();
-            black_box(dataset.get(f.keys[i]))
+            black_box(dataset.lookup(f.keys[i]))
         })
     });
-    group.bench_function("get miss", |b| {
+    group.bench_function("lookup miss", |b| {
         b.iter(|| {
             i = (i + 7919) % f.keys.len();
-            black_box(dataset.get(f.keys[i] ^ 1))
+            black_box(dataset.lookup(f.keys[i] ^ 1))
         })
     });
     group.finish();
@@ -114,7 +114,7 @@ fn lookups(c: &mut Criterion, f: &Fixture) {
     });
 
     let key = uuid::Uuid::from_u128(hot);
-    let value = dataset.get_str(hot).expect("present").to_owned();
+    let value = dataset.lookup(hot).expect("present");
     c.bench_function("render/key_value", |b| {
         b.iter(|| {
             black_box(kvserve::http::key::render_key_value(
@@ -123,6 +123,7 @@ fn lookups(c: &mut Criterion, f: &Fixture) {
             ))
         })
     });
+    escaper(c, &value);
 
     // The whole lookup the hot route does, uniform over 100k keys: with the default
     // LRU and without one.
@@ -154,6 +155,39 @@ fn lookups(c: &mut Criterion, f: &Fixture) {
             )
         });
     }
+}
+
+/// The byte-level JSON string escaper against serde_json on the same text: a value of
+/// the data file (ASCII), the same with quotes and a control character, and
+/// non-ASCII text.
+fn escaper(c: &mut Criterion, ascii: &[u8]) {
+    let ascii = String::from_utf8(ascii.to_vec()).expect("the generator writes text");
+    let awkward = format!("{ascii} \"quoted\" \\ tab\there");
+    let accented = "héllo wörld, ça va très bien, 日本語のテキスト, 𝄞 ".repeat(2);
+    let mut group = c.benchmark_group("escape");
+    for (name, text) in [
+        ("ascii", ascii.as_str()),
+        ("escapes", awkward.as_str()),
+        ("non-ascii", accented.as_str()),
+    ] {
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        let mut out = Vec::with_capacity(4 * text.len() + 2);
+        group.bench_function(format!("{name}/kvserve"), |b| {
+            b.iter(|| {
+                out.clear();
+                kvserve::http::key::escape_json(&mut out, black_box(text.as_bytes()));
+                black_box(out.len())
+            })
+        });
+        group.bench_function(format!("{name}/serde_json"), |b| {
+            b.iter(|| {
+                out.clear();
+                let _ = serde_json::to_writer(&mut out, black_box(text));
+                black_box(out.len())
+            })
+        });
+    }
+    group.finish();
 }
 
 fn benches(c: &mut Criterion) {

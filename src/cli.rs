@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use crate::dataset::{LoadOptions, OnDuplicate, Storage, MAX_VALUE_LEN};
@@ -278,7 +279,7 @@ pub struct TokenArgs {
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
     /// Where values live: `memory` reads the file into one buffer.
-    #[arg(long, env = "KVSERVE_STORAGE", value_enum, default_value_t = Storage::Memory)]
+    #[arg(long, env = "KVSERVE_STORAGE", value_parser = choices(Storage::ALL, Storage::name, Storage::meaning), default_value_t = Storage::Memory)]
     pub storage: Storage,
 
     /// A line longer than this is malformed (bytes or `1MiB`-style; at most 16MiB-1).
@@ -290,7 +291,7 @@ pub struct LoadArgs {
     pub skip_invalid: bool,
 
     /// What a key on two lines means: `error` refuses the file, `first`/`last` keep one.
-    #[arg(long, env = "KVSERVE_ON_DUPLICATE", value_enum, default_value_t = OnDuplicate::Error)]
+    #[arg(long, env = "KVSERVE_ON_DUPLICATE", value_parser = choices(OnDuplicate::ALL, OnDuplicate::name, OnDuplicate::meaning), default_value_t = OnDuplicate::Error)]
     pub on_duplicate: OnDuplicate,
 
     /// How long to wait for a publisher's exclusive lock on the file before failing.
@@ -383,6 +384,24 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     parse_size::parse_size(text.trim())
         .map_err(|err| format!("`{text}` is not a size like 1048576 or 1MiB: {err}"))
         .and_then(|n| usize::try_from(n).map_err(|_| format!("`{text}` is too large")))
+}
+
+/// A flag that takes one of a fixed set of names (a `dataset` enum, which knows
+/// nothing of clap): clap checks the name, lists the choices with their meanings in
+/// `--help` and names them in its error, as with `ValueEnum`.
+fn choices<T>(
+    all: impl IntoIterator<Item = T>,
+    name: fn(T) -> &'static str,
+    meaning: fn(T) -> &'static str,
+) -> impl TypedValueParser<Value = T>
+where
+    T: Copy + std::str::FromStr + Send + Sync + 'static,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let names = all
+        .into_iter()
+        .map(|choice| PossibleValue::new(name(choice)).help(meaning(choice)));
+    PossibleValuesParser::new(names).try_map(|text| text.parse::<T>())
 }
 
 fn parse_line_limit(text: &str) -> Result<usize, String> {

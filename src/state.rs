@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwapOption, Guard};
+use bytes::Bytes;
 use tracing::Instrument;
 
 use crate::cache::Cache;
@@ -73,9 +74,11 @@ impl AppState {
         })
     }
 
-    /// Looks `key` up in `dataset`, counting the outcome in `kvserve_lookups_total`.
-    pub fn find<'d>(&self, dataset: &'d Dataset, key: u128) -> Option<&'d str> {
-        let found = dataset.get_str(key);
+    /// Looks `key` up in `dataset` (one index probe), counting the outcome in
+    /// `kvserve_lookups_total`. The value comes back as bytes, which every route serves
+    /// or renders (`http::key::escape_json`) without looking them up again.
+    pub fn find(&self, dataset: &Dataset, key: u128) -> Option<Bytes> {
+        let found = dataset.lookup(key);
         if found.is_some() {
             self.metrics.lookups_found.inc();
         } else {

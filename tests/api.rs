@@ -534,3 +534,46 @@ async fn etag_tells_apart_the_load_options_that_change_values() {
     assert_eq!(fetch(&options, Some(&plain_etag)).await.0, 304);
     options.stop().await.unwrap();
 }
+
+/// Every JSON lookup route writes a value exactly as serde_json writes the same text
+/// (compact, non-ASCII as is, control characters escaped, batch keys in request
+/// order), whichever storage holds it.
+#[tokio::test]
+async fn json_answers_are_byte_for_byte_what_serde_json_writes() {
+    let awkward = "tab\there \\ \"q\" \u{1}\u{1f}\u{7f} é€𝄞 /";
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(
+        dir.path(),
+        "awkward.data",
+        format!("{KEY} {awkward}\n{KEY2} {VALUE2}\n"),
+    );
+    let quoted = |text: &str| serde_json::to_string(text).unwrap();
+    for storage in ["memory", "mmap"] {
+        let s = TestServer::start(&data, &["--storage", storage]).await;
+        let single = format!(r#"{{"key":"{KEY}","value":{}}}"#, quoted(awkward));
+        let resp = s.get(&format!("/v1/keys/{KEY}")).await;
+        assert_eq!(resp.text().await.unwrap(), single, "{storage}");
+        let resp = s.get(&format!("/get_value/{KEY}")).await;
+        assert_eq!(resp.text().await.unwrap(), single, "{storage}");
+        let resp = s.get(&format!("/v1/keys/{KEY}/value")).await;
+        assert_eq!(resp.text().await.unwrap(), awkward, "{storage}");
+
+        let resp = s
+            .client
+            .post(s.url("/v1/keys/batch"))
+            .json(&json!({"keys": [KEY2, MISSING, KEY, KEY.to_uppercase()]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.text().await.unwrap(),
+            format!(
+                r#"{{"values":{{"{KEY2}":{},"{KEY}":{}}},"missing":["{MISSING}"]}}"#,
+                quoted(VALUE2),
+                quoted(awkward)
+            ),
+            "{storage}"
+        );
+        s.stop().await.unwrap();
+    }
+}

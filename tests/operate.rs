@@ -923,3 +923,124 @@ async fn admin_dataset_tells_when_a_mapped_file_was_rewritten_in_place() {
     assert!(info(&s).await.get("mapped_file_changed").is_none());
     s.stop().await.unwrap();
 }
+
+/// With `--storage mmap` a writer that ignores the lock can rewrite a value in place
+/// after the load. Every lookup route then answers what the file now holds, found (one
+/// index probe, no second look at the bytes): the raw route the bytes as they are, the
+/// JSON routes a valid JSON text in which a byte that is no longer UTF-8 reads as
+/// U+FFFD. A key the index holds is never answered 404 because its bytes changed.
+#[tokio::test]
+async fn a_mapped_value_rewritten_in_place_is_still_found_and_rendered_as_json() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "m.data", sample_lines());
+    let s = TestServer::start(&data, &["--storage", "mmap", "--cache-capacity", "0"]).await;
+    let file = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+    file.write_all_at(b"\xff", (KEY.len() + 1) as u64).unwrap();
+    let metrics = |s: &TestServer| {
+        let (client, url) = (s.client.clone(), s.admin_url("/metrics"));
+        async move {
+            let text = client.get(url).send().await.unwrap().text().await.unwrap();
+            let count = |result: &str| {
+                series(
+                    &text,
+                    &format!("kvserve_lookups_total{{result=\"{result}\"}}"),
+                )
+                .unwrap_or(0.0)
+            };
+            (count("found"), count("missing"))
+        }
+    };
+    let (found, missing) = metrics(&s).await;
+    let rewritten = format!("\u{fffd}{}", &VALUE[1..]);
+
+    let resp = s.get(&format!("/v1/keys/{KEY}")).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(body, json!({"key": KEY, "value": rewritten}));
+
+    let resp = s.get(&format!("/v1/keys/{KEY}/value")).await;
+    assert_eq!(resp.status(), 200);
+    let raw = resp.bytes().await.unwrap();
+    assert_eq!(raw[0], 0xff);
+    assert_eq!(&raw[1..], &VALUE.as_bytes()[1..]);
+
+    let resp = s.get(&format!("/get_value/{KEY}")).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["value"], rewritten);
+
+    let resp = s
+        .client
+        .post(s.url("/v1/keys/batch"))
+        .json(&json!({"keys": [KEY, KEY2, MISSING]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        body,
+        json!({"values": {KEY: rewritten, KEY2: VALUE2}, "missing": [MISSING]})
+    );
+
+    // Counted as before: one per key looked up.
+    assert_eq!(metrics(&s).await, (found + 5.0, missing + 1.0));
+    s.stop().await.unwrap();
+}
+
+/// `--storage` and `--on-duplicate` list their values, each with its meaning, in
+/// `--help`, and a bad value gets clap's own error naming the flag and the choices.
+#[test]
+fn the_help_lists_the_storage_and_duplicate_choices_and_refuses_others() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(binary())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let help = run(&["serve", "--help"]);
+    assert!(help.status.success());
+    let help = String::from_utf8(help.stdout).unwrap();
+    for line in [
+        "--storage <STORAGE>",
+        "- memory: The file is read into one contiguous buffer that holds every value",
+        "- mmap:   Values are read from the memory-mapped file",
+        "[default: memory]",
+        "--on-duplicate <ON_DUPLICATE>",
+        "- error: Refuse the file: two values for one key means a corrupt data file",
+        "- first: Keep the value from the earliest line",
+        "- last:  Keep the value from the latest line",
+        "[default: error]",
+    ] {
+        assert!(help.contains(line), "{line:?} missing from:\n{help}");
+    }
+    for (flag, bad, expected) in [
+        (
+            "--storage",
+            "nope",
+            "'--storage <STORAGE>'\n  [possible values: memory, mmap]",
+        ),
+        (
+            "--on-duplicate",
+            "x",
+            "'--on-duplicate <ON_DUPLICATE>'\n  [possible values: error, first, last]",
+        ),
+    ] {
+        let out = run(&["serve", flag, bad]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(
+            err,
+            format!("error: invalid value '{bad}' for {expected}\n\nFor more information, try '--help'.\n")
+        );
+    }
+    // The environment twins take the same values.
+    let out = std::process::Command::new(binary())
+        .args(["verify", "/nonexistent.data"])
+        .env("KVSERVE_STORAGE", "disk")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[possible values: memory, mmap]"));
+}

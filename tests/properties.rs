@@ -282,13 +282,13 @@ fn assert_loads_exactly(
         assert_eq!(dataset.info().skipped_lines, 0, "{variant:?}");
         for (key, value) in values {
             assert_eq!(
-                dataset.get_str(*key),
-                Some(value.as_str()),
+                dataset.lookup(*key).as_deref(),
+                Some(value.as_bytes()),
                 "{variant:?}: {key:032x}"
             );
         }
         for key in absent.iter().filter(|key| !values.contains_key(key)) {
-            assert_eq!(dataset.get_str(*key), None, "{variant:?}: {key:032x}");
+            assert_eq!(dataset.lookup(*key), None, "{variant:?}: {key:032x}");
         }
     }
 }

@@ -162,14 +162,12 @@ fn load_split(
         seconds = info.load_seconds,
         "data file loaded"
     );
-    // The ETag is hex in quotes: always a valid header value.
-    let etag_header = poem::http::HeaderValue::from_str(&info.etag)
-        .unwrap_or(poem::http::HeaderValue::from_static("\"\""));
+    let etag = Bytes::copy_from_slice(info.etag.as_bytes());
     Ok(Dataset {
         bytes: buf,
         index: parsed.index,
+        etag,
         info,
-        etag_header,
         mapped,
     })
 }

@@ -1,6 +1,6 @@
 //! The data file and the in-memory `Dataset` built from it.
 //!
-//! Design goal: answer `get(key)` with one hash lookup and no allocation, from an index
+//! Design goal: answer `lookup(key)` with one hash probe and no allocation, from an index
 //! that several threads build at once. The cost: the whole file stays in memory (the
 //! value buffer *is* the file's bytes, so values are never copied), plus about 30–40
 //! bytes of index per key.
@@ -31,7 +31,7 @@ pub const MAX_VALUE_LEN: usize = (1 << 24) - 1;
 pub use index::MAX_FILE_LEN;
 
 /// What to do when a key appears on two lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnDuplicate {
     /// Refuse the file: two values for one key means a corrupt data file.
@@ -43,8 +43,31 @@ pub enum OnDuplicate {
     Last,
 }
 
+impl OnDuplicate {
+    /// Every choice, in the order `--help` lists them.
+    pub const ALL: [Self; 3] = [Self::Error, Self::First, Self::Last];
+
+    /// The name on the command line (and in `/admin/dataset`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::First => "first",
+            Self::Last => "last",
+        }
+    }
+
+    /// What the choice means, one sentence for `--help`.
+    pub const fn meaning(self) -> &'static str {
+        match self {
+            Self::Error => "Refuse the file: two values for one key means a corrupt data file",
+            Self::First => "Keep the value from the earliest line",
+            Self::Last => "Keep the value from the latest line",
+        }
+    }
+}
+
 /// Where the values live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Storage {
     /// The file is read into one contiguous buffer that holds every value.
@@ -54,6 +77,67 @@ pub enum Storage {
     /// shared lock is held for as long as the mapping lives.
     Mmap,
 }
+
+impl Storage {
+    /// Every choice, in the order `--help` lists them.
+    pub const ALL: [Self; 2] = [Self::Memory, Self::Mmap];
+
+    /// The name on the command line (and in `/admin/dataset`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Mmap => "mmap",
+        }
+    }
+
+    /// What the choice means, one sentence for `--help`.
+    pub const fn meaning(self) -> &'static str {
+        match self {
+            Self::Memory => "The file is read into one contiguous buffer that holds every value",
+            Self::Mmap => {
+                "Values are read from the memory-mapped file, for data larger than RAM; the \
+                 shared lock is held for as long as the mapping lives"
+            }
+        }
+    }
+}
+
+/// A name that is none of a choice's `ALL`; the message lists the names accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{given}` is not one of: {}", expected.join(", "))]
+pub struct UnknownChoice {
+    pub given: String,
+    pub expected: Vec<&'static str>,
+}
+
+/// `FromStr` and `Display` by the names of `ALL`, so the command line (in `cli.rs`)
+/// needs nothing from this module but the names.
+macro_rules! named_choice {
+    ($ty:ty) => {
+        impl std::str::FromStr for $ty {
+            type Err = UnknownChoice;
+
+            fn from_str(text: &str) -> Result<Self, Self::Err> {
+                Self::ALL
+                    .into_iter()
+                    .find(|choice| choice.name() == text)
+                    .ok_or_else(|| UnknownChoice {
+                        given: text.to_owned(),
+                        expected: Self::ALL.iter().map(|choice| choice.name()).collect(),
+                    })
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+named_choice!(OnDuplicate);
+named_choice!(Storage);
 
 /// How a load treats the file; see the `serve` flags of the same names.
 #[derive(Debug, Clone)]
@@ -247,29 +331,28 @@ pub struct Dataset {
     bytes: Bytes,
     index: index::Index,
     info: DatasetInfo,
-    etag_header: poem::http::HeaderValue,
+    /// `info.etag` as bytes that share one allocation, so a response header can be
+    /// made from it without copying (the HTTP side builds the header; this module
+    /// knows nothing of HTTP).
+    etag: Bytes,
     /// With `--storage mmap`: the mapping and the file's stamp when it was loaded, to
     /// tell later whether the pages being served were written since.
     mapped: Option<(std::sync::Arc<mapped::MappedFile>, integrity::FileStamp)>,
 }
 
 impl Dataset {
-    fn range(&self, key: u128) -> Option<std::ops::Range<usize>> {
+    /// The value for `key`: one probe of the index, then a zero-copy slice of the
+    /// buffer (a reference count increment, no allocation), so it can become a
+    /// response body directly. Every lookup route answers from this one call.
+    ///
+    /// The bytes are not handed out as `&str`: the loader validated the whole file as
+    /// UTF-8, but with `--storage mmap` a writer that ignores the lock can change the
+    /// mapped pages afterwards, so callers that need text must treat them as bytes
+    /// (`http::key::escape_json` does).
+    pub fn lookup(&self, key: u128) -> Option<Bytes> {
         let start = self.index.get(&index::Key::new(key))?.offset();
-        Some(start..index::value_end(&self.bytes, start))
-    }
-
-    /// The value for `key`, as a zero-copy slice of the buffer (a reference count
-    /// increment, no allocation), so it can become a response body directly.
-    pub fn get(&self, key: u128) -> Option<Bytes> {
-        self.range(key).map(|range| self.bytes.slice(range))
-    }
-
-    /// The value as text. The loader validated the whole file as UTF-8, so this cannot
-    /// fail for a value the index points to.
-    pub fn get_str(&self, key: u128) -> Option<&str> {
-        self.range(key)
-            .and_then(|range| std::str::from_utf8(&self.bytes[range]).ok())
+        let end = index::value_end(&self.bytes, start);
+        Some(self.bytes.slice(start..end))
     }
 
     pub fn len(&self) -> usize {
@@ -307,8 +390,8 @@ impl Dataset {
         &self.info.etag
     }
 
-    /// The same, ready to go into a response without an allocation.
-    pub fn etag_header(&self) -> &poem::http::HeaderValue {
-        &self.etag_header
+    /// The same as shared bytes: cloning it is a reference count increment.
+    pub fn etag_bytes(&self) -> &Bytes {
+        &self.etag
     }
 }

@@ -13,11 +13,10 @@ use poem::{Request, RequestBody};
 use poem_openapi::registry::{MetaMediaType, MetaRequest, Registry};
 use poem_openapi::types::{Example, Type};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions, Object};
-use serde::ser::{SerializeMap, Serializer};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::key::EXAMPLE_KEY;
+use super::key::{escape_json, EXAMPLE_KEY};
 use super::problem::{Problem, ProblemError, ProblemKind};
 use super::state::HttpState;
 use crate::dataset::Dataset;
@@ -219,46 +218,45 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
-/// `{"values": {...}, "missing": [...]}` with keys in request order.
+/// `{"values":{...},"missing":[...]}` with keys in request order, compact, as
+/// serde_json wrote it: one index probe per key, each value escaped straight from the
+/// dataset's bytes (`key::escape_json`).
 pub fn render(state: &AppState, dataset: &Dataset, keys: &[Uuid]) -> Vec<u8> {
-    let mut found = Vec::with_capacity(keys.len());
+    let mut out = Vec::with_capacity(32 + keys.len() * 96);
     let mut missing = Vec::new();
+    out.extend_from_slice(b"{\"values\":{");
+    let mut first = true;
     for key in keys {
-        match state.find(dataset, key.as_u128()) {
-            Some(value) => found.push((*key, value)),
-            None => missing.push(*key),
+        let Some(value) = state.find(dataset, key.as_u128()) else {
+            missing.push(*key);
+            continue;
+        };
+        if !first {
+            out.push(b',');
         }
+        first = false;
+        push_key(&mut out, key);
+        out.extend_from_slice(b":\"");
+        escape_json(&mut out, &value);
+        out.push(b'"');
     }
-    let mut out = Vec::with_capacity(64 + found.iter().map(|(_, v)| v.len() + 48).sum::<usize>());
-    // Writing strings into a Vec cannot fail.
-    let _ = serde_json::to_writer(
-        &mut out,
-        &BatchOut {
-            values: &found,
-            missing: &missing,
-        },
-    );
+    out.extend_from_slice(b"},\"missing\":[");
+    for (i, key) in missing.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_key(&mut out, key);
+    }
+    out.extend_from_slice(b"]}");
     out
 }
 
-#[derive(serde::Serialize)]
-struct BatchOut<'a> {
-    #[serde(serialize_with = "pairs_as_map")]
-    values: &'a [(Uuid, &'a str)],
-    #[serde(serialize_with = "canonical_keys")]
-    missing: &'a [Uuid],
-}
-
-fn pairs_as_map<S: Serializer>(pairs: &&[(Uuid, &str)], s: S) -> Result<S::Ok, S::Error> {
-    let mut map = s.serialize_map(Some(pairs.len()))?;
-    for (key, value) in pairs.iter() {
-        map.serialize_entry(&key.hyphenated().to_string(), value)?;
-    }
-    map.end()
-}
-
-fn canonical_keys<S: Serializer>(keys: &&[Uuid], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(keys.iter().map(|key| key.hyphenated().to_string()))
+/// `"<lowercase hyphenated>"`: hex digits and hyphens, nothing to escape.
+fn push_key(out: &mut Vec<u8>, key: &Uuid) {
+    let mut buf = Uuid::encode_buffer();
+    out.push(b'"');
+    out.extend_from_slice(key.hyphenated().encode_lower(&mut buf).as_bytes());
+    out.push(b'"');
 }
 
 #[cfg(test)]
