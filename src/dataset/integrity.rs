@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use super::LoadError;
+use super::error::LoadError;
 
 /// How often a blocked lock is retried. Short enough that a publisher releasing its lock
 /// is noticed quickly, long enough not to spin.

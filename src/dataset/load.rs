@@ -18,7 +18,10 @@ use super::index::{self, Index, Key, ValueAt};
 use super::integrity::{self, FileStamp};
 use super::mapped::MappedFile;
 use super::memory;
-use super::{Dataset, DatasetInfo, LoadError, LoadOptions, OnDuplicate, Storage, MAX_FILE_LEN};
+use super::error::LoadError;
+use super::index::MAX_FILE_LEN;
+use super::options::{LoadOptions, OnDuplicate, Storage, MAX_VALUE_LEN};
+use super::store::{Dataset, DatasetInfo};
 
 /// Files at least this big get progress logs; smaller ones load in well under a second.
 const PROGRESS_MIN_BYTES: usize = 64 << 20;
@@ -186,7 +189,7 @@ fn load_split(
 /// answered 421, not any value, and a 421 has no ETag.
 fn served_etag(file_hash: u128, opts: &LoadOptions, parsed: &Parsed) -> String {
     let duplicates = (parsed.duplicates > 0).then_some(opts.on_duplicate);
-    let skipped = (parsed.skipped > 0).then(|| opts.max_line_bytes.min(super::MAX_VALUE_LEN));
+    let skipped = (parsed.skipped > 0).then(|| opts.max_line_bytes.min(MAX_VALUE_LEN));
     if duplicates.is_none() && skipped.is_none() {
         return format!("\"{:016x}\"", file_hash >> 64);
     }
@@ -483,7 +486,7 @@ fn parse_chunk(shared: &Shared<'_>, start: usize, end: usize) -> ChunkResult {
             bad_utf8_at = first_invalid_utf8(bytes, next, end);
             Err(LineError::InvalidUtf8)
         } else {
-            format::parse_line(line, opts.max_line_bytes.min(super::MAX_VALUE_LEN))
+            format::parse_line(line, opts.max_line_bytes.min(MAX_VALUE_LEN))
         };
         match parsed {
             Ok(None) => {}

@@ -28,7 +28,7 @@ use std::sync::{Arc, Once, OnceLock};
 use bytes::Bytes;
 use memmap2::{Advice, Mmap};
 
-use super::LoadError;
+use super::error::LoadError;
 
 pub struct MappedFile {
     /// Declared first so it drops first: the range leaves the registry before it is

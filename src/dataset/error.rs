@@ -1,0 +1,98 @@
+//! Why a load failed.
+
+use std::path::PathBuf;
+
+use super::format::LineError;
+use super::index::MAX_FILE_LEN;
+
+/// Why a load failed. Every variant names the file; line errors also the 1-based line
+/// number and an excerpt, so a publisher can fix the file without guessing.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot open data file {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a regular file but {kind}; refused without reading it", path.display())]
+    NotAFile { path: PathBuf, kind: &'static str },
+    /// Only files inside the data file's folder may be loaded by a reload; this names
+    /// the path asked for, never where it leads or anything read from there.
+    #[error("{} leads outside the data file's folder {}; refused without reading it", path.display(), folder.display())]
+    OutsideFolder { path: PathBuf, folder: PathBuf },
+    #[error("data file {} is {len} bytes, more than the {max} bytes (1 TiB) the index can address", path.display(), max = MAX_FILE_LEN)]
+    TooLarge { path: PathBuf, len: u64 },
+    /// Checked before anything is allocated: a file that cannot fit is refused with
+    /// both sizes, instead of aborting the process on a failed allocation.
+    #[error("data file {} is {len} bytes, more than the {limit} bytes of memory that {budget}; --storage mmap serves a file larger than memory", path.display())]
+    TooLargeForMemory {
+        path: PathBuf,
+        len: u64,
+        limit: u64,
+        budget: String,
+    },
+    /// The index (and the records parsed for it) must fit too; estimated from the
+    /// first MiB of the file, as the index's capacity is.
+    #[error("data file {} has about {lines} lines, whose index needs about {need} bytes while loading, more than the {limit} bytes of memory that {budget}", path.display())]
+    IndexTooLargeForMemory {
+        path: PathBuf,
+        lines: u64,
+        need: u64,
+        limit: u64,
+        budget: String,
+    },
+    #[error("cannot allocate {len} bytes to read data file {}: {source}; --storage mmap serves a file larger than memory", path.display())]
+    OutOfMemory {
+        path: PathBuf,
+        len: u64,
+        source: std::collections::TryReserveError,
+    },
+    #[error("data file {} is locked exclusively by another process (a publisher still writing it?); gave up after {waited} (--lock-timeout)", path.display())]
+    Locked {
+        path: PathBuf,
+        waited: humantime::Duration,
+    },
+    #[error("cannot lock data file {}: {source}", path.display())]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read data file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data file {} changed while loading ({what}); load it again once it is complete", path.display())]
+    Changed { path: PathBuf, what: String },
+    #[error("cannot read checksum file {}: {source}", path.display())]
+    ChecksumFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad checksum in {source_desc}: {reason}")]
+    ChecksumFormat { source_desc: String, reason: String },
+    #[error("SHA-256 of {} is {actual}, but {source_desc} expects {expected}", path.display())]
+    ChecksumMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+        source_desc: String,
+    },
+    #[error("{}:{line}: {reason}: {excerpt}", path.display())]
+    Malformed {
+        path: PathBuf,
+        line: u64,
+        reason: LineError,
+        excerpt: String,
+    },
+    #[error("{}:{line}: duplicate key {key} (first on line {first_line}); --on-duplicate first|last accepts duplicates", path.display())]
+    Duplicate {
+        path: PathBuf,
+        line: u64,
+        first_line: u64,
+        key: uuid::Uuid,
+    },
+    #[error("data file {} holds no records (--allow-empty serves an empty dataset)", path.display())]
+    Empty { path: PathBuf },
+}
+
