@@ -2,15 +2,13 @@
 //! connection limits, through a real server on 127.0.0.1:0. Tokens are made by a real
 //! JWT library (jsonwebtoken), or forged by hand where no library would make them.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::common::*;
 use base64::Engine as _;
-use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
