@@ -13,7 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-log() { printf '\n==> %s\n' "$*" >&2; }
+# Each step's line says how long the run has taken so far, so a slow CI log shows where.
+log() { printf '\n==> [%ss] %s\n' "$SECONDS" "$*" >&2; }
 
 PYENV=target/pyenv
 
@@ -66,6 +67,7 @@ run_tests() {
   log "external checks (tests/external)"
   cargo build --quiet
   PATH="$PWD/$PYENV/bin:$PATH" "$PYENV/bin/python" tests/external/run.py target/debug/kvserve
+  log "all tests passed"
 }
 
 serve() {

@@ -1,8 +1,8 @@
 //! The checks behind the fuzz targets, and the reference model they compare with.
 //!
 //! They live here rather than in `fuzz_targets/` so that plain `cargo test` runs them
-//! too: `tests/fuzz_seeds.rs` (on the committed seeds) and `tests/properties.rs`
-//! include this file with `#[path]`. CI builds with stable, where libFuzzer cannot run;
+//! too: `tests/it/main.rs` includes this file with `#[path]`, for `tests/it/fuzz_seeds.rs`
+//! (on the committed seeds) and `tests/it/properties.rs`. CI builds with stable, where libFuzzer cannot run;
 //! without that the targets would stop compiling, or stop holding, unnoticed.
 //!
 //! [`reference`] is a deliberately naive reading of DESIGN.md section 2: one pass, line

@@ -95,4 +95,3 @@ pub enum LoadError {
     #[error("data file {} holds no records (--allow-empty serves an empty dataset)", path.display())]
     Empty { path: PathBuf },
 }
-

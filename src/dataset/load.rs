@@ -13,13 +13,13 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 
+use super::error::LoadError;
 use super::format::{self, LineError, KEY_LEN};
+use super::index::MAX_FILE_LEN;
 use super::index::{self, Index, Key, ValueAt};
 use super::integrity::{self, FileStamp};
 use super::mapped::MappedFile;
 use super::memory;
-use super::error::LoadError;
-use super::index::MAX_FILE_LEN;
 use super::options::{LoadOptions, OnDuplicate, Storage, MAX_VALUE_LEN};
 use super::store::{Dataset, DatasetInfo};
 

@@ -31,4 +31,3 @@ pub use load::load;
 pub use load::load_with_chunk_bytes;
 pub use options::{LoadOptions, OnDuplicate, Storage, UnknownChoice, MAX_VALUE_LEN};
 pub use store::{Dataset, DatasetInfo};
-

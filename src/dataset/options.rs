@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-
 use super::prefixes;
 
 /// The highest `--max-line-bytes` accepted (16 MiB - 1): a bound on what one request
@@ -160,4 +159,3 @@ impl Default for LoadOptions {
         }
     }
 }
-

@@ -1,15 +1,13 @@
 //! Data files good and bad (docs/ARCHITECTURE.md section 1), through the real binary's `verify`
 //! and `serve`, and through the same `App` builder for what is served.
 
-mod common;
-
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn run(args: &[&str]) -> Output {

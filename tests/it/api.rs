@@ -1,8 +1,6 @@
 //! The HTTP contract of the README's "The API" section, through a real server on 127.0.0.1:0.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 async fn server() -> (tempfile::TempDir, TestServer) {

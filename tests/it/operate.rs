@@ -2,12 +2,10 @@
 //! request ids and logs — through a real server on 127.0.0.1:0, and the real binary
 //! where a signal is involved.
 
-mod common;
-
 use std::fs::File;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 async fn metrics(s: &TestServer) -> String {

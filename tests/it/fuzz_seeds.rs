@@ -3,11 +3,9 @@
 //! fails `cargo test` on stable too. Seeds include every input a fuzzer run found
 //! interesting enough to keep as a regression.
 
-#[allow(dead_code)] // the property tests use the rest
-#[path = "../fuzz/src/lib.rs"]
-mod fuzz_checks;
-
 use std::path::Path;
+
+use crate::fuzz_checks;
 
 fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -5,8 +5,6 @@
 //! The 10-minute soak at half the peak rate is a benchmark, not a test: see
 //! `benches/load/soak.sh` and BENCHMARKS.md.
 
-mod common;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -15,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const STORAGES: [&str; 2] = ["memory", "mmap"];

@@ -1,8 +1,6 @@
 //! The OpenAPI document: checked in, generated from the code, and complete.
 
-mod common;
-
-use common::TestServer;
+use crate::common::TestServer;
 use serde_json::Value;
 
 const CHECKED_IN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
@@ -12,7 +10,7 @@ fn spec() -> Value {
 }
 
 /// Fails when the code changed the API but `openapi/openapi.json` was not regenerated.
-/// `KVSERVE_UPDATE_OPENAPI=1 cargo test --test openapi` rewrites it.
+/// `KVSERVE_UPDATE_OPENAPI=1 cargo test --test it openapi::` rewrites it.
 #[test]
 fn checked_in_spec_is_up_to_date() {
     let generated = format!("{}\n", kvserve::http::openapi_json());
@@ -22,7 +20,7 @@ fn checked_in_spec_is_up_to_date() {
     let checked_in = std::fs::read_to_string(CHECKED_IN).unwrap_or_default();
     assert!(
         checked_in == generated,
-        "openapi/openapi.json is out of date: run `KVSERVE_UPDATE_OPENAPI=1 cargo test --test openapi` and commit it"
+        "openapi/openapi.json is out of date: run `KVSERVE_UPDATE_OPENAPI=1 cargo test --test it openapi::` and commit it"
     );
 }
 

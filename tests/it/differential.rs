@@ -45,15 +45,13 @@
 //! `cache-control` values side by side; the last body byte of the reference's 404s
 //! changed failed with both bodies shown.
 
-mod common;
-
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};

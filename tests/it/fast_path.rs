@@ -3,14 +3,12 @@
 //! answers them when the fast path steps aside (traces on). Both must answer alike:
 //! same status, headers and body, for good requests and for every refusal.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const SECRET: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

@@ -1,15 +1,13 @@
 //! Start-up and shutdown: 503 until the data is loaded, readiness, and a graceful
 //! SIGTERM through the real binary.
 
-mod common;
-
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// Holding the publisher's exclusive lock keeps the loader waiting, so the server is
 /// observably up but not loaded, for as long as the test wants.

@@ -5,21 +5,18 @@
 //!
 //! Case counts are small so that `cargo test` stays quick. `PROPTEST_CASES=N` runs N
 //! cases of every property instead, e.g.
-//! `PROPTEST_CASES=5000 cargo test --release --test properties`. A failing case is
-//! shrunk, then saved in `tests/properties.proptest-regressions` and replayed first by
-//! later runs: commit that file with the fix.
-
-#[allow(dead_code)] // tests/fuzz_seeds.rs uses the rest
-#[path = "../fuzz/src/lib.rs"]
-mod fuzz_checks;
+//! `PROPTEST_CASES=5000 cargo test --release --test it properties::`. A failing case is
+//! shrunk, then saved in `tests/it/properties.proptest-regressions` and replayed first
+//! by later runs: commit that file with the fix.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use fuzz_checks::{assert_load_matches, reference, Expected, Model, Variant};
+use crate::fuzz_checks::{assert_load_matches, reference, Expected, Model, Variant};
 use kvserve::dataset::{LoadError, LoadOptions, OnDuplicate, Storage};
 use proptest::prelude::*;
 use proptest::sample::Index;
+use proptest::test_runner::FileFailurePersistence;
 
 /// `default` cases, unless `PROPTEST_CASES` says otherwise.
 fn config(default: u32) -> ProptestConfig {
@@ -29,6 +26,11 @@ fn config(default: u32) -> ProptestConfig {
         .unwrap_or(default);
     ProptestConfig {
         cases,
+        // Beside this file. proptest's default would put it in
+        // `tests/proptest-regressions/properties.txt`, as `tests/it` has a `main.rs`.
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
         ..ProptestConfig::default()
     }
 }

@@ -1,8 +1,6 @@
 //! `--key-prefixes`: an instance that owns part of the key space (a shard).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const FOREIGN: &str = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee";
