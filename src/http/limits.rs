@@ -21,8 +21,8 @@ pub struct LimitSettings {
     pub request_timeout: Option<Duration>,
 }
 
-/// The limits of one listener, shared by its middleware and the hot routes' fast path
-/// (one `--max-in-flight` budget for both).
+/// The limits of one listener, checked by the admission pipeline on both paths (one
+/// `--max-in-flight` budget for both).
 pub struct RequestLimits {
     settings: LimitSettings,
     in_flight: Option<Arc<Semaphore>>,

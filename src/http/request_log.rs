@@ -25,8 +25,8 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// cannot inflate every log line.
 const MAX_REQUEST_ID: usize = 128;
 
-/// One request's entry in the access log, from its head to its answer. Used by the
-/// middleware and by the hot routes' fast path, so both log and tag alike.
+/// One request's entry in the access log, from its head to its answer. Opened and
+/// closed by the admission pipeline (`http::pipeline`) on both paths.
 pub struct Access {
     started: Instant,
     id: HeaderValue,

@@ -3,8 +3,8 @@
 //!
 //! Why: measured, poem's server and middleware chain cost about half again the CPU of
 //! a bare hyper server per request (BENCHMARKS.md). Driving hyper here lets the hot
-//! routes (`http::fast`) be answered straight from hyper's request, with the same
-//! checks the middleware makes, while every other request goes through poem unchanged.
+//! routes (`http::fast`) be answered straight from hyper's request, through the same
+//! admission pipeline (`http::pipeline`), while every other request goes to poem.
 //! It also lets the connection deadlines (`http::conn`) use one timer per connection.
 //!
 //! HTTP/1.1 only: kvserve sits behind a load balancer or ingress that speaks HTTP/1.1

@@ -40,10 +40,10 @@
 //! Proved able to fail (plants not committed): an `x-plant: 1` header added to the
 //! fast path's answer in `fast::serve` failed all four configurations, shrunk to
 //! `GET /v1/keys/{KEY}` with "header only in fast: x-plant: 1"; a changed byte in the
-//! reference answer (`max-age=61` in the `Cache-Control` of `FastRoutes`, which answers
-//! the hot routes inside poem on today's code) failed all four with the two
-//! `cache-control` values side by side; the last body byte of the reference's 404s
-//! changed failed with both bodies shown.
+//! reference answer (`max-age=61` in the `Cache-Control` answered inside poem) failed
+//! all four with the two `cache-control` values side by side; the last body byte of the
+//! reference's 404s changed failed with both bodies shown; an `x-plant` header added in
+//! `pipeline::through_framework` failed with "header only in reference".
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};

@@ -1,7 +1,8 @@
-//! The hot routes have two implementations of their request handling: the fast path
-//! on hyper's request (`http::fast::serve`) and the poem middleware chain, which
-//! answers them when the fast path steps aside (traces on). Both must answer alike:
-//! same status, headers and body, for good requests and for every refusal.
+//! The hot routes are answered by the fast path on hyper's request
+//! (`http::fast::serve`) or, when it steps aside, by the OpenAPI operations behind
+//! poem's router. `differential` proves the two equal with `--fast-path false`; these
+//! tests hold them equal in the other way the fast path steps aside, traces on (an
+//! OTLP endpoint set), for good requests and for every refusal.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
