@@ -11,8 +11,9 @@
 # Each argument is one kvserve configuration (extra flags; "" is the default). A
 # configuration starting with @PATH runs the kvserve binary at PATH instead of this
 # tree's, to compare builds:  benches/load/ab.sh "@../old/target/release/kvserve" ""
-# Knobs: ROUNDS (5), DURATION (8), DIST (uniform|zipf), KEYS_PATH (/v1/keys/%s), and
-# those of benches/load/common.sh.
+# Knobs: ROUNDS (5), DURATION (8), DIST (uniform|zipf), KEYS_PATH (/v1/keys/%s),
+# LOG_LEVEL (unset: the server's default, access log on, as operators run it; e.g.
+# "info,kvserve::access=off" to measure without it), and those of benches/load/common.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -20,6 +21,7 @@ ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-8}
 DIST=${DIST:-uniform}
 KEYS_PATH=${KEYS_PATH:-/v1/keys/%s}
+LOG_LEVEL=${LOG_LEVEL:-}
 source benches/load/common.sh
 cargo build --release --quiet --example baseline
 BASE=127.0.0.1:18100
@@ -58,7 +60,7 @@ for round in $(seq 1 "$ROUNDS"); do
     fi
     # shellcheck disable=SC2086 # a configuration is a list of flags
     "$bin" --data "$DATA" --addr "$API" --admin-addr "$ADMIN" \
-      --log-level "info,kvserve::access=off" $flags > "$WORK/ab-kvserve.log" 2>&1 &
+      ${LOG_LEVEL:+--log-level "$LOG_LEVEL"} $flags > "$WORK/ab-kvserve.log" 2>&1 &
     PID=$!
     wait_ready "http://$ADMIN/readyz" "$PID" "$WORK/ab-kvserve.log"
     printf '%s\tkvserve %s\t%s\n' "$round" "$config" "$(measure "$API" "$KEYS_PATH")" | tee -a "$OUT" >&2
