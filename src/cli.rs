@@ -34,6 +34,12 @@ pub struct Cli {
     /// Log line format: `text` for people, `json` for log collectors.
     #[arg(long, global = true, env = "KVSERVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Bytes of log lines that may wait for stderr (e.g. `1MiB`). Logs are written by a
+    /// background thread; when stderr cannot keep up and this fills, further lines are
+    /// dropped and counted in `kvserve_log_lines_dropped_total`, never waited for.
+    #[arg(long, global = true, env = "KVSERVE_LOG_BUFFER", default_value = "1MiB", value_parser = parse_size)]
+    pub log_buffer: usize,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     // check would panic.
     let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
     let cli = Cli::parse();
-    let _telemetry = match telemetry::init(&cli.log_level, cli.log_format) {
+    let telemetry = match telemetry::init(&cli.log_level, cli.log_format, cli.log_buffer) {
         Ok(guard) => guard,
         Err(err) => {
             eprintln!("error: {err}");
@@ -29,6 +29,8 @@ fn main() -> ExitCode {
         }
         Some(Command::Token(args)) => mint_token(&args),
     };
+    // Writes the buffered log lines, so the error below is the last line.
+    drop(telemetry);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -148,6 +148,10 @@ impl Metrics {
         reg("kvserve_dataset_reloads_total", Box::new(reloads))?;
         reg("kvserve_build_info", Box::new(build_info))?;
         reg(
+            "kvserve_log_lines_dropped_total",
+            Box::new(crate::telemetry::writer::DROPPED.clone()),
+        )?;
+        reg(
             "process",
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         )?;

@@ -1,5 +1,6 @@
 //! Logs and traces. Logs go to stderr (text or JSON) so stdout stays free for command
-//! output. Traces are exported over OTLP/HTTP only when the standard
+//! output, through a bounded buffer and a writer thread (`writer`): a slow or stalled
+//! stderr drops and counts log lines, it never holds up a request. Traces are exported over OTLP/HTTP only when the standard
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` variable is set; otherwise no exporter, no propagator
 //! and no per-request trace work exist.
 
@@ -17,6 +18,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 pub mod escape;
+pub mod writer;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -40,6 +42,8 @@ pub enum TelemetryError {
         endpoint: String,
         source: opentelemetry_otlp::ExporterBuildError,
     },
+    #[error("cannot start the log writer thread: {0}")]
+    Writer(std::io::Error),
 }
 
 static TRACING_ON: AtomicBool = AtomicBool::new(false);
@@ -50,42 +54,58 @@ pub fn traces_enabled() -> bool {
     TRACING_ON.load(Ordering::Relaxed)
 }
 
-/// Keeps the trace exporter alive; dropping it flushes the spans not yet sent.
-#[must_use = "dropping the guard stops trace export"]
+/// Keeps the trace exporter and the log writer alive; dropping it flushes the spans
+/// not yet sent and writes the log lines still buffered (later lines are written
+/// directly). Drop it before printing a last message with `eprintln!`, so that
+/// message comes after every log line.
+#[must_use = "dropping the guard stops trace export and buffered logging"]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    logs: Option<writer::Writer>,
 }
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
         if let Some(provider) = self.provider.take() {
             if let Err(err) = provider.shutdown() {
-                eprintln!("warning: flushing traces at exit failed: {err}");
+                tracing::warn!(error = %err, "flushing traces at exit failed");
             }
+        }
+        if let Some(mut logs) = self.logs.take() {
+            logs.close();
         }
     }
 }
 
-pub fn init(filter: &str, format: LogFormat) -> Result<Telemetry, TelemetryError> {
+/// Sets up logging (and traces, if configured); `log_buffer` bounds the bytes of log
+/// lines waiting for stderr, beyond which lines are dropped.
+pub fn init(
+    filter: &str,
+    format: LogFormat,
+    log_buffer: usize,
+) -> Result<Telemetry, TelemetryError> {
     let env_filter = EnvFilter::try_new(filter).map_err(|source| TelemetryError::Filter {
         filter: filter.to_owned(),
         source,
     })?;
-    let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
+    let logs =
+        writer::Writer::start(log_buffer, std::io::stderr()).map_err(TelemetryError::Writer)?;
+    let out = logs.handle();
+    let log_layer: Box<dyn Layer<Registry> + Send + Sync> = match format {
         // Control characters in any field are escaped: no forged lines, no terminal
         // escapes from a request. A person at a terminal gets colours, and fields
         // escaped one by one; machines get plain text, escaped per event (cheaper).
         LogFormat::Text if std::io::stderr().is_terminal() => tracing_subscriber::fmt::layer()
             .fmt_fields(escape::EscapedFields)
-            .with_writer(std::io::stderr)
+            .with_writer(out)
             .with_ansi(true)
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(|| escape::EscapingWriter(std::io::stderr()))
+            .with_writer(move || escape::EscapingWriter(out))
             .with_ansi(false)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(out)
             .json()
             .flatten_event(true)
             .with_current_span(true)
@@ -102,18 +122,23 @@ pub fn init(filter: &str, format: LogFormat) -> Result<Telemetry, TelemetryError
     let traces = provider
         .as_ref()
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("kvserve")));
-    // A second initialisation (tests calling this twice) is harmless: keep the first.
-    let _ = tracing_subscriber::registry()
-        .with(logs)
+    // A second initialisation (tests calling this twice) is harmless: keep the first,
+    // and its writer.
+    let installed = tracing_subscriber::registry()
+        .with(log_layer)
         .with(traces)
         .with(env_filter)
-        .try_init();
+        .try_init()
+        .is_ok();
     if let Some(endpoint) = endpoint {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         TRACING_ON.store(true, Ordering::Relaxed);
         tracing::info!(%endpoint, "exporting traces over OTLP/HTTP");
     }
-    Ok(Telemetry { provider })
+    Ok(Telemetry {
+        provider,
+        logs: installed.then_some(logs),
+    })
 }
 
 /// The exporter reads the standard `OTEL_EXPORTER_OTLP_*` variables itself (endpoint,

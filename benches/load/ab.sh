@@ -11,8 +11,9 @@
 # Each argument is one kvserve configuration (extra flags; "" is the default). A
 # configuration starting with @PATH runs the kvserve binary at PATH instead of this
 # tree's, to compare builds:  benches/load/ab.sh "@../old/target/release/kvserve" ""
-# Knobs: ROUNDS (5), DURATION (8), DIST (uniform|zipf), KEYS_PATH (/v1/keys/%s), and
-# those of benches/load/common.sh.
+# Knobs: ROUNDS (5), DURATION (8), DIST (uniform|zipf), KEYS_PATH (/v1/keys/%s),
+# LOG_LEVEL (unset: the server's default, access log on, as operators run it; e.g.
+# "info,kvserve::access=off" to measure without it), and those of benches/load/common.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -20,6 +21,7 @@ ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-8}
 DIST=${DIST:-uniform}
 KEYS_PATH=${KEYS_PATH:-/v1/keys/%s}
+LOG_LEVEL=${LOG_LEVEL:-}
 source benches/load/common.sh
 cargo build --release --quiet --example baseline
 BASE=127.0.0.1:18100
@@ -31,7 +33,7 @@ PID=
 trap '[ -n "$PID" ] && kill $PID 2>/dev/null || true' EXIT
 
 # measure TARGET PATH_TEMPLATE: one warm-up and one measured wrk run; prints the server
-# CPU per request (µs) and the rate (req/s).
+# CPU per request (µs), the rate (req/s) and wrk's p99 latency (µs).
 measure() {
   KEYS_FILE="$SAMPLE" KEYS_PATH="$2" KEYS_DIST="$DIST" \
     wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s benches/load/keys.lua "http://$1" >/dev/null 2>&1 || true
@@ -41,8 +43,9 @@ measure() {
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" -s benches/load/keys.lua "http://$1" | tail -n 1)
   after=$(awk '{ print $14 + $15 }' "/proc/$PID/stat")
   requests=$(echo "$out" | sed -E 's/.*"requests": ([0-9]+).*/\1/')
-  printf '%s\t%s' "$(echo "scale=3; ($after - $before) * 1000000 / $TICKS / $requests" | bc)" \
-    "$(echo "$out" | sed -E 's/.*"rps": ([0-9.]+).*/\1/')"
+  printf '%s\t%s\t%s' "$(echo "scale=3; ($after - $before) * 1000000 / $TICKS / $requests" | bc)" \
+    "$(echo "$out" | sed -E 's/.*"rps": ([0-9.]+).*/\1/')" \
+    "$(echo "$out" | sed -E 's/.*"p99_us": ([0-9]+).*/\1/')"
 }
 
 for round in $(seq 1 "$ROUNDS"); do
@@ -58,7 +61,7 @@ for round in $(seq 1 "$ROUNDS"); do
     fi
     # shellcheck disable=SC2086 # a configuration is a list of flags
     "$bin" --data "$DATA" --addr "$API" --admin-addr "$ADMIN" \
-      --log-level "info,kvserve::access=off" $flags > "$WORK/ab-kvserve.log" 2>&1 &
+      ${LOG_LEVEL:+--log-level "$LOG_LEVEL"} $flags > "$WORK/ab-kvserve.log" 2>&1 &
     PID=$!
     wait_ready "http://$ADMIN/readyz" "$PID" "$WORK/ab-kvserve.log"
     printf '%s\tkvserve %s\t%s\n' "$round" "$config" "$(measure "$API" "$KEYS_PATH")" | tee -a "$OUT" >&2
@@ -71,19 +74,23 @@ python3 - "$OUT" "$LINES" "$DIST" "$KEYS_PATH" <<'EOF'
 import statistics, sys
 from collections import defaultdict
 path, lines, dist, keys_path = sys.argv[1:]
-cpu, rate = defaultdict(dict), defaultdict(dict)  # config -> round -> µs, req/s
+cpu, rate, p99 = defaultdict(dict), defaultdict(dict), defaultdict(dict)  # config -> round -> µs, req/s, µs
 for line in open(path):
-    round_, config, us, rps = line.rstrip("\n").split("\t")
-    cpu[config][round_], rate[config][round_] = float(us), float(rps)
+    round_, config, us, rps, tail = line.rstrip("\n").split("\t")
+    cpu[config][round_], rate[config][round_], p99[config][round_] = float(us), float(rps), float(tail)
 base = cpu.pop("baseline")
 print(f"{int(lines):,} lines, {dist} keys, GET {keys_path}, {len(base)} rounds:\n")
-print("| server | req/s, median | CPU / request, median | each round (µs) | median of per-round CPU ratios to baseline |")
-print("|---|---:|---:|---|---:|")
+base_p99 = p99["baseline"]
+print("| server | req/s, median | CPU / request, median | each round (µs) | median of per-round CPU ratios to baseline | p99, median | median of per-round p99 ratios |")
+print("|---|---:|---:|---|---:|---:|---:|")
 print(f"| bare hyper baseline | {statistics.median(rate['baseline'].values()):,.0f} | "
-      f"{statistics.median(base.values()):.1f} µs | {', '.join(f'{v:.1f}' for v in base.values())} | 1.00× |")
+      f"{statistics.median(base.values()):.1f} µs | {', '.join(f'{v:.1f}' for v in base.values())} | 1.00× | "
+      f"{statistics.median(base_p99.values()) / 1000:.2f} ms | 1.00× |")
 for config, rounds in cpu.items():
     ratios = [us / base[r] for r, us in rounds.items() if r in base]
+    tails = [p99[config][r] / base_p99[r] for r in rounds if base_p99.get(r)]
     print(f"| {config.replace('kvserve', '', 1).strip() or 'kvserve (defaults)'} | "
           f"{statistics.median(rate[config].values()):,.0f} | {statistics.median(rounds.values()):.1f} µs | "
-          f"{', '.join(f'{v:.1f}' for v in rounds.values())} | {statistics.median(ratios):.2f}× |")
+          f"{', '.join(f'{v:.1f}' for v in rounds.values())} | {statistics.median(ratios):.2f}× | "
+          f"{statistics.median(p99[config].values()) / 1000:.2f} ms | {statistics.median(tails):.2f}× |")
 EOF

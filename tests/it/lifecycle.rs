@@ -205,3 +205,82 @@ fn sigterm_during_the_first_load_exits_zero() {
         p.log().contains("SIGTERM received")
     });
 }
+
+/// A log reader that stalls (a full stderr pipe nobody drains) must not stall the
+/// service: log lines beyond the bounded buffer are dropped and counted, and every
+/// request is still answered.
+#[test]
+fn a_stalled_log_reader_drops_lines_but_never_blocks_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "t.data", sample_lines());
+    let mut command = Command::new(binary());
+    // A small buffer fills fast; the 64 KiB pipe behind it fills after a few hundred
+    // access lines.
+    command
+        .env("KVSERVE_LOG_BUFFER", "4KiB")
+        .args(serve_args(&path, &[]));
+    let (mut p, _stderr_never_read) = spawn_command_undrained(command);
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+
+    let mut conn = TcpStream::connect(p.api).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.set_nodelay(true).unwrap();
+    let request = format!("GET /v1/keys/{KEY} HTTP/1.1\r\nHost: x\r\n\r\n");
+    for n in 0..2000 {
+        conn.write_all(request.as_bytes()).unwrap();
+        let answer = read_response(&mut conn)
+            .unwrap_or_else(|err| panic!("request {n} not answered: {err}"))
+            .unwrap_or_else(|| panic!("request {n}: connection closed"));
+        assert_eq!(answer.0, 200, "request {n}");
+    }
+    let mut admin = TcpStream::connect(p.admin).unwrap();
+    admin
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(admin, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let (status, body) = read_response(&mut admin).unwrap().unwrap();
+    assert_eq!(status, 200);
+    let dropped = series(
+        &String::from_utf8_lossy(&body),
+        "kvserve_log_lines_dropped_total",
+    );
+    assert!(dropped.unwrap_or(0.0) > 0.0, "dropped lines: {dropped:?}");
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+}
+
+/// Log lines are written off the request path; a clean exit still writes every one
+/// of them, the access line of the last request and the final shutdown message.
+#[test]
+fn the_last_log_lines_before_a_sigterm_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "t.data", sample_lines());
+    let mut p = spawn_binary(&path, &[]);
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let mut conn = TcpStream::connect(p.api).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.set_nodelay(true).unwrap();
+    for n in 0..200 {
+        let request = format!(
+            "GET /v1/keys/{KEY} HTTP/1.1\r\nHost: x\r\nX-Request-Id: last-words-{n}\r\n\r\n"
+        );
+        conn.write_all(request.as_bytes()).unwrap();
+        assert_eq!(read_response(&mut conn).unwrap().unwrap().0, 200);
+    }
+    drop(conn);
+    sigterm(&p.child);
+    let status = wait_exit(&mut p.child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+    wait_until("the final message", || {
+        p.log().contains("shutdown complete")
+    });
+    let log = p.log();
+    for n in 0..200 {
+        assert!(
+            log.contains(&format!("request_id=last-words-{n} ")),
+            "access line {n} missing from:\n{log}"
+        );
+    }
+}

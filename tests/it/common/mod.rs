@@ -231,7 +231,38 @@ pub fn serve_args(data: &std::path::Path, extra: &[&str]) -> Vec<String> {
 
 /// Starts `command` (kvserve, perhaps behind a wrapper such as `setpriv`) and reads the
 /// bound addresses from its log.
-pub fn spawn_command(mut command: Command) -> Process {
+pub fn spawn_command(command: Command) -> Process {
+    let (process, lines) = start_command(command);
+    // Keep draining stderr so the child never blocks on a full pipe.
+    let sink = process.log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    process
+}
+
+/// As `spawn_command`, but nobody reads the child's stderr once it has logged its
+/// addresses: a log collector that stalls. The pipe stays open as long as the returned
+/// reader lives.
+pub fn spawn_command_undrained(
+    command: Command,
+) -> (
+    Process,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
+    start_command(command)
+}
+
+fn start_command(
+    mut command: Command,
+) -> (
+    Process,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
     let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -259,21 +290,13 @@ pub fn spawn_command(mut command: Command) -> Process {
         }
     }
     let (api, admin) = addresses.expect("kvserve logs its addresses");
-    // Keep draining stderr so the child never blocks on a full pipe.
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    Process {
+    let process = Process {
         child,
         api,
         admin,
         log,
-    }
+    };
+    (process, lines)
 }
 
 /// The API and admin addresses from kvserve's "listening" line, text or JSON.
