@@ -87,6 +87,13 @@ impl AppState {
         found
     }
 
+    /// Counts a batch's outcomes in `kvserve_lookups_total` at once: one atomic add per
+    /// outcome per request instead of one per key (`find` counts its one key).
+    pub fn count_lookups(&self, found: u64, missing: u64) {
+        self.metrics.lookups_found.inc_by(found);
+        self.metrics.lookups_missing.inc_by(missing);
+    }
+
     /// Ready means: a dataset is loaded and the process is not shutting down.
     pub fn is_ready(&self) -> bool {
         self.dataset.is_loaded() && !self.shutting_down.load(Ordering::SeqCst)

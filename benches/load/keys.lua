@@ -4,6 +4,10 @@
 --   KEYS_PATH   path template, "%s" is the key (default "/v1/keys/%s")
 --   KEYS_RATE   if set, aim at this many requests per second in total (connections
 --               pace themselves with wrk's delay(); used for "p99 at half the peak")
+--   KEYS_BATCH  if set (N > 0), POST {"keys": [N keys]} to KEYS_PATH (used as is) instead
+--               of GETs: the bodies are built once, in init(), a pool of about 200,000
+--               keys per wrk thread (at least 64 bodies), so the client spends its CPU
+--               sending rather than formatting JSON
 -- At the end, prints one JSON line with throughput and latency percentiles.
 
 local keys = {}
@@ -11,6 +15,8 @@ local cdf = {}
 local path = os.getenv("KEYS_PATH") or "/v1/keys/%s"
 local zipf = os.getenv("KEYS_DIST") == "zipf"
 local pause_ms = nil -- set by init() when KEYS_RATE asks for a fixed rate
+local batch = tonumber(os.getenv("KEYS_BATCH") or "") or 0
+local bodies = {} -- batch mode: the request bodies, built by init()
 
 local function load()
   for line in io.lines(os.getenv("KEYS_FILE")) do
@@ -37,9 +43,26 @@ local function zipf_rank()
   return lo
 end
 
+local function pick()
+  return keys[zipf and zipf_rank() or math.random(#keys)]
+end
+
+local function build_bodies()
+  for b = 1, math.max(64, math.floor(200000 / batch)) do
+    local picked = {}
+    for k = 1, batch do
+      picked[k] = '"' .. pick() .. '"'
+    end
+    bodies[b] = '{"keys":[' .. table.concat(picked, ",") .. ']}'
+  end
+end
+
 function init(args)
   math.randomseed(os.time() + (tonumber(tostring({}):match("0x(%x+)"), 16) or 0))
   load()
+  if batch > 0 then
+    build_bodies()
+  end
   local rate = tonumber(os.getenv("KEYS_RATE") or "")
   local connections = tonumber(os.getenv("KEYS_CONNECTIONS") or "64")
   if rate and rate > 0 then
@@ -52,9 +75,13 @@ function delay()
   return pause_ms or 0
 end
 
+local batch_headers = { ["Content-Type"] = "application/json" }
+
 function request()
-  local i = zipf and zipf_rank() or math.random(#keys)
-  return wrk.format("GET", string.format(path, keys[i]))
+  if batch > 0 then
+    return wrk.format("POST", path, batch_headers, bodies[math.random(#bodies)])
+  end
+  return wrk.format("GET", string.format(path, pick()))
 end
 
 function done(summary, latency, requests)

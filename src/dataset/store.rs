@@ -89,6 +89,32 @@ impl Dataset {
         Some(self.bytes.slice(start..end))
     }
 
+    /// Where the value of `key` starts, if it is present: the index probe of `lookup`
+    /// alone. The batch route probes every key first and reads the values after
+    /// (`warm`, `value_at`), so the values' cache misses overlap instead of queueing
+    /// behind the index's shard locks one key at a time.
+    pub fn value_start(&self, key: u128) -> Option<usize> {
+        Some(self.index.get(&index::Key::new(key))?.offset())
+    }
+
+    /// Reads the first byte of each value starting at `starts`: independent loads the
+    /// CPU issues together, so a batch pays for one round of cache misses rather than
+    /// one per key when `value_at` then scans each value.
+    pub fn warm(&self, starts: impl Iterator<Item = usize>) {
+        let mut sink = 0u8;
+        for start in starts {
+            sink ^= self.bytes.get(start).copied().unwrap_or(0);
+        }
+        std::hint::black_box(sink);
+    }
+
+    /// The value starting at `start` (from `value_start`), borrowed: no reference count
+    /// traffic on the shared buffer, which every worker would otherwise contend on
+    /// once per key.
+    pub fn value_at(&self, start: usize) -> &[u8] {
+        &self.bytes[start..index::value_end(&self.bytes, start)]
+    }
+
     pub fn len(&self) -> usize {
         self.index.len()
     }

@@ -4,6 +4,7 @@
 //! every refusal names the field and index at fault (`keys[3]`) and none quotes a Rust
 //! type name.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -157,7 +158,53 @@ fn is_json(content_type: &str) -> bool {
 }
 
 /// Validates the body and returns its keys in order, duplicates folded.
+///
+/// The common case, `{"keys": ["<uuid>", ...]}` with every key a UUID, is parsed
+/// straight into borrowed strings (no `serde_json::Value` tree, no copy of a key
+/// without escapes). Anything else, including every refusal, is parsed again by
+/// `parse_keys_value`, the one place the error texts come from: both parsers accept
+/// the same bodies with the same keys (the unit tests hold them to it), and the slow
+/// one is only paid for a body that is refused or unusual (`"keys"` twice, say).
 pub fn parse_keys(body: &[u8], max_batch: usize) -> Result<Vec<Uuid>, Problem> {
+    parse_keys_fast(body, max_batch).unwrap_or_else(|| parse_keys_value(body, max_batch))
+}
+
+/// The body as the fast parser reads it. Other fields (which the schema allows) and a
+/// second `keys` are errors here and go to `parse_keys_value`: serde skips an unknown
+/// field without checking it as strictly as `Value` does (a lone surrogate escape
+/// passes), and `Value` keeps the last `keys`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body<'a> {
+    #[serde(borrow)]
+    keys: Vec<Cow<'a, str>>,
+}
+
+/// `Some` only for a body `parse_keys_value` accepts, with the same keys.
+fn parse_keys_fast(body: &[u8], max_batch: usize) -> Option<Result<Vec<Uuid>, Problem>> {
+    // A derived struct also reads a JSON array (`[[...]]`), which must be refused.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
+    let body: Body = serde_json::from_slice(body).ok()?;
+    if body.keys.len() > max_batch {
+        return None;
+    }
+    let mut seen: HashSet<u128, ahash::RandomState> =
+        HashSet::with_capacity_and_hasher(body.keys.len(), ahash::RandomState::new());
+    let mut out = Vec::with_capacity(body.keys.len());
+    for text in &body.keys {
+        let key = Uuid::parse_str(text).ok()?;
+        if seen.insert(key.as_u128()) {
+            out.push(key);
+        }
+    }
+    Some(Ok(out))
+}
+
+/// `parse_keys` through a `serde_json::Value`: the reference, and the source of every
+/// refusal's text.
+fn parse_keys_value(body: &[u8], max_batch: usize) -> Result<Vec<Uuid>, Problem> {
     let invalid = |detail: String| Problem::new(ProblemKind::InvalidBody, detail);
     let value: Value = serde_json::from_slice(body)
         .map_err(|err| invalid(format!("the request body is not valid JSON: {err}")))?;
@@ -219,16 +266,36 @@ fn json_kind(value: &Value) -> &'static str {
 }
 
 /// `{"values":{...},"missing":[...]}` with keys in request order, compact, as
-/// serde_json wrote it: one index probe per key, each value escaped straight from the
-/// dataset's bytes (`key::escape_json`).
+/// serde_json wrote it, into one buffer.
+///
+/// Two passes: every key is probed first (the index's shard locks are taken one key
+/// at a time, and each lock's atomics keep the next key's cache misses from starting
+/// early), the values' first cache lines are then fetched all together
+/// (`Dataset::warm`), and only then is each value escaped straight from the dataset's
+/// bytes (`key::escape_json`). The lookups are counted once per batch.
 pub fn render(state: &AppState, dataset: &Dataset, keys: &[Uuid]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32 + keys.len() * 96);
-    let mut missing = Vec::new();
+    let starts: Vec<Option<usize>> = keys
+        .iter()
+        .map(|key| dataset.value_start(key.as_u128()))
+        .collect();
+    dataset.warm(starts.iter().flatten().copied());
+    let values: Vec<Option<&[u8]>> = starts
+        .iter()
+        .map(|start| start.map(|start| dataset.value_at(start)))
+        .collect();
+    let found = values.iter().flatten().count();
+    state.count_lookups(found as u64, (values.len() - found) as u64);
+    write_answer(keys, &values)
+}
+
+/// The answer for `keys` and their values (`None`: missing), in one pre-sized buffer.
+fn write_answer(keys: &[Uuid], values: &[Option<&[u8]>]) -> Vec<u8> {
+    let size: usize = values.iter().flatten().map(|value| value.len() + 44).sum();
+    let mut out = Vec::with_capacity(32 + size + keys.len() * 40);
     out.extend_from_slice(b"{\"values\":{");
     let mut first = true;
-    for key in keys {
-        let Some(value) = state.find(dataset, key.as_u128()) else {
-            missing.push(*key);
+    for (key, value) in keys.iter().zip(values) {
+        let Some(value) = value else {
             continue;
         };
         if !first {
@@ -237,14 +304,22 @@ pub fn render(state: &AppState, dataset: &Dataset, keys: &[Uuid]) -> Vec<u8> {
         first = false;
         push_key(&mut out, key);
         out.extend_from_slice(b":\"");
-        escape_json(&mut out, &value);
+        escape_json(&mut out, value);
         out.push(b'"');
     }
     out.extend_from_slice(b"},\"missing\":[");
-    for (i, key) in missing.iter().enumerate() {
-        if i > 0 {
+    first = true;
+    // Not `value.is_none()`: poem-openapi's `Type` (in scope) has an `is_none` of its
+    // own, which method resolution picks for `&&Option` and which says false.
+    for (key, _) in keys
+        .iter()
+        .zip(values)
+        .filter(|(_, value)| Option::is_none(value))
+    {
+        if !first {
             out.push(b',');
         }
+        first = false;
         push_key(&mut out, key);
     }
     out.extend_from_slice(b"]}");
@@ -288,6 +363,127 @@ mod tests {
         assert!(detail(r#"{"keys": ["nope"]}"#).contains("`keys[0]` is not a UUID"));
         assert!(detail(r#"{"keys": ["a", "b", "c"]}"#).contains("at most 2"));
         assert!(parse_keys(br#"{"keys": [], "x": 1}"#, 2).is_ok());
+    }
+
+    /// Key texts of every kind: canonical and other UUID forms of a few keys (so
+    /// duplicates in other forms come up), JSON escapes in a key, near misses, other
+    /// JSON types.
+    fn key_item() -> impl proptest::strategy::Strategy<Value = String> + Clone {
+        use proptest::prelude::*;
+        let uuid = (0u8..4)
+            .prop_map(|n| Uuid::from_u128(0x72cf48f7_d604_4423_b012_4e2329f5117b + u128::from(n)));
+        prop_oneof![
+            uuid.clone().prop_map(|k| format!("\"{k}\"")),
+            uuid.clone()
+                .prop_map(|k| format!("\"{}\"", k.to_string().to_uppercase())),
+            uuid.clone().prop_map(|k| format!("\"{}\"", k.simple())),
+            uuid.clone().prop_map(|k| format!("\"{}\"", k.braced())),
+            uuid.clone().prop_map(|k| format!("\"{}\"", k.urn())),
+            uuid.clone()
+                .prop_map(|k| format!("\"\\u0037{}\"", &k.to_string()[1..])),
+            uuid.prop_map(|k| format!("\"{}\"", &k.to_string()[1..])),
+            Just("\"nope\"".to_owned()),
+            Just("\"\\ud800\"".to_owned()),
+            Just("1".to_owned()),
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("[]".to_owned()),
+            Just("{}".to_owned()),
+        ]
+    }
+
+    /// Bodies around the shape `{"keys": [...]}`: other fields, `keys` twice, other
+    /// types for `keys`, a different top level, truncation.
+    fn body() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let keys = proptest::collection::vec(key_item(), 0..6)
+            .prop_map(|items| format!("[{}]", items.join(",")));
+        let keys_value = prop_oneof![
+            4 => keys.clone(),
+            1 => Just("\"x\"".to_owned()),
+            1 => Just("null".to_owned()),
+            1 => Just("{}".to_owned()),
+        ];
+        let field = prop_oneof![
+            3 => keys_value.prop_map(|v| format!("\"keys\": {v}")),
+            1 => Just("\"x\": 1".to_owned()),
+            1 => keys.clone().prop_map(|v| format!("\"other\": {v}")),
+        ];
+        let object = proptest::collection::vec(field, 0..3)
+            .prop_map(|fields| format!("{{{}}}", fields.join(", ")));
+        (prop_oneof![5 => object, 1 => keys], 0usize..3).prop_map(|(text, cut)| match cut {
+            0 => text[..text.len() / 2].to_owned(),
+            1 => format!(" {text} "),
+            _ => text,
+        })
+    }
+
+    /// serde_json's rendering of the answer, value by value: what the route wrote when
+    /// it built the answer with serde.
+    fn serde_answer(keys: &[Uuid], values: &[Option<String>]) -> Vec<u8> {
+        let found: Vec<String> = keys
+            .iter()
+            .zip(values)
+            .filter_map(|(key, value)| {
+                let value = value.as_ref()?;
+                Some(format!(
+                    "{}:{}",
+                    serde_json::to_string(&key.to_string()).unwrap(),
+                    serde_json::to_string(value).unwrap()
+                ))
+            })
+            .collect();
+        let missing: Vec<String> = keys
+            .iter()
+            .zip(values)
+            .filter(|(_, v)| Option::is_none(v))
+            .map(|(k, _)| k.to_string())
+            .collect();
+        format!(
+            "{{\"values\":{{{}}},\"missing\":{}}}",
+            found.join(","),
+            serde_json::to_string(&missing).unwrap()
+        )
+        .into_bytes()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        /// The fast parser changes nothing: the same keys, or the same refusal, as
+        /// the `Value` parser for every body.
+        #[test]
+        fn parses_like_the_value_parser(body in body(), max_batch in 0usize..6) {
+            let fast = parse_keys(body.as_bytes(), max_batch);
+            let reference = parse_keys_value(body.as_bytes(), max_batch);
+            match (fast, reference) {
+                (Ok(fast), Ok(reference)) => proptest::prop_assert_eq!(fast, reference),
+                (Err(fast), Err(reference)) => {
+                    proptest::prop_assert_eq!(fast.detail, reference.detail);
+                    proptest::prop_assert_eq!(fast.status, reference.status);
+                    proptest::prop_assert_eq!(fast.kind_uri, reference.kind_uri);
+                }
+                (fast, reference) => proptest::prop_assert!(false, "{body}: {fast:?} vs {reference:?}"),
+            }
+        }
+
+        /// The one-buffer answer is byte for byte serde_json's, for any keys and
+        /// values (control characters, quotes, backslashes, non-ASCII).
+        #[test]
+        fn renders_like_serde_json(
+            entries in proptest::collection::vec(
+                (proptest::num::u128::ANY, proptest::option::of("[\\x00-\\x1f\"\\\\\\x7fé€𝄞a ]{0,12}|(?s).{0,12}")),
+                0..20,
+            ),
+        ) {
+            let keys: Vec<Uuid> = entries.iter().map(|(k, _)| Uuid::from_u128(*k)).collect();
+            let values: Vec<Option<String>> = entries.iter().map(|(_, v)| v.clone()).collect();
+            let borrowed: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref().map(str::as_bytes)).collect();
+            proptest::prop_assert_eq!(
+                String::from_utf8(write_answer(&keys, &borrowed)).unwrap(),
+                String::from_utf8(serde_answer(&keys, &values)).unwrap()
+            );
+        }
     }
 
     #[test]
