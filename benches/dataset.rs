@@ -72,6 +72,7 @@ fn state(f: &Fixture, cache_capacity: usize) -> Arc<HttpState> {
             request_timeout: None,
         },
         fast_path: true,
+        compression: kvserve::http::encoding::Compression::OFF,
     };
     let reloader = Reloader::new(f.path.clone(), LoadOptions::default());
     let app = AppState::new(Cache::new(cache_capacity), reloader).expect("state");

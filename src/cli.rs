@@ -101,6 +101,17 @@ pub struct ServeArgs {
     #[arg(long, env = "KVSERVE_FAST_PATH", default_value_t = true, action = clap::ArgAction::Set)]
     pub fast_path: bool,
 
+    /// Compress the answers of `/v1/keys/...`, `/v1/keys/batch` and `/openapi.json`
+    /// (zstd or gzip, as the client's `Accept-Encoding` prefers) when they are at least
+    /// `--compress-min-bytes` long. The legacy route `/get_value` never compresses.
+    #[arg(long, env = "KVSERVE_COMPRESSION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub compression: bool,
+
+    /// Smallest body compressed (bytes or `1KiB`-style); shorter answers stay identity,
+    /// where compressing costs more CPU than the bytes it saves (BENCHMARKS.md).
+    #[arg(long, env = "KVSERVE_COMPRESS_MIN_BYTES", default_value = "1KiB", value_parser = parse_size)]
+    pub compress_min_bytes: usize,
+
     #[command(flatten)]
     pub auth: AuthArgs,
 

@@ -103,6 +103,10 @@ impl App {
                 request_timeout: protect.request_timeout,
             },
             fast_path: args.fast_path,
+            compression: http::encoding::Compression {
+                enabled: args.compression,
+                min_bytes: args.compress_min_bytes,
+            },
         };
         let reloader = Reloader::new(args.data.clone(), args.load.options());
         let spec = |per_second, burst| http::ratelimit::LimitSpec { per_second, burst };

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::auth::BearerAuth;
 use super::batch::{self, BatchBody, BatchResult};
+use super::encoding::{self, Accept};
 use super::key::{render_key_value, KeyParam, EXAMPLE_KEY};
 use super::payload::{HeaderText, ProblemJson, RawJson, TextValue};
 use super::problem::Problem;
@@ -238,8 +239,14 @@ impl<'a> IfNoneMatch<'a> {
         Self(None)
     }
 
-    /// Whether any member of any line matches `etag` (a line that is not text cannot
-    /// hold one of kvserve's ETags and matches nothing).
+    /// The request's `Accept-Encoding`: a 304 names the `ETag` of the coding the
+    /// request would get (read only when a 304 is answered).
+    fn accept(self) -> Accept {
+        self.0.map(Accept::of).unwrap_or_default()
+    }
+
+    /// Whether any member of any line matches `etag` in any of its codings (a line
+    /// that is not text cannot hold one of kvserve's ETags and matches nothing).
     fn matches(self, etag: &str) -> bool {
         self.0.is_some_and(|headers| {
             headers
@@ -270,6 +277,7 @@ pub fn lookup_key(
     if_none_match: IfNoneMatch<'_>,
     shape: Shape,
 ) -> Lookup {
+    let state_http = state;
     let state = &state.app;
     let owned = state.key_prefixes;
     if !owned.owns(key.as_u128()) {
@@ -281,7 +289,16 @@ pub fn lookup_key(
         return Lookup::Failed(Problem::not_loaded());
     };
     let etag = &etag_header(dataset);
-    let not_modified = || if_none_match.matches(dataset.etag());
+    // The 304 for a body of `len` bytes: the ETag of the coding its 200 would have.
+    let not_modified = |len: usize| {
+        if_none_match.matches(dataset.etag()).then(|| {
+            let settings = state_http.settings.compression;
+            let coding = if_none_match.accept().choose(settings, len);
+            Lookup::NotModified {
+                etag: encoding::coded_etag(etag, coding),
+            }
+        })
+    };
     let key = key.as_u128();
     let generation = dataset.info().generation;
     // The cache first: a hit then skips the index probe, which on a big file costs two
@@ -289,21 +306,16 @@ pub fn lookup_key(
     if shape == Shape::Json {
         if let Some(body) = state.cache.get(key, generation) {
             state.metrics.lookups_found.inc();
-            return match not_modified() {
-                true => Lookup::NotModified { etag: etag.clone() },
-                false => Lookup::Hit {
-                    body,
-                    etag: etag.clone(),
-                },
-            };
+            return not_modified(body.len()).unwrap_or_else(|| Lookup::Hit {
+                body,
+                etag: etag.clone(),
+            });
         }
     }
     let Some(value) = state.find(dataset, key) else {
         return Lookup::Failed(Problem::key_not_found(Uuid::from_u128(key)));
     };
-    if not_modified() {
-        return Lookup::NotModified { etag: etag.clone() };
-    }
+    // Rendered before the condition is checked: a 304's ETag depends on the length.
     let body = match shape {
         Shape::Json => {
             let body = render_key_value(Uuid::from_u128(key), &value);
@@ -312,10 +324,10 @@ pub fn lookup_key(
         }
         Shape::Value => value,
     };
-    Lookup::Hit {
+    not_modified(body.len()).unwrap_or_else(|| Lookup::Hit {
         body,
         etag: etag.clone(),
-    }
+    })
 }
 
 /// The answer of `GET`/`HEAD /v1/keys/{key}`, from the raw (percent-decoded) key
@@ -372,10 +384,13 @@ impl<T: Payload + poem::IntoResponse + Send> KeyResponse<T> {
 }
 
 /// `If-None-Match` uses the weak comparison (RFC 9110 §13.1.2): `W/` prefixes are
-/// ignored, a list matches if any member does, and `*` matches any existing value.
+/// ignored, a list matches if any member does, and `*` matches any existing value. A
+/// member matches the entity in any of its codings (`"<hex>-zst"`, `"<hex>-gz"`):
+/// the client may hold whichever representation it was sent.
 fn etag_matches(header: &str, etag: &str) -> bool {
     header.split(',').map(str::trim).any(|candidate| {
-        candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == etag
+        candidate == "*"
+            || encoding::entity_matches(candidate.strip_prefix("W/").unwrap_or(candidate), etag)
     })
 }
 
@@ -390,6 +405,9 @@ mod tests {
         assert!(etag_matches("W/\"abc\"", etag));
         assert!(etag_matches("\"x\", \"abc\"", etag));
         assert!(etag_matches("*", etag));
+        assert!(etag_matches("\"abc-zst\"", etag));
+        assert!(etag_matches("W/\"abc-gz\"", etag));
+        assert!(!etag_matches("\"abc-br\"", etag));
         assert!(!etag_matches("\"abcd\"", etag));
         assert!(!etag_matches("abc", etag));
         assert!(!etag_matches("", etag));

@@ -21,6 +21,7 @@ use poem::http::{HeaderMap, Method};
 use poem::{IntoResponse, Response};
 
 use super::api;
+use super::encoding::Accept;
 use super::legacy;
 use super::pipeline::{self, Head};
 use super::problem::Problem;
@@ -61,6 +62,7 @@ pub fn serve<B>(state: &HttpState, req: &hyper::Request<B>, peer: SocketAddr) ->
         exchange,
         method,
         route.label(),
+        Accept::of(head.headers),
         resp,
     ))
 }

@@ -8,6 +8,7 @@ pub mod auth;
 mod batch;
 pub mod body;
 pub mod conn;
+pub mod encoding;
 pub mod fast;
 pub mod key;
 pub mod legacy;
@@ -67,6 +68,7 @@ pub fn openapi_json() -> String {
             request_timeout: None,
         },
         fast_path: false,
+        compression: encoding::Compression::OFF,
     };
     let reloader = Reloader::new(Default::default(), LoadOptions::default());
     let state = AppState::new(Cache::new(0), reloader)

@@ -22,6 +22,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, Span};
 
 use super::auth::{AuthFailure, Principal, SCOPE_READ};
+use super::encoding::{self, Accept};
 use super::metrics::InFlight;
 use super::ratelimit::{Refused, Standings};
 use super::request_log::Access;
@@ -170,14 +171,17 @@ impl Admission {
     }
 }
 
-/// Step 5: count, log and tag the answer.
+/// Step 5: compress where it pays (`encoding::encode`), count, log and tag the answer.
+/// `accept` is the request's `Accept-Encoding`.
 pub fn finish(
     state: &HttpState,
     exchange: Exchange,
     method: &Method,
     route: &'static str,
+    accept: Accept,
     mut resp: Response,
 ) -> Response {
+    encoding::encode(state.settings.compression, accept, route, &mut resp);
     state
         .metrics
         .observe(method, route, resp.status(), exchange.started);
@@ -202,6 +206,7 @@ pub async fn through_framework<E: Endpoint<Output = Response>>(
     let method = req.method().clone();
     let before_routing = routes::path_label(req.uri().path());
     let head = Head::of(&req);
+    let accept = Accept::of(head.headers);
     let exchange = begin(&state, &head);
     let admitted = exchange.span.in_scope(|| admit(&state, &head, API));
     let resp = match admitted {
@@ -226,5 +231,5 @@ pub async fn through_framework<E: Endpoint<Output = Response>>(
         }
     };
     let route = routes::route_label(&resp, before_routing);
-    Ok(finish(&state, exchange, &method, route, resp))
+    Ok(finish(&state, exchange, &method, route, accept, resp))
 }

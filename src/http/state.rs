@@ -7,6 +7,7 @@ use std::sync::Arc;
 use poem::http::HeaderValue;
 
 use super::auth::Authenticator;
+use super::encoding::Compression;
 use super::limits::{LimitSettings, RequestLimits};
 use super::metrics::HttpMetrics;
 use super::ratelimit::RateLimits;
@@ -24,6 +25,8 @@ pub struct HttpSettings {
     pub limits: LimitSettings,
     /// `--fast-path`: answer the hot routes straight from hyper's request.
     pub fast_path: bool,
+    /// `--compression`, `--compress-min-bytes`.
+    pub compression: Compression,
 }
 
 /// The `Cache-Control` value of a lookup's 200 and 304, from `--cache-max-age`.

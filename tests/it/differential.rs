@@ -17,8 +17,10 @@
 //! `/v1/keys//value`), a query string, key spellings (hyphenated, simple, braced raw
 //! and encoded, urn, upper case, wholly percent-encoded; missing; outside the shard;
 //! damaged: wrong length, bad hex, empty, unicode raw and encoded, `%ff`, `%c3%28`,
-//! `%2F`, `%00`, lone `%`; random strings), `If-None-Match` (absent, current, `W/`,
-//! `*`, a list, stale, garbage, two lines), `Authorization` (absent, good, bad
+//! `%2F`, `%00`, lone `%`; random strings; a key whose 2 KiB value is compressed),
+//! `If-None-Match` (absent, current, `W/`, `*`, a list, stale, garbage, two lines, the
+//! `-zst` and `-gz` tags), `Accept-Encoding` (absent, gzip, zstd, both, by q, identity
+//! refused, unsupported only, `*;q=0`, garbage, two lines), `Authorization` (absent, good, bad
 //! signature, expired, wrong scope, not Bearer, lowercase scheme, empty, two headers)
 //! and `X-Request-Id` (absent, usable, unusable). The statuses compared are printed at
 //! the end (`--nocapture`): a run of 256 reaches 200, 304, 400, 401, 403, 404, 405, 421,
@@ -67,6 +69,16 @@ const SECRET: &str = concat!(
 const EMPTY_VALUE_KEY: &str = "11111111-1111-4111-8111-111111111111";
 const UPPER_KEY: &str = "AAAAAAAA-BBBB-4CCC-8DDD-EEEEEEEEEEEE";
 const FOREIGN_MISSING: &str = "80000000-0000-4000-8000-000000000000";
+/// A key (inside the shard) whose value is large enough to be compressed.
+const BIG_KEY: &str = "3b0c3d1e-7f6a-4b8c-9d0e-1f2a3b4c5d6e";
+
+/// The sample plus `BIG_KEY`'s 4 KiB value.
+fn diff_lines() -> String {
+    let big: String = (0..500)
+        .map(|i| format!("v{} ", (i * 7919) % 1000))
+        .collect();
+    format!("{}{BIG_KEY} {}\n", sample_lines(), big.trim_end())
+}
 
 /// `default` cases, unless `PROPTEST_CASES` says otherwise.
 fn cases(default: u32) -> u32 {
@@ -105,6 +117,48 @@ enum Etag {
     Stale,
     Garbage,
     TwoLines,
+    /// The current tag of the zstd and of the gzip representation.
+    CurrentZstd,
+    CurrentGzip,
+}
+
+/// `Accept-Encoding` as clients send it, and odd forms.
+#[derive(Debug, Clone, Copy)]
+enum AcceptEncoding {
+    Absent,
+    Gzip,
+    Zstd,
+    /// python requests with brotli and zstd installed; browsers without zstd.
+    Everything,
+    Browser,
+    /// gzip preferred over zstd by q.
+    GzipPreferred,
+    /// Identity refused: even small answers are compressed.
+    IdentityRefused,
+    /// Only codings kvserve does not send.
+    Unsupported,
+    /// `*;q=0` with nothing else: no coding acceptable.
+    Nothing,
+    Garbage,
+    TwoLines,
+}
+
+impl AcceptEncoding {
+    fn header(self) -> &'static str {
+        match self {
+            AcceptEncoding::Absent => "",
+            AcceptEncoding::Gzip => "Accept-Encoding: gzip\r\n",
+            AcceptEncoding::Zstd => "Accept-Encoding: zstd\r\n",
+            AcceptEncoding::Everything => "Accept-Encoding: gzip, deflate, br, zstd\r\n",
+            AcceptEncoding::Browser => "Accept-Encoding: gzip, deflate, br\r\n",
+            AcceptEncoding::GzipPreferred => "Accept-Encoding: zstd;q=0.5, gzip\r\n",
+            AcceptEncoding::IdentityRefused => "Accept-Encoding: zstd, identity;q=0\r\n",
+            AcceptEncoding::Unsupported => "Accept-Encoding: br, deflate\r\n",
+            AcceptEncoding::Nothing => "Accept-Encoding: *;q=0\r\n",
+            AcceptEncoding::Garbage => "Accept-Encoding: ;q=, gzip;q=2, ,zstd;q=0.0001\r\n",
+            AcceptEncoding::TwoLines => "Accept-Encoding: br\r\nAccept-Encoding: gzip\r\n",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -148,6 +202,7 @@ struct Req {
     etag: Etag,
     auth: Auth,
     request_id: RequestId,
+    accept_encoding: AcceptEncoding,
 }
 
 /// What rendering a request needs from the run: the data's ETag and the tokens.
@@ -220,7 +275,17 @@ impl Req {
             Etag::TwoLines => {
                 head += &format!("If-None-Match: \"nope\"\r\nIf-None-Match: {quoted}\r\n")
             }
+            Etag::CurrentZstd | Etag::CurrentGzip => {
+                let suffix = if matches!(self.etag, Etag::CurrentZstd) {
+                    "-zst"
+                } else {
+                    "-gz"
+                };
+                let stem = quoted.trim_end_matches('"');
+                head += &format!("If-None-Match: {stem}{suffix}\"\r\n")
+            }
         }
+        head += self.accept_encoding.header();
         match self.auth {
             Auth::Absent => {}
             Auth::Good => head += &format!("Authorization: Bearer {}\r\n", tokens.good),
@@ -273,7 +338,7 @@ fn forms_of(key: &str) -> Vec<String> {
 
 fn key_strategy() -> impl Strategy<Value = Vec<u8>> {
     let mut fixed: Vec<Vec<u8>> = Vec::new();
-    for key in [KEY, KEY2, EMPTY_VALUE_KEY, UPPER_KEY] {
+    for key in [KEY, KEY2, EMPTY_VALUE_KEY, UPPER_KEY, BIG_KEY] {
         fixed.extend(forms_of(key).into_iter().map(String::into_bytes));
     }
     let damaged: &[&[u8]] = &[
@@ -345,6 +410,23 @@ fn req_strategy() -> impl Strategy<Value = Req> {
             Etag::Stale,
             Etag::Garbage,
             Etag::TwoLines,
+            Etag::CurrentZstd,
+            Etag::CurrentGzip,
+        ]),
+    ];
+    let accept_encoding = prop_oneof![
+        2 => Just(AcceptEncoding::Absent),
+        3 => proptest::sample::select(vec![
+            AcceptEncoding::Gzip,
+            AcceptEncoding::Zstd,
+            AcceptEncoding::Everything,
+            AcceptEncoding::Browser,
+            AcceptEncoding::GzipPreferred,
+            AcceptEncoding::IdentityRefused,
+            AcceptEncoding::Unsupported,
+            AcceptEncoding::Nothing,
+            AcceptEncoding::Garbage,
+            AcceptEncoding::TwoLines,
         ]),
     ];
     let auth = prop_oneof![
@@ -366,8 +448,9 @@ fn req_strategy() -> impl Strategy<Value = Req> {
         RequestId::Usable,
         RequestId::Unusable,
     ]);
-    (method, route, key_strategy(), query, etag, auth, request_id).prop_map(
-        |(method, route, key, query, etag, auth, request_id)| Req {
+    let head = (etag, auth, request_id, accept_encoding);
+    (method, route, key_strategy(), query, head).prop_map(
+        |(method, route, key, query, (etag, auth, request_id, accept_encoding))| Req {
             method,
             route,
             key: Wire(key),
@@ -375,6 +458,7 @@ fn req_strategy() -> impl Strategy<Value = Req> {
             etag,
             auth,
             request_id,
+            accept_encoding,
         },
     )
 }
@@ -536,7 +620,7 @@ struct Pair {
 
 async fn pair(args: &[&str]) -> Pair {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = write_file(dir.path(), "diff.data", sample_lines());
+    let data = write_file(dir.path(), "diff.data", diff_lines());
     let with = |flag: &'static str| {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--fast-path", flag]);

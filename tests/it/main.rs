@@ -24,6 +24,7 @@ mod fuzz_checks;
 
 mod api;
 mod architecture;
+mod compression;
 mod differential;
 mod fast_path;
 mod faults;
