@@ -84,9 +84,11 @@ impl Dataset {
     /// mapped pages afterwards, so callers that need text must treat them as bytes
     /// (`http::key::escape_json` does).
     pub fn lookup(&self, key: u128) -> Option<Bytes> {
-        let start = self.index.get(&index::Key::new(key))?.offset();
-        let end = index::value_end(&self.bytes, start);
-        Some(self.bytes.slice(start..end))
+        let start = self.value_start(key)?;
+        Some(
+            self.bytes
+                .slice(start..index::value_end(&self.bytes, start)),
+        )
     }
 
     /// Where the value of `key` starts, if it is present: the index probe of `lookup`
