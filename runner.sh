@@ -32,7 +32,8 @@ need_apt() {
   fi
 }
 
-setup() {
+# What needs root or rustup: done first, in the foreground.
+setup_system() {
   command -v cargo >/dev/null || { echo "cargo is required: install Rust from rustup.rs" >&2; exit 1; }
   rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
   need_apt util-linux chromium prometheus
@@ -42,11 +43,15 @@ setup() {
     log "creating $PYENV"
     python3 -m venv "$PYENV" || { need_apt python3-venv; python3 -m venv "$PYENV"; }
   fi
+}
+
+# The Python and npm test tools: user space only, so `test` runs it beside clippy.
+setup_tools() {
   # Reinstall only when the requirements changed since the last install.
   local stamp="$PYENV/.requirements"
   if ! cat tests/external/requirements*.txt | cmp -s - "$stamp"; then
     log "pip install -r tests/external/requirements.txt -r tests/external/requirements-k8s.txt"
-    "$PYENV/bin/pip" install -q --disable-pip-version-check \
+    "$PYENV/bin/pip" install -q --disable-pip-version-check --no-compile \
       -r tests/external/requirements.txt -r tests/external/requirements-k8s.txt
     cat tests/external/requirements*.txt > "$stamp"
   fi
@@ -56,17 +61,56 @@ setup() {
   fi
 }
 
+setup() {
+  setup_system
+  setup_tools
+}
+
+# Show a background step's log and fail if it failed.
+report() {
+  local name=$1 status=$2 file=$3
+  cat "$file"
+  if ((status)); then echo "$name failed (exit $status)" >&2; fi
+  return "$status"
+}
+
+# On two cores a serial run spends most of its time waiting: on pip and npm while the
+# compiler has work, on schemathesis' time budget, browsers and servers while the test
+# binaries could run. So the tools install beside fmt and clippy, and the external checks
+# (tests/external) run beside `cargo test`; each background step's log is printed whole
+# when it ends, and every step is reported before a failure ends the run.
 run_tests() {
-  setup
+  setup_system
+  mkdir -p target
+  log "pip and npm tools, in the background (log: target/setup-tools.log)"
+  setup_tools > target/setup-tools.log 2>&1 &
+  local tools=$! lint=0 tools_status=0
   log "cargo fmt --check"
-  cargo fmt --all -- --check
-  log "cargo clippy --all-targets -- -D warnings"
-  cargo clippy --all-targets --quiet -- -D warnings
+  cargo fmt --all -- --check || lint=$?
+  if ((lint == 0)); then
+    log "cargo clippy --all-targets -- -D warnings"
+    cargo clippy --all-targets --quiet -- -D warnings || lint=$?
+  fi
+  wait "$tools" || tools_status=$?
+  log "pip and npm tools done"
+  report "installing the test tools" "$tools_status" target/setup-tools.log
+  ((lint == 0)) || exit "$lint"
+
+  log "cargo test --no-run (build every test target and target/debug/kvserve)"
+  cargo test --all-targets --no-run --quiet
+  log "external checks (tests/external), in the background (log: target/external.log)"
+  PATH="$PWD/$PYENV/bin:$PATH" "$PYENV/bin/python" tests/external/run.py --jobs 3 target/debug/kvserve \
+    > target/external.log 2>&1 &
+  local external=$! tests=0 external_status=0
   log "cargo test"
-  cargo test --all-targets
-  log "external checks (tests/external)"
-  cargo build --quiet
-  PATH="$PWD/$PYENV/bin:$PATH" "$PYENV/bin/python" tests/external/run.py target/debug/kvserve
+  cargo test --all-targets || tests=$?
+  log "cargo test done (exit $tests); waiting for the external checks"
+  wait "$external" || external_status=$?
+  report "external checks" "$external_status" target/external.log || true
+  if ((tests || external_status)); then
+    echo "tests failed: cargo test exit $tests, external checks exit $external_status" >&2
+    exit 1
+  fi
   log "all tests passed"
 }
 

@@ -4,7 +4,8 @@
   legacy-compat   the old service's framework (FastAPI + pydantic, tests/external/
                   old_service.py) and kvserve answer GET /get_value/{key} with the same
                   status, Content-Type and body bytes, for good and bad keys alike
-  schemathesis    property-based requests generated from the served /openapi.json;
+  schemathesis-auth, schemathesis-open
+                  property-based requests generated from the served /openapi.json;
                   every answer must match the spec (status, content type, schema,
                   headers), against a server with auth on and one with auth off
   swagger-ui      a real Chromium opens /docs of a server with auth on, runs "Try it out"
@@ -25,8 +26,10 @@
                   PromQL expression of grafana/kvserve.json returns data
                   (tests/external/prometheus_check.py)
 
-Usage: run.py KVSERVE_BINARY [CHECK ...]   (all checks by default)
-Ends with the line "N passed, N failed" and exits non-zero on any failure.
+Usage: run.py [--jobs N] KVSERVE_BINARY [CHECK ...]   (all checks by default)
+Each check runs in its own process, N at a time (1 by default); a check's output is
+printed whole when it ends. Ends with the line "N passed, N failed" and exits non-zero
+on any failure.
 """
 
 import os
@@ -36,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -150,23 +154,25 @@ def mint(binary: str, scope: str = "kv:read") -> str:
     return out.stdout.decode().strip()
 
 
-def schemathesis(binary: str) -> None:
-    # Against the document each server serves at /openapi.json: with auth on it is
-    # openapi/openapi.json (tests/it/openapi.rs checks), with auth off the same without
-    # the security requirements.
-    # One worker: CPython 3.11's parser is not thread-safe for the AST walks
-    # hypothesis does when several workers describe strategies at once.
-    common = ["--checks", "all", "--max-examples", "100", "--seed", "1", "--workers", "1", "--max-time", "60"]
-    # With auth on: schemathesis also checks that requests without the token, or with
-    # a broken one, are refused.
+# Against the document each server serves at /openapi.json: with auth on it is
+# openapi/openapi.json (tests/it/openapi.rs checks), with auth off the same without the
+# security requirements. One worker: CPython 3.11's parser is not thread-safe for the AST
+# walks hypothesis does when several workers describe strategies at once.
+SCHEMATHESIS = ["--checks", "all", "--max-examples", "100", "--seed", "1", "--workers", "1", "--max-time", "60"]
+
+
+def schemathesis_auth(binary: str) -> None:
+    # Schemathesis also checks that requests without the token, or with a broken one,
+    # are refused.
     with Kvserve(binary, ROOT / "data" / "sample.data", ("--jwt-hs256-secret-file", str(SECRET))) as server:
-        print("  auth on", flush=True)
         subprocess.run(["schemathesis", "run", f"{server.url}/openapi.json",
-                        "--header", f"Authorization: Bearer {mint(binary)}", *common], check=True)
-    # With auth off, the default.
+                        "--header", f"Authorization: Bearer {mint(binary)}", *SCHEMATHESIS], check=True)
+
+
+def schemathesis_open(binary: str) -> None:
+    # Auth off, the default.
     with Kvserve(binary, ROOT / "data" / "sample.data") as server:
-        print("  auth off", flush=True)
-        subprocess.run(["schemathesis", "run", f"{server.url}/openapi.json", *common], check=True)
+        subprocess.run(["schemathesis", "run", f"{server.url}/openapi.json", *SCHEMATHESIS], check=True)
 
 
 def swagger_ui(binary: str) -> None:
@@ -259,32 +265,64 @@ def promtool(binary: str) -> None:
         print(f"  promtool accepts {len(body.splitlines())} lines of /metrics")
 
 
+# The longest first, so that with --jobs they start at once and the short ones fill in.
 CHECKS = {
-    "legacy-compat": legacy_compat,
-    "schemathesis": schemathesis,
-    "swagger-ui": swagger_ui,
-    "jwt-interop": jwt_interop,
+    "schemathesis-auth": schemathesis_auth,
+    "schemathesis-open": schemathesis_open,
     "k8s": k8s_check.check,
-    "clients": clients,
-    "promtool": promtool,
+    "swagger-ui": swagger_ui,
     "prometheus": prometheus_check.check,
+    "clients": clients,
+    "legacy-compat": legacy_compat,
+    "jwt-interop": jwt_interop,
+    "promtool": promtool,
 }
 
 
+def run_one(binary: str, name: str) -> int:
+    """One check in this process: its output is the check's own."""
+    try:
+        CHECKS[name](binary)
+    except Exception as err:  # the parent reports it
+        print(f"FAILED {name}: {err}", flush=True)
+        return 1
+    return 0
+
+
 def main() -> int:
-    binary, names = sys.argv[1], sys.argv[2:] or list(CHECKS)
-    passed = failed = 0
-    for name in names:
-        print(f"--- {name}", flush=True)
-        try:
-            CHECKS[name](os.path.abspath(binary))
-        except Exception as err:  # report every check, then fail
-            failed += 1
-            print(f"FAILED {name}: {err}", flush=True)
-        else:
-            passed += 1
-            print(f"ok {name}", flush=True)
-    print(f"external: {passed} passed, {failed} failed")
+    args = sys.argv[1:]
+    jobs = 1
+    if args[:1] == ["--jobs"]:
+        jobs, args = int(args[1]), args[2:]
+    if args[:1] == ["--one"]:
+        return run_one(os.path.abspath(args[2]), args[1])
+    binary, names = os.path.abspath(args[0]), args[1:] or list(CHECKS)
+    unknown = [name for name in names if name not in CHECKS]
+    if unknown:
+        print(f"unknown check(s): {', '.join(unknown)}; known: {', '.join(CHECKS)}", file=sys.stderr)
+        return 2
+
+    # Each check runs in its own process with its output kept aside, printed whole when
+    # it ends, so checks can run side by side (most of their time is spent waiting on
+    # servers, browsers and schemathesis' time budget) and the log still reads in order.
+    def one(name: str) -> tuple[str, int, bytes, float]:
+        start = time.monotonic()
+        done = subprocess.run([sys.executable, "-u", __file__, "--one", name, binary],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return name, done.returncode, done.stdout, time.monotonic() - start
+
+    failed = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for name, code, output, seconds in pool.map(one, names):
+            print(f"--- {name}", flush=True)
+            sys.stdout.buffer.write(output)
+            if code:
+                failed.append(name)
+                print(f"FAILED {name} ({seconds:.0f}s)", flush=True)
+            else:
+                print(f"ok {name} ({seconds:.0f}s)", flush=True)
+    print(f"external: {len(names) - len(failed)} passed, {len(failed)} failed"
+          + (f" ({', '.join(failed)})" if failed else ""))
     return 1 if failed else 0
 
 
