@@ -17,6 +17,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+pub mod access;
 pub mod escape;
 pub mod writer;
 
@@ -130,6 +131,11 @@ pub fn init(
         .with(env_filter)
         .try_init()
         .is_ok();
+    // Access lines skip `tracing` where its output has no colours to add.
+    let plain = format == LogFormat::Json || !std::io::stderr().is_terminal();
+    if installed && plain {
+        access::install(format, out);
+    }
     if let Some(endpoint) = endpoint {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         TRACING_ON.store(true, Ordering::Relaxed);

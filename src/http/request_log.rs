@@ -4,7 +4,9 @@
 //! pipeline (`http::pipeline`) opens and closes it.
 //!
 //! Access-log events have the target `kvserve::access`, so an operator can silence
-//! them alone: `--log-level info,kvserve::access=off`.
+//! them alone: `--log-level info,kvserve::access=off`. The plain line (no span, no
+//! colours: the default) is formatted by `telemetry::access`, the same bytes tracing
+//! would write, at a fraction of the cost.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +19,7 @@ use poem::Response;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::telemetry;
+use crate::telemetry::{self, access, access::AccessLine};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -99,17 +101,28 @@ impl Access {
                 i64::from(resp.status().as_u16()),
             );
         }
-        tracing::info!(
-            target: "kvserve::access",
-            parent: span,
-            method = %method,
+        let line = AccessLine {
+            method: method.as_str(),
             route,
-            status = resp.status().as_u16(),
-            duration_us = self.started.elapsed().as_micros() as u64,
-            request_id = %id,
-            client = %self.client,
-            "request"
-        );
+            status: resp.status().as_u16(),
+            duration_us: self.started.elapsed().as_micros() as u64,
+            request_id: id,
+            client: self.client.0,
+        };
+        // Written by hand when plain; through tracing when a span or colours go with it.
+        if !access::write(&line, !span.is_disabled()) {
+            tracing::info!(
+                target: access::TARGET,
+                parent: span,
+                method = %method,
+                route,
+                status = line.status,
+                duration_us = line.duration_us,
+                request_id = %id,
+                client = %self.client,
+                "request"
+            );
+        }
         resp.headers_mut().insert(REQUEST_ID, self.id);
     }
 }

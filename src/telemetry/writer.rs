@@ -82,6 +82,13 @@ impl Shared {
 #[derive(Clone, Copy)]
 pub struct NonBlocking(&'static Shared);
 
+impl NonBlocking {
+    /// Queues one whole line (dropped and counted if it does not fit).
+    pub(super) fn push_line(&self, line: &[u8]) -> io::Result<()> {
+        self.0.push(line)
+    }
+}
+
 impl io::Write for NonBlocking {
     /// Takes `line` whole: a partial write would cut the line.
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
