@@ -7,7 +7,7 @@
 //!
 //! The rooms: `format` (the line grammar), `options` (how a load treats the file),
 //! `integrity` (open, lock, stat, checksum), `memory` (the memory bound), `load` (the
-//! parallel loader), `index`, `mapped` (mmap storage), `store` (the `Dataset`), `error`,
+//! parallel loader), `read` (the parallel read of a memory-storage load), `index`, `mapped` (mmap storage), `store` (the `Dataset`), `error`,
 //! `prefixes` (shards), `gen` (test data). This file only declares them and names what
 //! the rest of the crate uses, so the rooms import each other, never this file.
 
@@ -21,6 +21,7 @@ mod mapped;
 pub mod memory;
 mod options;
 pub mod prefixes;
+mod read;
 mod store;
 
 pub use error::LoadError;
