@@ -7,8 +7,8 @@
 #     lines (MSET of 1,000 pairs per command through `redis-cli --pipe`);
 #   - the old service (tests/external/old_service.py: FastAPI under plain uvicorn).
 #
-#   benches/load/peers.sh                      # 10M lines, ~12 min
-#   LINES=1000000 ROUNDS=2 DURATION=4 benches/load/peers.sh   # a quick pass
+#   ROUNDS=5 DURATION=6 benches/load/peers.sh  # 10M lines: 24 min on the loaded 2-core VM
+#   LINES=1000000 ROUNDS=1 DURATION=2 BATCHES="10 1000" benches/load/peers.sh   # smoke run
 #
 # What it measures:
 #   1. start-up: time until serving (start → the first 200 carrying a value; for Redis:
