@@ -8,6 +8,9 @@
 --               of GETs: the bodies are built once, in init(), a pool of about 200,000
 --               keys per wrk thread (at least 64 bodies), so the client spends its CPU
 --               sending rather than formatting JSON
+--   KEYS_BATCH_JOIN  batch mode only: if set, GET string.format(KEYS_PATH, the N keys joined
+--               by this separator) instead of POSTing JSON (webdis MGET: KEYS_PATH=/MGET/%s,
+--               KEYS_BATCH_JOIN=/; used by peers.sh)
 -- At the end, prints one JSON line with throughput and latency percentiles.
 
 local keys = {}
@@ -16,7 +19,8 @@ local path = os.getenv("KEYS_PATH") or "/v1/keys/%s"
 local zipf = os.getenv("KEYS_DIST") == "zipf"
 local pause_ms = nil -- set by init() when KEYS_RATE asks for a fixed rate
 local batch = tonumber(os.getenv("KEYS_BATCH") or "") or 0
-local bodies = {} -- batch mode: the request bodies, built by init()
+local bodies = {} -- batch mode: the request bodies (or paths), built by init()
+local join = os.getenv("KEYS_BATCH_JOIN")
 
 local function load()
   for line in io.lines(os.getenv("KEYS_FILE")) do
@@ -51,9 +55,13 @@ local function build_bodies()
   for b = 1, math.max(64, math.floor(200000 / batch)) do
     local picked = {}
     for k = 1, batch do
-      picked[k] = '"' .. pick() .. '"'
+      picked[k] = join and pick() or '"' .. pick() .. '"'
     end
-    bodies[b] = '{"keys":[' .. table.concat(picked, ",") .. ']}'
+    if join then
+      bodies[b] = string.format(path, table.concat(picked, join))
+    else
+      bodies[b] = '{"keys":[' .. table.concat(picked, ",") .. ']}'
+    end
   end
 end
 
@@ -78,7 +86,9 @@ end
 local batch_headers = { ["Content-Type"] = "application/json" }
 
 function request()
-  if batch > 0 then
+  if batch > 0 and join then
+    return wrk.format("GET", bodies[math.random(#bodies)])
+  elseif batch > 0 then
     return wrk.format("POST", path, batch_headers, bodies[math.random(#bodies)])
   end
   return wrk.format("GET", string.format(path, pick()))
