@@ -134,7 +134,7 @@ pub fn init(
     // Access lines skip `tracing` where its output has no colours to add.
     let plain = format == LogFormat::Json || !std::io::stderr().is_terminal();
     if installed && plain {
-        access::install(format, out);
+        access::install(format == LogFormat::Json, out);
     }
     if let Some(endpoint) = endpoint {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());

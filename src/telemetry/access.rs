@@ -18,7 +18,6 @@ use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::writer::NonBlocking;
-use super::LogFormat;
 
 /// The target access events have; `--log-level info,kvserve::access=off` silences it.
 pub const TARGET: &str = "kvserve::access";
@@ -34,27 +33,28 @@ pub struct AccessLine<'a> {
 }
 
 struct Sink {
-    format: LogFormat,
+    json: bool,
     out: NonBlocking,
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
 /// Lets [`write`] take lines; `init` calls it once the subscriber that writes to `out`
-/// in `format` is installed, and only for formats written without colours.
-pub(super) fn install(format: LogFormat, out: NonBlocking) {
-    let _ = SINK.set(Sink { format, out });
+/// (JSON, or text without colours) is installed.
+pub(super) fn install(json: bool, out: NonBlocking) {
+    let _ = SINK.set(Sink { json, out });
 }
 
 /// Writes the access line straight to the log output and says so, or returns `false`
 /// when the line must go through `tracing` (a span to print around it, colours, or
-/// logging not set up by [`super::init`]). `in_span` tells whether the request's own
-/// span is enabled. A line the log filter turns off counts as written.
+/// logging not set up by `telemetry::init`). `in_span` tells whether the request's own
+/// span is enabled (with traces on it always is). A line the log filter turns off
+/// counts as written.
 pub fn write(line: &AccessLine<'_>, in_span: bool) -> bool {
     let Some(sink) = SINK.get() else {
         return false;
     };
-    if in_span || super::traces_enabled() || !tracing::Span::current().is_none() {
+    if in_span || !tracing::Span::current().is_none() {
         return false;
     }
     if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
@@ -63,7 +63,7 @@ pub fn write(line: &AccessLine<'_>, in_span: bool) -> bool {
     BUFFER.with(|buffer| {
         let mut buffer = buffer.borrow_mut();
         buffer.clear();
-        format(&mut buffer, sink.format, SystemTime::now(), line);
+        format(&mut buffer, sink.json, SystemTime::now(), line);
         // The writer counts what it has to drop; nothing to report here.
         let _ = sink.out.push_line(&buffer);
     });
@@ -77,41 +77,38 @@ thread_local! {
 }
 
 /// Appends the line, `\n` included, as tracing-subscriber's fmt layer would write it.
-fn format(out: &mut Vec<u8>, format: LogFormat, now: SystemTime, line: &AccessLine<'_>) {
-    match format {
-        LogFormat::Text => {
-            timestamp(out, now);
-            out.extend_from_slice(b"  INFO kvserve::access: request method=");
-            out.extend_from_slice(line.method.as_bytes());
-            out.extend_from_slice(b" route=");
-            debug_str(out, line.route);
-            out.extend_from_slice(b" status=");
-            decimal(out, u64::from(line.status));
-            out.extend_from_slice(b" duration_us=");
-            decimal(out, line.duration_us);
-            out.extend_from_slice(b" request_id=");
-            out.extend_from_slice(line.request_id.as_bytes());
-            out.extend_from_slice(b" client=");
-            client(out, line.client);
-            out.push(b'\n');
-        }
-        LogFormat::Json => {
-            out.extend_from_slice(b"{\"timestamp\":\"");
-            timestamp(out, now);
-            out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":\"");
-            json_str(out, line.method);
-            out.extend_from_slice(b"\",\"route\":\"");
-            json_str(out, line.route);
-            out.extend_from_slice(b"\",\"status\":");
-            decimal(out, u64::from(line.status));
-            out.extend_from_slice(b",\"duration_us\":");
-            decimal(out, line.duration_us);
-            out.extend_from_slice(b",\"request_id\":\"");
-            json_str(out, line.request_id);
-            out.extend_from_slice(b"\",\"client\":\"");
-            client(out, line.client);
-            out.extend_from_slice(b"\",\"target\":\"kvserve::access\"}\n");
-        }
+fn format(out: &mut Vec<u8>, json: bool, now: SystemTime, line: &AccessLine<'_>) {
+    if json {
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        timestamp(out, now);
+        out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":\"");
+        json_str(out, line.method);
+        out.extend_from_slice(b"\",\"route\":\"");
+        json_str(out, line.route);
+        out.extend_from_slice(b"\",\"status\":");
+        decimal(out, u64::from(line.status));
+        out.extend_from_slice(b",\"duration_us\":");
+        decimal(out, line.duration_us);
+        out.extend_from_slice(b",\"request_id\":\"");
+        json_str(out, line.request_id);
+        out.extend_from_slice(b"\",\"client\":\"");
+        client(out, line.client);
+        out.extend_from_slice(b"\",\"target\":\"kvserve::access\"}\n");
+    } else {
+        timestamp(out, now);
+        out.extend_from_slice(b"  INFO kvserve::access: request method=");
+        out.extend_from_slice(line.method.as_bytes());
+        out.extend_from_slice(b" route=");
+        debug_str(out, line.route);
+        out.extend_from_slice(b" status=");
+        decimal(out, u64::from(line.status));
+        out.extend_from_slice(b" duration_us=");
+        decimal(out, line.duration_us);
+        out.extend_from_slice(b" request_id=");
+        out.extend_from_slice(line.request_id.as_bytes());
+        out.extend_from_slice(b" client=");
+        client(out, line.client);
+        out.push(b'\n');
     }
 }
 
@@ -270,18 +267,18 @@ mod tests {
 
     /// What the `tracing` event `request_log` used to emit, through the layers
     /// `telemetry::init` builds (text for machines, JSON).
-    fn through_tracing(format: LogFormat, now: SystemTime, line: &AccessLine<'_>) -> Vec<u8> {
+    fn through_tracing(json: bool, now: SystemTime, line: &AccessLine<'_>) -> Vec<u8> {
         let captured = Captured::default();
         let out = captured.clone();
         let layer: Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync> =
-            match format {
-                LogFormat::Text => Box::new(
+            match json {
+                false => Box::new(
                     tracing_subscriber::fmt::layer()
                         .with_writer(move || super::super::escape::EscapingWriter(out.clone()))
                         .with_ansi(false)
                         .with_timer(At(now)),
                 ),
-                LogFormat::Json => Box::new(
+                true => Box::new(
                     tracing_subscriber::fmt::layer()
                         .with_writer(move || out.clone())
                         .json()
@@ -320,9 +317,9 @@ mod tests {
         }
     }
 
-    fn by_hand(format: LogFormat, now: SystemTime, line: &AccessLine<'_>) -> Vec<u8> {
+    fn by_hand(json: bool, now: SystemTime, line: &AccessLine<'_>) -> Vec<u8> {
         let mut out = Vec::new();
-        super::format(&mut out, format, now, line);
+        super::format(&mut out, json, now, line);
         out
     }
 
@@ -341,7 +338,7 @@ mod tests {
             None,
         ];
         let now = UNIX_EPOCH + Duration::new(1_796_067_444, 921_007_123);
-        for format in [LogFormat::Text, LogFormat::Json] {
+        for json in [false, true] {
             for (i, id) in ids.iter().enumerate() {
                 for client in clients {
                     for (method, route) in [
@@ -358,12 +355,12 @@ mod tests {
                             request_id: id,
                             client,
                         };
-                        let want = through_tracing(format, now, &line);
-                        let got = by_hand(format, now, &line);
+                        let want = through_tracing(json, now, &line);
+                        let got = by_hand(json, now, &line);
                         assert_eq!(
                             String::from_utf8_lossy(&got),
                             String::from_utf8_lossy(&want),
-                            "{format:?}"
+                            "json: {json}"
                         );
                     }
                 }
