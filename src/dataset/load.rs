@@ -185,7 +185,7 @@ fn load_split(
     let etag = Bytes::copy_from_slice(info.etag.as_bytes());
     Ok(Dataset {
         bytes: buf,
-        index: parsed.index,
+        index: parsed.index.into_read_only(),
         etag,
         info,
         mapped,

@@ -63,7 +63,7 @@ pub struct Dataset {
     /// The whole file: an owned buffer (`--storage memory`) or the mapping
     /// (`--storage mmap`), either way shared with every response body cut from it.
     pub(super) bytes: Bytes,
-    pub(super) index: index::Index,
+    pub(super) index: index::Frozen,
     pub(super) info: DatasetInfo,
     /// `info.etag` as bytes that share one allocation, so a response header can be
     /// made from it without copying (the HTTP side builds the header; this module
@@ -92,9 +92,9 @@ impl Dataset {
     }
 
     /// Where the value of `key` starts, if it is present: the index probe of `lookup`
-    /// alone. The batch route probes every key first and reads the values after
-    /// (`warm`, `value_at`), so the values' cache misses overlap instead of queueing
-    /// behind the index's shard locks one key at a time.
+    /// alone, without a lock (`index::Frozen`). The batch route probes every key first
+    /// and reads the values after (`warm`, `value_at`), so the values' cache misses
+    /// overlap instead of queueing one key at a time.
     pub fn value_start(&self, key: u128) -> Option<usize> {
         Some(self.index.get(&index::Key::new(key))?.offset())
     }
