@@ -65,9 +65,10 @@ impl ValueAt {
 pub type Index = DashMap<Key, ValueAt, ahash::RandomState>;
 
 /// The index once the loader has built it: never written again (a reload builds a new
-/// one), so lookups read the shards without taking their locks. A shard lock per key
-/// cost a batch of 100 keys a quarter of its CPU, and its atomic operations kept the
-/// next key's cache misses from starting while the last one's were outstanding.
+/// one), so lookups read the shards without taking their locks, and the type says no
+/// one can write. Measured, the locks were not what a lookup paid for: batch CPU per
+/// key did not move when they went (BENCHMARKS.md); the probe's cost is its cache
+/// misses into a table larger than the CPU's caches.
 pub type Frozen = dashmap::ReadOnlyView<Key, ValueAt, ahash::RandomState>;
 
 pub fn new_index(capacity: usize) -> Index {
