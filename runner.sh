@@ -99,11 +99,13 @@ run_tests() {
   log "cargo test --no-run (build every test target and target/debug/kvserve)"
   cargo test --all-targets --no-run --quiet
   log "external checks (tests/external), in the background (log: target/external.log)"
-  PATH="$PWD/$PYENV/bin:$PATH" "$PYENV/bin/python" tests/external/run.py --jobs 3 target/debug/kvserve \
+  PATH="$PWD/$PYENV/bin:$PATH" "$PYENV/bin/python" tests/external/run.py --jobs 4 target/debug/kvserve \
     > target/external.log 2>&1 &
   local external=$! tests=0 external_status=0
-  log "cargo test"
-  cargo test --all-targets || tests=$?
+  # Four test threads on two cores: the slowest tests wait on deadlines and idle
+  # timers (keep-alive, slow readers), not on the CPU, so more of them overlap.
+  log "cargo test (RUST_TEST_THREADS=${RUST_TEST_THREADS:-4})"
+  RUST_TEST_THREADS=${RUST_TEST_THREADS:-4} cargo test --all-targets || tests=$?
   log "cargo test done (exit $tests); waiting for the external checks"
   wait "$external" || external_status=$?
   report "external checks" "$external_status" target/external.log || true
