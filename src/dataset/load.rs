@@ -22,6 +22,7 @@ use super::memory;
 use super::options::{LoadOptions, OnDuplicate, Storage, MAX_VALUE_LEN};
 use super::read;
 use super::store::{Dataset, DatasetInfo};
+use super::workers;
 
 /// Files at least this big get progress logs; smaller ones load in well under a second.
 const PROGRESS_MIN_BYTES: usize = 64 << 20;
@@ -394,13 +395,7 @@ fn parse(
         if bytes.len() >= PROGRESS_MIN_BYTES {
             report_progress(&shared, || finished.load(Ordering::Acquire) == threads);
         }
-        workers
-            .into_iter()
-            .flat_map(|w| {
-                w.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
+        workers::join_all(workers).into_iter().flatten().collect()
     });
     results.sort_by_key(|result| result.chunk);
     let parse_time = started.elapsed();
@@ -493,13 +488,7 @@ fn index_shards(shared: &Shared<'_>, chunks: &[ChunkResult], threads: usize) -> 
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
+        workers::join_all(workers)
     })
 }
 

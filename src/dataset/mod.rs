@@ -7,8 +7,9 @@
 //!
 //! The rooms: `format` (the line grammar), `options` (how a load treats the file),
 //! `integrity` (open, lock, stat, checksum), `memory` (the memory bound), `load` (the
-//! parallel loader), `read` (the parallel read of a memory-storage load), `index`, `mapped` (mmap storage), `store` (the `Dataset`), `error`,
-//! `prefixes` (shards), `gen` (test data). This file only declares them and names what
+//! parallel loader), `read` (the parallel read of a memory-storage load), `workers`
+//! (joining the loader's threads), `index`, `mapped` (mmap storage), `store` (the
+//! `Dataset`), `error`, `prefixes` (shards), `gen` (test data). This file only declares them and names what
 //! the rest of the crate uses, so the rooms import each other, never this file.
 
 mod error;
@@ -23,6 +24,7 @@ mod options;
 pub mod prefixes;
 mod read;
 mod store;
+mod workers;
 
 pub use error::LoadError;
 pub use format::LineError;

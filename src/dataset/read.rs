@@ -9,6 +9,8 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
+use super::workers;
+
 /// Below this one thread reads: spawning more costs more than it saves.
 const PARALLEL_MIN_BYTES: usize = 8 << 20;
 
@@ -78,13 +80,7 @@ pub fn read_parallel(
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
+        workers::join_all(workers)
     });
     for result in results {
         if !result? {
