@@ -68,8 +68,93 @@ pub type Index = DashMap<Key, ValueAt, ahash::RandomState>;
 /// one), so lookups read the shards without taking their locks, and the type says no
 /// one can write. Measured, the locks were not what a lookup paid for: batch CPU per
 /// key did not move when they went (BENCHMARKS.md); the probe's cost is its cache
-/// misses into a table larger than the CPU's caches.
-pub type Frozen = dashmap::ReadOnlyView<Key, ValueAt, ahash::RandomState>;
+/// misses into a table larger than the CPU's caches, which `prefetch` lets a batch
+/// overlap.
+pub struct Frozen {
+    view: dashmap::ReadOnlyView<Key, ValueAt, ahash::RandomState>,
+    /// The map's own hasher (a clone: the same keys), to find a key's slot for
+    /// `prefetch` without probing.
+    hasher: ahash::RandomState,
+}
+
+impl Frozen {
+    pub fn new(index: Index) -> Self {
+        let hasher = index.hasher().clone();
+        Frozen {
+            view: index.into_read_only(),
+            hasher,
+        }
+    }
+
+    pub fn get(&self, key: u128) -> Option<ValueAt> {
+        self.view.get(&Key::new(key)).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.view.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.view.is_empty()
+    }
+
+    /// Slots allocated, for tests of the index's memory.
+    pub fn capacity(&self) -> usize {
+        self.view.capacity()
+    }
+
+    /// Asks the CPU to start loading the cache lines a `get` of `key` will read first
+    /// (the control bytes and the first bucket of its probe), without waiting for
+    /// them: a batch prefetches a few keys ahead of the one it probes, so the misses
+    /// of several keys are in flight at once instead of one after another.
+    ///
+    /// Only a hint: where the lines are is computed from hashbrown's table layout
+    /// (`RawTable::data_end`'s documentation: buckets below it, control bytes from
+    /// it), and a wrong address would cost speed, never a wrong answer. The unit test
+    /// `prefetch_finds_the_slots` checks the addresses against real probes.
+    #[inline]
+    pub fn prefetch(&self, key: u128) {
+        let (table, pos) = self.slot(key);
+        let end = table.data_end().as_ptr();
+        prefetch(end.cast::<u8>().wrapping_add(pos));
+        prefetch(end.wrapping_sub(pos + 1).cast::<u8>());
+    }
+
+    /// The table of `key`'s shard and the first slot of its probe sequence.
+    fn slot(&self, key: u128) -> (&Table, usize) {
+        let hash = self.hasher.hash_one(Key::new(key));
+        let shards = self.view.shards();
+        let shard = shard_of(hash, shards.len());
+        // SAFETY: a `ReadOnlyView` has no writers, so its shards' tables may be read
+        // without their locks; this is the read `ReadOnlyView::get` itself makes.
+        let table = unsafe { &*shards[shard].data_ptr() };
+        (table, hash as usize & (table.buckets() - 1))
+    }
+}
+
+/// One shard's table, as `dashmap`'s `raw-api` exposes it.
+type Table = hashbrown::raw::RawTable<(Key, dashmap::SharedValue<ValueAt>)>;
+
+/// The shard `DashMap` picks for `hash` among `shards` (a power of two): its top bits
+/// after the 7 that hashbrown keeps for the control byte.
+fn shard_of(hash: u64, shards: usize) -> usize {
+    let shift = usize::BITS - shards.trailing_zeros();
+    ((hash as usize) << 7).checked_shr(shift).unwrap_or(0)
+}
+
+/// A read hint for the cache line at `addr`; any address is allowed (a prefetch does
+/// not fault). A no-op where there is no stable prefetch instruction.
+#[inline(always)]
+fn prefetch(addr: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` only hints the cache; it reads nothing into the program
+    // and never faults, whatever `addr` is.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(addr.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
 
 pub fn new_index(capacity: usize) -> Index {
     Index::with_capacity_and_hasher_and_shard_amount(capacity, ahash::RandomState::new(), SHARDS)
@@ -110,6 +195,44 @@ mod tests {
         assert_eq!(&text[8..value_end(text, 8)], b"v2");
         assert_eq!(&text[13..value_end(text, 13)], b"v3");
         assert_eq!(value_end(b"k \n", 2), 2);
+    }
+
+    /// `prefetch` points at the slots `get` really reads: the shard formula is
+    /// `DashMap`'s own, and for nearly every key its bucket lies within the first
+    /// group (16 slots) of the probe sequence that starts at the hinted slot.
+    #[test]
+    fn prefetch_finds_the_slots() {
+        let index = new_index(20_000);
+        let keys: Vec<u128> = (0..20_000u128)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
+            .collect();
+        for (i, &key) in keys.iter().enumerate() {
+            index.insert(Key::new(key), ValueAt::new(i));
+        }
+        for hash in [0u64, 1, u64::MAX, 0x0123_4567_89ab_cdef] {
+            assert_eq!(shard_of(hash, SHARDS), index.determine_shard(hash as usize));
+        }
+        let frozen = Frozen::new(index);
+        let mut near = 0;
+        for (i, &key) in keys.iter().enumerate() {
+            let (table, pos) = frozen.slot(key);
+            let hash = frozen.hasher.hash_one(Key::new(key));
+            let bucket = table
+                .find(hash, |(k, _)| k.get() == key)
+                .expect("the key is in the table its shard names");
+            // SAFETY: `bucket` was just found in `table`.
+            let at = unsafe { table.bucket_index(&bucket) };
+            if (at + table.buckets() - pos) % table.buckets() < 16 {
+                near += 1;
+            }
+            assert_eq!(frozen.get(key).map(ValueAt::offset), Some(i));
+        }
+        assert!(
+            near * 100 >= keys.len() * 95,
+            "{near} of {} near",
+            keys.len()
+        );
+        frozen.prefetch(keys[0]);
     }
 
     #[test]

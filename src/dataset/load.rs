@@ -186,7 +186,7 @@ fn load_split(
     let etag = Bytes::copy_from_slice(info.etag.as_bytes());
     Ok(Dataset {
         bytes: buf,
-        index: parsed.index.into_read_only(),
+        index: index::Frozen::new(parsed.index),
         etag,
         info,
         mapped,

@@ -96,7 +96,13 @@ impl Dataset {
     /// and reads the values after (`warm`, `value_at`), so the values' cache misses
     /// overlap instead of queueing one key at a time.
     pub fn value_start(&self, key: u128) -> Option<usize> {
-        Some(self.index.get(&index::Key::new(key))?.offset())
+        Some(self.index.get(key)?.offset())
+    }
+
+    /// Starts loading the index lines `value_start(key)` will read (`Frozen::prefetch`):
+    /// a batch calls it a few keys ahead of the one it probes.
+    pub fn prefetch(&self, key: u128) {
+        self.index.prefetch(key);
     }
 
     /// Reads the first byte of each value starting at `starts`: independent loads the

@@ -4,7 +4,6 @@
 //! every refusal names the field and index at fault (`keys[3]`) and none quotes a Rust
 //! type name.
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -159,47 +158,90 @@ fn is_json(content_type: &str) -> bool {
 
 /// Validates the body and returns its keys in order, duplicates folded.
 ///
-/// The common case, `{"keys": ["<uuid>", ...]}` with every key a UUID, is parsed
-/// straight into borrowed strings (no `serde_json::Value` tree, no copy of a key
-/// without escapes). Anything else, including every refusal, is parsed again by
-/// `parse_keys_value`, the one place the error texts come from: both parsers accept
-/// the same bodies with the same keys (the unit tests hold them to it), and the slow
-/// one is only paid for a body that is refused or unusual (`"keys"` twice, say).
+/// The common case, `{"keys": ["<uuid>", ...]}` with every key a UUID without JSON
+/// escapes, is scanned by hand (`scan_keys`): each key is parsed from the body's bytes
+/// where it lies, with no `serde_json` pass, no UTF-8 check and no string copied.
+/// Anything else, including every refusal, is parsed again by `parse_keys_value`, the
+/// one place the error texts come from: both accept the same bodies with the same keys
+/// (the unit tests hold them to it), and the slow one is only paid for a body that is
+/// refused or unusual (an escape in a key, another field, `"keys"` twice).
 pub fn parse_keys(body: &[u8], max_batch: usize) -> Result<Vec<Uuid>, Problem> {
-    parse_keys_fast(body, max_batch).unwrap_or_else(|| parse_keys_value(body, max_batch))
+    match scan_keys(body, max_batch) {
+        Some(keys) => Ok(keys),
+        None => parse_keys_value(body, max_batch),
+    }
 }
 
-/// The body as the fast parser reads it. Other fields (which the schema allows) and a
-/// second `keys` are errors here and go to `parse_keys_value`: serde skips an unknown
-/// field without checking it as strictly as `Value` does (a lone surrogate escape
-/// passes), and `Value` keeps the last `keys`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Body<'a> {
-    #[serde(borrow)]
-    keys: Vec<Cow<'a, str>>,
-}
-
-/// `Some` only for a body `parse_keys_value` accepts, with the same keys.
-fn parse_keys_fast(body: &[u8], max_batch: usize) -> Option<Result<Vec<Uuid>, Problem>> {
-    // A derived struct also reads a JSON array (`[[...]]`), which must be refused.
-    if body.trim_ascii_start().first() != Some(&b'{') {
-        return None;
-    }
-    let body: Body = serde_json::from_slice(body).ok()?;
-    if body.keys.len() > max_batch {
-        return None;
-    }
+/// `Some` only for a body of exactly one field, `keys`, an array of at most
+/// `max_batch` strings without escapes that are each a UUID in a form
+/// `Uuid::parse_str` reads: a body `parse_keys_value` accepts with the same keys.
+/// `None` for anything else, which the reference parser then reads or refuses.
+fn scan_keys(body: &[u8], max_batch: usize) -> Option<Vec<Uuid>> {
+    let mut scan = Scan { body, at: 0 };
+    scan.expect(b"{")?;
+    scan.expect(b"\"keys\"")?;
+    scan.expect(b":")?;
+    scan.expect(b"[")?;
     let mut seen: HashSet<u128, ahash::RandomState> =
-        HashSet::with_capacity_and_hasher(body.keys.len(), ahash::RandomState::new());
-    let mut out = Vec::with_capacity(body.keys.len());
-    for text in &body.keys {
-        let key = Uuid::parse_str(text).ok()?;
-        if seen.insert(key.as_u128()) {
-            out.push(key);
+        HashSet::with_capacity_and_hasher(body.len() / 40, ahash::RandomState::new());
+    let mut out = Vec::with_capacity(body.len() / 40);
+    let mut count = 0usize;
+    if scan.expect(b"]").is_none() {
+        loop {
+            count += 1;
+            if count > max_batch {
+                return None;
+            }
+            let key = scan.key()?;
+            if seen.insert(key.as_u128()) {
+                out.push(key);
+            }
+            if scan.expect(b",").is_none() {
+                scan.expect(b"]")?;
+                break;
+            }
         }
     }
-    Some(Ok(out))
+    scan.expect(b"}")?;
+    scan.skip_space();
+    (scan.at == body.len()).then_some(out)
+}
+
+/// A cursor over a batch body for `scan_keys`.
+struct Scan<'a> {
+    body: &'a [u8],
+    at: usize,
+}
+
+impl Scan<'_> {
+    /// Skips JSON's whitespace (space, tab, line feed, carriage return; not the form
+    /// feed `trim_ascii` would also take).
+    fn skip_space(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.body.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    /// Whitespace, then `token`.
+    fn expect(&mut self, token: &[u8]) -> Option<()> {
+        self.skip_space();
+        let rest = self.body.get(self.at..)?;
+        rest.starts_with(token).then(|| self.at += token.len())
+    }
+
+    /// Whitespace, then a string without escapes holding a UUID.
+    fn key(&mut self) -> Option<Uuid> {
+        self.expect(b"\"")?;
+        let rest = self.body.get(self.at..)?;
+        let len = memchr::memchr(b'"', rest)?;
+        let text = &rest[..len];
+        // An escape means the key's text is not its bytes: the reference parser decodes it.
+        if text.contains(&b'\\') {
+            return None;
+        }
+        self.at += len + 1;
+        Uuid::try_parse_ascii(text).ok()
+    }
 }
 
 /// `parse_keys` through a `serde_json::Value`: the reference, and the source of every
@@ -265,18 +307,33 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
+/// How many keys ahead of the one being probed the batch prefetches index lines: enough
+/// to keep several cache misses in flight (a core has about ten line-fill buffers),
+/// few enough that the lines are still cached when their key's turn comes.
+const PREFETCH_AHEAD: usize = 8;
+
 /// `{"values":{...},"missing":[...]}` with keys in request order, compact, as
 /// serde_json wrote it, into one buffer.
 ///
-/// Two passes: every key is probed first (the index's shard locks are taken one key
-/// at a time, and each lock's atomics keep the next key's cache misses from starting
-/// early), the values' first cache lines are then fetched all together
-/// (`Dataset::warm`), and only then is each value escaped straight from the dataset's
-/// bytes (`key::escape_json`). The lookups are counted once per batch.
+/// A batch's cost is its cache misses: each key's probe misses into the index and
+/// each value's first read misses into the data. So the probes run `PREFETCH_AHEAD`
+/// keys behind the index prefetches (`Dataset::prefetch`), the values' first cache
+/// lines are then fetched all together (`Dataset::warm`), and only then is each value
+/// escaped straight from the dataset's bytes (`key::escape_json`). The lookups are
+/// counted once per batch.
 pub fn render(state: &AppState, dataset: &Dataset, keys: &[Uuid]) -> Vec<u8> {
+    for key in keys.iter().take(PREFETCH_AHEAD) {
+        dataset.prefetch(key.as_u128());
+    }
     let starts: Vec<Option<usize>> = keys
         .iter()
-        .map(|key| dataset.value_start(key.as_u128()))
+        .enumerate()
+        .map(|(i, key)| {
+            if let Some(ahead) = keys.get(i + PREFETCH_AHEAD) {
+                dataset.prefetch(ahead.as_u128());
+            }
+            dataset.value_start(key.as_u128())
+        })
         .collect();
     dataset.warm(starts.iter().flatten().copied());
     let values: Vec<Option<&[u8]>> = starts
@@ -396,8 +453,12 @@ mod tests {
     /// types for `keys`, a different top level, truncation.
     fn body() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
-        let keys = proptest::collection::vec(key_item(), 0..6)
-            .prop_map(|items| format!("[{}]", items.join(",")));
+        // JSON's four whitespace bytes between the tokens, and the form feed, which
+        // JSON does not allow.
+        let space = prop_oneof![Just(""), Just(" "), Just("\t\r\n "), Just("\u{c}"),];
+        let keys = (proptest::collection::vec(key_item(), 0..6), space.clone()).prop_map(
+            |(items, space)| format!("[{space}{}{space}]", items.join(&format!("{space},"))),
+        );
         let keys_value = prop_oneof![
             4 => keys.clone(),
             1 => Just("\"x\"".to_owned()),
@@ -405,7 +466,7 @@ mod tests {
             1 => Just("{}".to_owned()),
         ];
         let field = prop_oneof![
-            3 => keys_value.prop_map(|v| format!("\"keys\": {v}")),
+            3 => (keys_value, space).prop_map(|(v, space)| format!("\"keys\"{space}:{space}{v}")),
             1 => Just("\"x\": 1".to_owned()),
             1 => keys.clone().prop_map(|v| format!("\"other\": {v}")),
         ];
