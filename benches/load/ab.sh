@@ -80,6 +80,7 @@ for round in $(seq 1 "$ROUNDS"); do
       ${LOG_LEVEL:+--log-level "$LOG_LEVEL"} $flags > "$WORK/ab-kvserve.log" 2>&1 &
     PID=$!
     wait_ready "http://$ADMIN/readyz" "$PID" "$WORK/ab-kvserve.log"
+    wait_settled "$WORK/ab-kvserve.log"
     printf '%s\tkvserve %s\t%s\n' "$round" "$config" "$(measure "$API" "$KEYS_PATH")" | tee -a "$OUT" >&2
     kill "$PID"; wait "$PID" 2>/dev/null || true
   done

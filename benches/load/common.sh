@@ -36,3 +36,13 @@ wait_ready() {
   echo "not ready after 120 s: $1" >&2
   exit 1
 }
+
+# wait_settled LOG: returns once the server logged that its index is in huge pages
+# (a second of one core after each load, which a measurement must not be charged
+# for), or after 15 s (a build from before that step never logs it).
+wait_settled() {
+  for _ in $(seq 1 300); do
+    grep -q "index moved into huge pages" "$1" 2>/dev/null && return 0
+    sleep 0.05
+  done
+}

@@ -8,8 +8,12 @@
 #
 #   benches/load/gap.sh                      # 1M lines, this tree's release build
 #   KVSERVE=/tmp/other/kvserve benches/load/gap.sh
-# Knobs: those of benches/load/common.sh.
+#   BATCH=100 benches/load/gap.sh            # POST /v1/keys/batch with 100 keys a request
+# Knobs: BATCH (0: GETs of single keys; N > 0: batch lookups of N keys, the baseline
+# answering the same POSTs, and kvserve profiled with default flags only), and those
+# of benches/load/common.sh.
 set -euo pipefail
+BATCH=${BATCH:-0}
 cd "$(dirname "$0")/../.."
 command -v perf >/dev/null || { echo "gap.sh needs perf (apt-get install linux-perf)" >&2; exit 2; }
 source benches/load/common.sh
@@ -28,9 +32,10 @@ profile() {
   "$@" > "$OUT/$name.log" 2>&1 &
   PID=$!
   wait_ready "$ready" "$PID" "$OUT/$name.log"
-  KEYS_FILE="$SAMPLE" KEYS_PATH="$path" KEYS_DIST=uniform KEYS_BATCH=0 \
+  [ "$name" = baseline ] || wait_settled "$OUT/$name.log"
+  KEYS_FILE="$SAMPLE" KEYS_PATH="$path" KEYS_DIST=uniform KEYS_BATCH="$BATCH" \
     wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s benches/load/keys.lua "http://$API" >/dev/null 2>&1 || true
-  KEYS_FILE="$SAMPLE" KEYS_PATH="$path" KEYS_DIST=uniform KEYS_BATCH=0 \
+  KEYS_FILE="$SAMPLE" KEYS_PATH="$path" KEYS_DIST=uniform KEYS_BATCH="$BATCH" \
     wrk -t"$THREADS" -c"$CONNECTIONS" -d10s -s benches/load/keys.lua "http://$API" > "$OUT/$name.wrk" 2>&1 &
   local load=$!
   sleep 1
@@ -41,6 +46,12 @@ profile() {
   PID=""
 }
 
+if (( BATCH > 0 )); then
+  profile baseline "http://$API/" / target/release/examples/baseline "$API"
+  profile kvserve-batch "http://$ADMIN/readyz" /v1/keys/batch "$KVSERVE" --data "$DATA" --addr "$API" --admin-addr "$ADMIN"
+  python3 benches/load/gap.py "$OUT" baseline kvserve-batch
+  exit 0
+fi
 profile baseline "http://$API/" /%s target/release/examples/baseline "$API"
 profile kvserve-access-off "http://$ADMIN/readyz" /v1/keys/%s "$KVSERVE" --data "$DATA" --addr "$API" --admin-addr "$ADMIN" \
   --log-level info,kvserve::access=off

@@ -39,6 +39,7 @@ for capacity in 0 "$CAPACITY"; do
     --log-level info,kvserve::access=off --cache-capacity $capacity" > "$WORK/lru-pressure.log" 2>&1 &
   PID=$!
   wait_ready "http://$ADMIN/readyz" "$PID" "$WORK/lru-pressure.log"
+  wait_settled "$WORK/lru-pressure.log"
   echo $((LIMIT_MB * 1024 * 1024)) > "$CGROUP/memory.limit_in_bytes"
   KEYS_FILE="$SAMPLE" KEYS_DIST="$DIST" wrk -t"$THREADS" -c"$CONNECTIONS" -d5s -s benches/load/keys.lua "http://$API" >/dev/null 2>&1
   read -r cpu_before faults_before < <(awk '{ print $14 + $15, $12 }' "/proc/$PID/stat")

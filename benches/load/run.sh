@@ -48,6 +48,8 @@ start() {
     sleep 0.05
   done
   local t1; t1=$(date +%s.%N)
+  # Memory as it stays: after the index moved into huge pages.
+  [ "$name" = baseline ] || wait_settled "$WORK/$name.log"
   # Ready but gone: something else answered on the port.
   kill -0 "$PID" 2>/dev/null || { echo "$name exited; is its port taken?" >&2; cat "$WORK/$name.log" >&2; exit 1; }
   printf '{"server": "%s", "lines": %d, "ready_s": %.3f, "rss_kb": %d, "anon_kb": %d, "peak_rss_kb": %d, "file_bytes": %d}\n' \

@@ -22,6 +22,7 @@ PID=$!
 SAMPLER=
 trap 'kill $PID 2>/dev/null || true; [ -n "$SAMPLER" ] && kill $SAMPLER 2>/dev/null || true' EXIT
 wait_ready "http://$ADMIN/readyz" "$PID" "$WORK/soak.log"
+wait_settled "$WORK/soak.log"
 
 wrk_run() { # seconds rate
   KEYS_FILE="$SAMPLE" KEYS_PATH="/v1/keys/%s" KEYS_DIST=uniform KEYS_RATE="${2:-}" KEYS_CONNECTIONS="$CONNECTIONS" \

@@ -120,6 +120,25 @@ impl Frozen {
         prefetch(end.wrapping_sub(pos + 1).cast::<u8>());
     }
 
+    /// Where each shard's table lies in memory (start, end), for `pages::collapse`.
+    pub fn allocations(&self) -> Vec<(usize, usize)> {
+        self.view
+            .shards()
+            .iter()
+            .map(|shard| {
+                // SAFETY: as in `slot`: no writers.
+                let table = unsafe { &*shard.data_ptr() };
+                let end = table.data_end().as_ptr() as usize;
+                let buckets = table.buckets();
+                // Buckets below `data_end`, then one control byte per bucket and a
+                // trailing group of 16.
+                let start =
+                    end - buckets * std::mem::size_of::<(Key, dashmap::SharedValue<ValueAt>)>();
+                (start, end + buckets + 16)
+            })
+            .collect()
+    }
+
     /// The table of `key`'s shard and the first slot of its probe sequence.
     fn slot(&self, key: u128) -> (&Table, usize) {
         let hash = self.hasher.hash_one(Key::new(key));
@@ -200,15 +219,21 @@ mod tests {
     /// `prefetch` points at the slots `get` really reads: the shard formula is
     /// `DashMap`'s own, and for nearly every key its bucket lies within the first
     /// group (16 slots) of the probe sequence that starts at the hinted slot.
-    #[test]
-    fn prefetch_finds_the_slots() {
-        let index = new_index(20_000);
-        let keys: Vec<u128> = (0..20_000u128)
+    /// An index of `n` scattered keys, each pointing at its position in the list.
+    fn filled(n: u128) -> (Index, Vec<u128>) {
+        let index = new_index(n as usize);
+        let keys: Vec<u128> = (0..n)
             .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
             .collect();
         for (i, &key) in keys.iter().enumerate() {
             index.insert(Key::new(key), ValueAt::new(i));
         }
+        (index, keys)
+    }
+
+    #[test]
+    fn prefetch_finds_the_slots() {
+        let (index, keys) = filled(20_000);
         for hash in [0u64, 1, u64::MAX, 0x0123_4567_89ab_cdef] {
             assert_eq!(shard_of(hash, SHARDS), index.determine_shard(hash as usize));
         }
@@ -233,6 +258,21 @@ mod tests {
             keys.len()
         );
         frozen.prefetch(keys[0]);
+    }
+
+    /// The tables' memory as `allocations` gives it moves into huge pages, and every
+    /// entry reads the same afterwards.
+    #[test]
+    fn collapsing_keeps_every_entry() {
+        let (index, keys) = filled(400_000);
+        let frozen = Frozen::new(index);
+        let done = crate::dataset::pages::collapse(frozen.allocations());
+        #[cfg(target_os = "linux")]
+        assert!(done.huge_pages >= 1, "{done:?}");
+        let _ = done;
+        for (i, &key) in keys.iter().enumerate() {
+            assert_eq!(frozen.get(key).map(ValueAt::offset), Some(i));
+        }
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! The rooms: `format` (the line grammar), `options` (how a load treats the file),
 //! `integrity` (open, lock, stat, checksum), `memory` (the memory bound), `load` (the
 //! parallel loader), `read` (the parallel read of a memory-storage load), `workers`
-//! (joining the loader's threads), `index`, `mapped` (mmap storage), `store` (the
-//! `Dataset`), `error`, `prefixes` (shards), `gen` (test data). This file only declares them and names what
+//! (joining the loader's threads), `pages` (huge pages for the buffer and the index),
+//! `index`, `mapped` (mmap storage), `store` (the `Dataset`), `error`, `prefixes`
+//! (shards), `gen` (test data). This file only declares them and names what
 //! the rest of the crate uses, so the rooms import each other, never this file.
 
 mod error;
@@ -21,6 +22,7 @@ mod load;
 mod mapped;
 pub mod memory;
 mod options;
+mod pages;
 pub mod prefixes;
 mod read;
 mod store;
@@ -33,4 +35,5 @@ pub use load::load;
 #[doc(hidden)]
 pub use load::load_with_chunk_bytes;
 pub use options::{LoadOptions, OnDuplicate, Storage, UnknownChoice, MAX_VALUE_LEN};
+pub use pages::Collapsed;
 pub use store::{Dataset, DatasetInfo};

@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
-use super::workers;
+use super::{pages, workers};
 
 /// Below this one thread reads: spawning more costs more than it saves.
 const PARALLEL_MIN_BYTES: usize = 8 << 20;
@@ -43,7 +43,7 @@ pub fn read_parallel(
     if buf.capacity() < len {
         buf.try_reserve_exact(len).map_err(std::io::Error::other)?;
     }
-    advise_huge_pages(buf.as_mut_ptr(), len);
+    pages::advise(buf.as_mut_ptr(), len);
     let pieces = if len < PARALLEL_MIN_BYTES {
         1
     } else {
@@ -90,27 +90,6 @@ pub fn read_parallel(
     // SAFETY: every byte of `[0, len)` was written by a completed pread above.
     unsafe { buf.set_len(len) };
     Ok(true)
-}
-
-/// Asks for transparent huge pages over `[ptr, ptr + len)` (`madvise`), where the
-/// system leaves that to the program: 2 MiB pages fault in 512 times less often, and
-/// lookups later miss the TLB less. Only advice: an error changes nothing.
-fn advise_huge_pages(ptr: *mut u8, len: usize) {
-    #[cfg(target_os = "linux")]
-    {
-        const PAGE: usize = 4096;
-        let start = (ptr as usize).next_multiple_of(PAGE);
-        let end = (ptr as usize).saturating_add(len);
-        if end > start {
-            // SAFETY: the range lies within one live allocation, and MADV_HUGEPAGE
-            // changes how its pages are backed, never their contents.
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (ptr, len);
 }
 
 #[cfg(test)]
