@@ -164,7 +164,7 @@ fn shard_of(hash: u64, shards: usize) -> usize {
 /// A read hint for the cache line at `addr`; any address is allowed (a prefetch does
 /// not fault). A no-op where there is no stable prefetch instruction.
 #[inline(always)]
-fn prefetch(addr: *const u8) {
+pub fn prefetch(addr: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `prefetcht0` only hints the cache; it reads nothing into the program
     // and never faults, whatever `addr` is.

@@ -93,7 +93,7 @@ impl Dataset {
 
     /// Where the value of `key` starts, if it is present: the index probe of `lookup`
     /// alone, without a lock (`index::Frozen`). The batch route probes every key first
-    /// and reads the values after (`warm`, `value_at`), so the values' cache misses
+    /// and reads the values after (`prefetch_value`, `value_at`), so the values' cache misses
     /// overlap instead of queueing one key at a time.
     pub fn value_start(&self, key: u128) -> Option<usize> {
         Some(self.index.get(key)?.offset())
@@ -112,15 +112,14 @@ impl Dataset {
         pages::collapse(self.index.allocations())
     }
 
-    /// Reads the first byte of each value starting at `starts`: independent loads the
-    /// CPU issues together, so a batch pays for one round of cache misses rather than
-    /// one per key when `value_at` then scans each value.
-    pub fn warm(&self, starts: impl Iterator<Item = usize>) {
-        let mut sink = 0u8;
-        for start in starts {
-            sink ^= self.bytes.get(start).copied().unwrap_or(0);
-        }
-        std::hint::black_box(sink);
+    /// Starts loading the first two cache lines of the value at `start` (most values
+    /// are shorter than a line, but half of them cross into the next), without
+    /// waiting: a batch asks for each value as soon as its probe has found it, and
+    /// reads them all after the last probe.
+    pub fn prefetch_value(&self, start: usize) {
+        let at = self.bytes.as_ptr().wrapping_add(start);
+        index::prefetch(at);
+        index::prefetch(at.wrapping_add(64));
     }
 
     /// The value starting at `start` (from `value_start`), borrowed: no reference count

@@ -317,10 +317,10 @@ const PREFETCH_AHEAD: usize = 8;
 ///
 /// A batch's cost is its cache misses: each key's probe misses into the index and
 /// each value's first read misses into the data. So the probes run `PREFETCH_AHEAD`
-/// keys behind the index prefetches (`Dataset::prefetch`), the values' first cache
-/// lines are then fetched all together (`Dataset::warm`), and only then is each value
-/// escaped straight from the dataset's bytes (`key::escape_json`). The lookups are
-/// counted once per batch.
+/// keys behind the index prefetches (`Dataset::prefetch`), each value found is
+/// prefetched at once (`Dataset::prefetch_value`), and only after the last probe is
+/// each value escaped straight from the dataset's bytes (`key::escape_json`). The
+/// lookups are counted once per batch.
 pub fn render(state: &AppState, dataset: &Dataset, keys: &[Uuid]) -> Vec<u8> {
     for key in keys.iter().take(PREFETCH_AHEAD) {
         dataset.prefetch(key.as_u128());
@@ -332,10 +332,13 @@ pub fn render(state: &AppState, dataset: &Dataset, keys: &[Uuid]) -> Vec<u8> {
             if let Some(ahead) = keys.get(i + PREFETCH_AHEAD) {
                 dataset.prefetch(ahead.as_u128());
             }
-            dataset.value_start(key.as_u128())
+            let start = dataset.value_start(key.as_u128());
+            if let Some(start) = start {
+                dataset.prefetch_value(start);
+            }
+            start
         })
         .collect();
-    dataset.warm(starts.iter().flatten().copied());
     let values: Vec<Option<&[u8]>> = starts
         .iter()
         .map(|start| start.map(|start| dataset.value_at(start)))
