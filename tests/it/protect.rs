@@ -117,6 +117,25 @@ async fn unauthorized(resp: reqwest::Response, error: Option<&str>) -> Value {
     body
 }
 
+/// Sends `authorization` for `path` and asserts the 401 `invalid_token` answer: most
+/// refused tokens in these tests are refused that same way.
+async fn refused_token(s: &TestServer, path: &str, authorization: &str) -> Value {
+    unauthorized(
+        get_with(s, path, Some(authorization)).await,
+        Some("invalid_token"),
+    )
+    .await
+}
+
+/// Asserts that a refusal's `detail` names `needle`, the reason the test expects;
+/// `case` says which input was refused when it does not.
+fn assert_detail_names(body: &Value, needle: &str, case: impl std::fmt::Display) {
+    assert!(
+        body["detail"].as_str().unwrap().contains(needle),
+        "{case}: {body}"
+    );
+}
+
 #[tokio::test]
 async fn hostile_tokens_are_refused_with_401() {
     let (_dir, s) = hs256_server(&[]).await;
@@ -131,11 +150,7 @@ async fn hostile_tokens_are_refused_with_401() {
         "Bearer a.b.c",
         "bearer",
     ] {
-        unauthorized(
-            get_with(&s, &path, Some(header)).await,
-            Some("invalid_token"),
-        )
-        .await;
+        refused_token(&s, &path, header).await;
     }
     let wrong_secret = sign(
         Algorithm::HS256,
@@ -143,57 +158,33 @@ async fn hostile_tokens_are_refused_with_401() {
         &claims("kv:read"),
         None,
     );
-    let body = unauthorized(
-        get_with(&s, &path, Some(&format!("Bearer {wrong_secret}"))).await,
-        Some("invalid_token"),
-    )
-    .await;
+    let body = refused_token(&s, &path, &format!("Bearer {wrong_secret}")).await;
     assert!(
         body["detail"].as_str().unwrap().contains("signature"),
         "{body}"
     );
-    unauthorized(
-        get_with(
-            &s,
-            &path,
-            Some(&format!("Bearer {}", alg_none(&claims("kv:read")))),
-        )
-        .await,
-        Some("invalid_token"),
+    refused_token(
+        &s,
+        &path,
+        &format!("Bearer {}", alg_none(&claims("kv:read"))),
     )
     .await;
     // An RS256 token is not accepted by an HS256 server: the key pins the algorithm.
-    unauthorized(
-        get_with(
-            &s,
-            &path,
-            Some(&format!("Bearer {}", rs256(&claims("kv:read"), None))),
-        )
-        .await,
-        Some("invalid_token"),
+    refused_token(
+        &s,
+        &path,
+        &format!("Bearer {}", rs256(&claims("kv:read"), None)),
     )
     .await;
 
     let expired = hs256(&json!({"sub": "a", "scope": "kv:read", "exp": now() - 3600}));
-    let body = unauthorized(
-        get_with(&s, &path, Some(&format!("Bearer {expired}"))).await,
-        Some("invalid_token"),
-    )
-    .await;
+    let body = refused_token(&s, &path, &format!("Bearer {expired}")).await;
     assert!(body["detail"].as_str().unwrap().contains("expired"));
     let not_yet =
         hs256(&json!({"sub": "a", "scope": "kv:read", "exp": now() + 7200, "nbf": now() + 3600}));
-    unauthorized(
-        get_with(&s, &path, Some(&format!("Bearer {not_yet}"))).await,
-        Some("invalid_token"),
-    )
-    .await;
+    refused_token(&s, &path, &format!("Bearer {not_yet}")).await;
     let no_exp = hs256(&json!({"sub": "a", "scope": "kv:read"}));
-    unauthorized(
-        get_with(&s, &path, Some(&format!("Bearer {no_exp}"))).await,
-        Some("invalid_token"),
-    )
-    .await;
+    refused_token(&s, &path, &format!("Bearer {no_exp}")).await;
     // Within the leeway (30 s) a just-expired token still works.
     let just_expired = hs256(&json!({"sub": "a", "scope": "kv:read", "exp": now() - 5}));
     assert_eq!(
@@ -204,11 +195,7 @@ async fn hostile_tokens_are_refused_with_401() {
     );
 
     let huge = format!("Bearer {}", "a".repeat(10 * 1024));
-    unauthorized(
-        get_with(&s, &path, Some(&huge)).await,
-        Some("invalid_token"),
-    )
-    .await;
+    refused_token(&s, &path, &huge).await;
     // A token in the query string is refused even next to a valid header.
     let good = hs256(&claims("kv:read"));
     let resp = s
@@ -220,15 +207,7 @@ async fn hostile_tokens_are_refused_with_401() {
         .unwrap();
     unauthorized(resp, Some("invalid_token")).await;
 
-    let text = s
-        .client
-        .get(s.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     assert_eq!(
         series(
             &text,
@@ -338,15 +317,7 @@ async fn scopes_guard_data_and_admin_routes() {
             "{url}"
         );
     }
-    let text = s
-        .client
-        .get(s.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     assert!(
         series(
             &text,
@@ -400,11 +371,7 @@ async fn public_keys_pin_their_algorithm() {
             "{public}"
         );
         for other in others {
-            unauthorized(
-                get_with(&s, &path, Some(&format!("Bearer {other}"))).await,
-                Some("invalid_token"),
-            )
-            .await;
+            refused_token(&s, &path, &format!("Bearer {other}")).await;
         }
         // The classic confusion attack: HS256 "signed" with the public key as the secret.
         let confused = sign(
@@ -413,19 +380,11 @@ async fn public_keys_pin_their_algorithm() {
             &claims("kv:read"),
             None,
         );
-        unauthorized(
-            get_with(&s, &path, Some(&format!("Bearer {confused}"))).await,
-            Some("invalid_token"),
-        )
-        .await;
-        unauthorized(
-            get_with(
-                &s,
-                &path,
-                Some(&format!("Bearer {}", alg_none(&claims("kv:read")))),
-            )
-            .await,
-            Some("invalid_token"),
+        refused_token(&s, &path, &format!("Bearer {confused}")).await;
+        refused_token(
+            &s,
+            &path,
+            &format!("Bearer {}", alg_none(&claims("kv:read"))),
         )
         .await;
         s.stop().await.unwrap();
@@ -512,15 +471,8 @@ async fn jwks_selects_the_key_by_kid() {
         ),
     ];
     for (token, why) in refused {
-        let body = unauthorized(
-            get_with(&s, &path, Some(&format!("Bearer {token}"))).await,
-            Some("invalid_token"),
-        )
-        .await;
-        assert!(
-            body["detail"].as_str().unwrap().contains(why),
-            "{why}: {body}"
-        );
+        let body = refused_token(&s, &path, &format!("Bearer {token}")).await;
+        assert_detail_names(&body, why, why);
     }
     s.stop().await.unwrap();
 }
@@ -583,15 +535,8 @@ async fn issuer_and_audience_are_required_when_configured() {
         (json!({"aud": []}), "audience"),
         (json!({"aud": ["other"]}), "audience"),
     ] {
-        let body = unauthorized(
-            get_with(&s, &path, Some(&with(refused.clone()))).await,
-            Some("invalid_token"),
-        )
-        .await;
-        assert!(
-            body["detail"].as_str().unwrap().contains(needle),
-            "{refused}: {body}"
-        );
+        let body = refused_token(&s, &path, &with(refused.clone())).await;
+        assert_detail_names(&body, needle, &refused);
     }
     s.stop().await.unwrap();
 
@@ -656,15 +601,8 @@ async fn scope_and_scp_take_a_string_or_an_array() {
         (json!({"scp": [["kv:read"]]}), "`scp`"),
         (json!({"scope": "kv:read", "scp": 7}), "`scp`"),
     ] {
-        let body = unauthorized(
-            get_with(&s, &path, Some(&token(scopes.clone()))).await,
-            Some("invalid_token"),
-        )
-        .await;
-        assert!(
-            body["detail"].as_str().unwrap().contains(needle),
-            "{scopes}: {body}"
-        );
+        let body = refused_token(&s, &path, &token(scopes.clone())).await;
+        assert_detail_names(&body, needle, &scopes);
     }
     s.stop().await.unwrap();
 }
@@ -737,15 +675,7 @@ async fn duplicate_authorization_headers_are_refused_with_400() {
             .status(),
         200
     );
-    let text = s
-        .client
-        .get(s.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     assert_eq!(
         series(
             &text,
@@ -971,22 +901,34 @@ fn rate_limit_state(resp: &reqwest::Response) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
+/// Asserts the problem+json of a 429 from the rate limiter, which every rate-limit
+/// test checks on the request that went over.
+async fn assert_rate_limited(resp: reqwest::Response) {
+    assert_eq!(
+        problem(resp, 429).await["type"],
+        "urn:kvserve:problem:rate-limited"
+    );
+}
+
+/// Asserts `kvserve_rate_limited_total` for each `(limit, count)`, in that order: the
+/// rate-limit tests end by checking which bucket refused how many.
+fn assert_rate_limited_totals(text: &str, expected: &[(&str, f64)]) {
+    for &(limit, count) in expected {
+        assert_eq!(
+            series(
+                text,
+                &format!("kvserve_rate_limited_total{{limit=\"{limit}\"}}")
+            ),
+            Some(count)
+        );
+    }
+}
+
 fn retry_after(resp: &reqwest::Response) -> u64 {
     resp.headers()["retry-after"]
         .to_str()
         .unwrap()
         .parse()
-        .unwrap()
-}
-
-async fn metrics_text(s: &TestServer) -> String {
-    s.client
-        .get(s.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
         .unwrap()
 }
 
@@ -1027,24 +969,14 @@ async fn a_burst_over_the_limit_gets_429_with_headers_and_refills() {
         .to_str()
         .unwrap()
         .starts_with("\"peer\";r=0;t="));
-    assert_eq!(
-        problem(resp, 429).await["type"],
-        "urn:kvserve:problem:rate-limited"
-    );
+    assert_rate_limited(resp).await;
     // Another client is unaffected.
     assert_eq!(from("192.0.2.2").await.unwrap().status(), 200);
     // The bucket refills at 5 per second.
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert_eq!(from("192.0.2.1").await.unwrap().status(), 200);
-    let text = metrics_text(&s).await;
-    assert_eq!(
-        series(&text, "kvserve_rate_limited_total{limit=\"peer\"}"),
-        Some(1.0)
-    );
-    assert_eq!(
-        series(&text, "kvserve_rate_limited_total{limit=\"subject\"}"),
-        Some(0.0)
-    );
+    let text = s.metrics_text().await;
+    assert_rate_limited_totals(&text, &[("peer", 1.0), ("subject", 0.0)]);
     s.stop().await.unwrap();
 }
 
@@ -1079,10 +1011,7 @@ async fn bad_signatures_from_one_address_get_429_before_any_signature_check() {
             if status == 429 {
                 assert!(retry_after(&resp) >= 1, "{route:?}");
                 assert_eq!(rate_limit_state(&resp)[0].1, 0, "{route:?}");
-                assert_eq!(
-                    problem(resp, 429).await["type"],
-                    "urn:kvserve:problem:rate-limited"
-                );
+                assert_rate_limited(resp).await;
             }
             statuses.push(status);
         }
@@ -1098,7 +1027,7 @@ async fn bad_signatures_from_one_address_get_429_before_any_signature_check() {
         );
         refused_by_auth += unauthorized;
     }
-    let text = metrics_text(&s).await;
+    let text = s.metrics_text().await;
     assert_eq!(
         series(
             &text,
@@ -1107,10 +1036,7 @@ async fn bad_signatures_from_one_address_get_429_before_any_signature_check() {
         Some(refused_by_auth as f64),
         "only the requests let through were verified"
     );
-    assert_eq!(
-        series(&text, "kvserve_rate_limited_total{limit=\"peer\"}"),
-        Some((60 - refused_by_auth) as f64)
-    );
+    assert_rate_limited_totals(&text, &[("peer", (60 - refused_by_auth) as f64)]);
     s.stop().await.unwrap();
 }
 
@@ -1157,25 +1083,15 @@ async fn with_auth_the_subject_limit_is_per_subject() {
         let state = rate_limit_state(&resp);
         assert_eq!((state[0].0.as_str(), state[0].1), ("subject", 0));
         assert_eq!(state[1].0, "peer");
-        assert_eq!(
-            problem(resp, 429).await["type"],
-            "urn:kvserve:problem:rate-limited"
-        );
+        assert_rate_limited(resp).await;
         assert_eq!(
             request(&s, route, None, Some(&second)).await.status(),
             200,
             "{route:?}: same address, other subject"
         );
     }
-    let text = metrics_text(&s).await;
-    assert_eq!(
-        series(&text, "kvserve_rate_limited_total{limit=\"subject\"}"),
-        Some(2.0)
-    );
-    assert_eq!(
-        series(&text, "kvserve_rate_limited_total{limit=\"peer\"}"),
-        Some(0.0)
-    );
+    let text = s.metrics_text().await;
+    assert_rate_limited_totals(&text, &[("subject", 2.0), ("peer", 0.0)]);
     s.stop().await.unwrap();
 }
 

@@ -118,6 +118,19 @@ impl TestServer {
             .expect("request")
     }
 
+    /// The admin listener's `/metrics` text: most tests check a counter after the fact,
+    /// and each used to spell out the same scrape.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("scrape /metrics")
+            .text()
+            .await
+            .expect("/metrics body")
+    }
+
     /// Stops the server and returns what `App::run` returned.
     pub async fn stop(mut self) -> Result<(), kvserve::AppError> {
         if let Some(stop) = self.stop.take() {
