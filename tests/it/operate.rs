@@ -124,15 +124,7 @@ async fn admin_dataset_describes_what_is_served() {
     let dir = tempfile::tempdir().unwrap();
     let data = write_file(dir.path(), "d.data", sample_lines());
     let s = TestServer::start(&data, &[]).await;
-    let info: Value = s
-        .client
-        .get(s.admin_url("/admin/dataset"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = s.dataset_info().await;
     assert_eq!(info["path"], data.display().to_string());
     assert_eq!(info["keys"], 4);
     assert_eq!(info["bytes"], sample_lines().len());
@@ -191,23 +183,8 @@ async fn a_good_reload_swaps_the_data_and_purges_the_cache() {
     write_file(dir.path(), "other.data", format!("{KEY2} from other\n"));
     let resp = admin_post(&s, "/admin/reload", Some(json!({"path": "other.data"}))).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        s.get(&format!("/v1/keys/{KEY2}/value"))
-            .await
-            .text()
-            .await
-            .unwrap(),
-        "from other"
-    );
-    let info: Value = s
-        .client
-        .get(s.admin_url("/admin/dataset"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(s.value_text(KEY2).await, "from other");
+    let info: Value = s.dataset_info().await;
     assert!(info["path"].as_str().unwrap().ends_with("other.data"));
     s.stop().await.unwrap();
 }
@@ -476,12 +453,7 @@ async fn watch_reloads_when_the_file_is_replaced() {
     std::fs::rename(&staged, &data).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let value = s
-            .get(&format!("/v1/keys/{KEY}/value"))
-            .await
-            .text()
-            .await
-            .unwrap();
+        let value = s.value_text(KEY).await;
         if value == "watched" {
             break;
         }
@@ -494,15 +466,7 @@ async fn watch_reloads_when_the_file_is_replaced() {
     // An unrelated file in the folder does not trigger a reload.
     write_file(dir.path(), "unrelated.txt", "x");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let info: Value = s
-        .client
-        .get(s.admin_url("/admin/dataset"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = s.dataset_info().await;
     assert_eq!(info["generation"], 2);
     s.stop().await.unwrap();
 }
@@ -582,12 +546,7 @@ async fn watch_is_not_starved_by_writes_to_other_files() {
     std::fs::rename(&staged, &data).unwrap();
     let mut picked_up = false;
     while !noise.is_finished() {
-        let value = s
-            .get(&format!("/v1/keys/{KEY}/value"))
-            .await
-            .text()
-            .await
-            .unwrap();
+        let value = s.value_text(KEY).await;
         if value == "watched" {
             picked_up = true;
             break;
@@ -650,14 +609,7 @@ async fn a_fifo_in_the_data_folder_is_refused_without_blocking() {
     }
     // Nothing was left holding the reload lock.
     assert_eq!(admin_post_within(&s, None).await.status(), 200);
-    assert_eq!(
-        s.get(&format!("/v1/keys/{KEY}/value"))
-            .await
-            .text()
-            .await
-            .unwrap(),
-        VALUE
-    );
+    assert_eq!(s.value_text(KEY).await, VALUE);
     s.stop().await.unwrap();
 }
 
@@ -702,11 +654,7 @@ async fn a_symlink_repointed_outside_is_refused_on_the_next_reload() {
         );
     }
     assert_eq!(
-        s.get(&format!("/v1/keys/{KEY}/value"))
-            .await
-            .text()
-            .await
-            .unwrap(),
+        s.value_text(KEY).await,
         "inside",
         "the previous dataset stays"
     );

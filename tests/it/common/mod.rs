@@ -131,6 +131,29 @@ impl TestServer {
             .expect("/metrics body")
     }
 
+    /// What `GET /admin/dataset` says about the dataset served (keys, generation,
+    /// version...), which reload and sharding tests read back after each step.
+    pub async fn dataset_info(&self) -> serde_json::Value {
+        self.client
+            .get(self.admin_url("/admin/dataset"))
+            .send()
+            .await
+            .expect("GET /admin/dataset")
+            .json()
+            .await
+            .expect("/admin/dataset body is JSON")
+    }
+
+    /// The bare value served for `key` (`/v1/keys/{key}/value`), for the tests that
+    /// watch which dataset answers.
+    pub async fn value_text(&self, key: &str) -> String {
+        self.get(&format!("/v1/keys/{key}/value"))
+            .await
+            .text()
+            .await
+            .expect("value body")
+    }
+
     /// Stops the server and returns what `App::run` returned.
     pub async fn stop(mut self) -> Result<(), kvserve::AppError> {
         if let Some(stop) = self.stop.take() {
