@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -61,6 +62,31 @@ fn exchange(addr: SocketAddr, request: &str) -> (String, Vec<String>, Vec<u8>) {
     (status, headers, raw[split + 4..].to_vec())
 }
 
+/// Starts two servers on `data` with `args` and waits until both are ready: one as
+/// configured, where the fast path answers, and one with traces on (to an address
+/// nobody listens on), where the fast path steps aside. Every test here compares the
+/// two.
+fn spawn_both(data: &Path, args: &[&str]) -> (Process, Process) {
+    let fast = spawn_binary(data, args);
+    let framework = spawn_binary_with_env(
+        data,
+        args,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")],
+    );
+    for p in [&fast, &framework] {
+        wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    }
+    (fast, framework)
+}
+
+/// Kills and reaps the two servers of `spawn_both`.
+fn stop_both(fast: &mut Process, framework: &mut Process) {
+    for p in [fast, framework] {
+        p.child.kill().unwrap();
+        p.child.wait().unwrap();
+    }
+}
+
 #[test]
 fn fast_path_and_framework_path_answer_alike() {
     let dir = tempfile::tempdir().unwrap();
@@ -77,16 +103,7 @@ fn fast_path_and_framework_path_answer_alike() {
         "--key-prefixes",
         "0-7",
     ];
-    let mut fast = spawn_binary(&data, &args);
-    // Traces on (to an address nobody listens on): the fast path steps aside.
-    let mut framework = spawn_binary_with_env(
-        &data,
-        &args,
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")],
-    );
-    for p in [&fast, &framework] {
-        wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
-    }
+    let (mut fast, mut framework) = spawn_both(&data, &args);
     let read = token("kv:read");
     let admin_only = token("kv:admin");
     // 0-7 owns keys starting with 0 (KEY2) and 7 (KEY), not the one starting with A.
@@ -146,10 +163,7 @@ fn fast_path_and_framework_path_answer_alike() {
             assert_eq!(strip(a), strip(b), "{method} {path} {bearer:?} {extra:?}");
         }
     }
-    for p in [&mut fast, &mut framework] {
-        p.child.kill().unwrap();
-        p.child.wait().unwrap();
-    }
+    stop_both(&mut fast, &mut framework);
 }
 
 /// Over either rate limit, both paths refuse alike, headers (`RateLimit` values
@@ -172,15 +186,7 @@ fn rate_limited_answers_are_alike() {
         "--subject-rate-limit-burst",
         "1",
     ];
-    let mut fast = spawn_binary(&data, &args);
-    let mut framework = spawn_binary_with_env(
-        &data,
-        &args,
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")],
-    );
-    for p in [&fast, &framework] {
-        wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
-    }
+    let (mut fast, mut framework) = spawn_both(&data, &args);
     let path = format!("/v1/keys/{KEY}");
     let request = |client: &str, bearer: Option<&str>| {
         let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
@@ -215,10 +221,7 @@ fn rate_limited_answers_are_alike() {
             assert_eq!(a, b, "{status}");
         }
     }
-    for p in [&mut fast, &mut framework] {
-        p.child.kill().unwrap();
-        p.child.wait().unwrap();
-    }
+    stop_both(&mut fast, &mut framework);
 }
 
 /// `If-None-Match` sent on several field lines is one list (RFC 9110 §5.3): the ETag
@@ -228,15 +231,7 @@ fn rate_limited_answers_are_alike() {
 fn repeated_if_none_match_lines_are_one_list() {
     let dir = tempfile::tempdir().unwrap();
     let data = write_file(dir.path(), "inm.data", sample_lines());
-    let mut fast = spawn_binary(&data, &[]);
-    let mut framework = spawn_binary_with_env(
-        &data,
-        &[],
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")],
-    );
-    for p in [&fast, &framework] {
-        wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
-    }
+    let (mut fast, mut framework) = spawn_both(&data, &[]);
     let get = |path: &str, lines: &[&str]| {
         let conditions: String = lines
             .iter()
@@ -266,10 +261,7 @@ fn repeated_if_none_match_lines_are_one_list() {
             assert_eq!(a, b, "{path} {lines:?}");
         }
     }
-    for p in [&mut fast, &mut framework] {
-        p.child.kill().unwrap();
-        p.child.wait().unwrap();
-    }
+    stop_both(&mut fast, &mut framework);
 }
 
 /// Refusals on the hot routes (401, 403, 414) are counted under their route, not
@@ -279,15 +271,7 @@ fn refusals_are_counted_under_their_route() {
     let dir = tempfile::tempdir().unwrap();
     let data = write_file(dir.path(), "m.data", sample_lines());
     let args = ["--jwt-hs256-secret-file", SECRET, "--max-uri-bytes", "300"];
-    let mut fast = spawn_binary(&data, &args);
-    let mut framework = spawn_binary_with_env(
-        &data,
-        &args,
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")],
-    );
-    for p in [&fast, &framework] {
-        wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
-    }
+    let (mut fast, mut framework) = spawn_both(&data, &args);
     let admin_only = token("kv:admin");
     let long = "a".repeat(400);
     let cases = [
@@ -327,8 +311,5 @@ fn refusals_are_counted_under_their_route() {
             assert_eq!(series(&text, &name), Some(1.0), "{name}\n{text}");
         }
     }
-    for p in [&mut fast, &mut framework] {
-        p.child.kill().unwrap();
-        p.child.wait().unwrap();
-    }
+    stop_both(&mut fast, &mut framework);
 }
