@@ -462,15 +462,7 @@ async fn etag_tells_apart_the_load_options_that_change_values() {
         (status, etag, resp.text().await.unwrap())
     }
     async fn version(s: &TestServer) -> String {
-        let info: Value = s
-            .client
-            .get(s.admin_url("/admin/dataset"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let info = s.dataset_info().await;
         info["version"].as_str().unwrap().to_owned()
     }
     let dir = tempfile::tempdir().unwrap();
