@@ -41,29 +41,13 @@ async fn a_shard_loads_and_answers_only_its_keys() {
     let body = problem(batch(json!([KEY, FOREIGN])).await.unwrap(), 421).await;
     assert!(body["detail"].as_str().unwrap().contains(FOREIGN));
 
-    let info: Value = s
-        .client
-        .get(s.admin_url("/admin/dataset"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = s.dataset_info().await;
     assert_eq!(
         (info["keys"].as_u64(), info["foreign_lines"].as_u64()),
         (Some(3), Some(1))
     );
     assert_eq!(info["key_prefixes"], "0-7");
-    let text = s
-        .client
-        .get(s.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     assert_eq!(
         series(&text, "kvserve_lookups_total{result=\"misdirected\"}"),
         Some(10.0),
