@@ -236,22 +236,8 @@ async fn crlf_bom_and_missing_final_newline_are_accepted() {
     .concat();
     let path = write_file(dir.path(), "dos.data", contents);
     let s = TestServer::start(&path, &[]).await;
-    assert_eq!(
-        s.get(&format!("/v1/keys/{KEY}/value"))
-            .await
-            .text()
-            .await
-            .unwrap(),
-        "crlf value"
-    );
-    assert_eq!(
-        s.get(&format!("/v1/keys/{KEY2}/value"))
-            .await
-            .text()
-            .await
-            .unwrap(),
-        "last, no newline"
-    );
+    assert_eq!(s.value_text(KEY).await, "crlf value");
+    assert_eq!(s.value_text(KEY2).await, "last, no newline");
     s.stop().await.unwrap();
 }
 
@@ -370,9 +356,9 @@ fn an_exclusive_lock_is_waited_for_then_refused() {
     assert!(ok, "{text}");
 }
 
-#[test]
-fn a_file_that_grows_while_loading_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+/// 500,000 valid numbered lines (some 28 MB): a file big enough that a load takes a
+/// while, for the tests that change it under the loader.
+fn numbered_lines() -> String {
     let mut text = String::with_capacity(40 << 20);
     for n in 0..500_000u32 {
         text.push_str(&format!(
@@ -380,23 +366,46 @@ fn a_file_that_grows_while_loading_is_refused() {
             n, n
         ));
     }
-    let path = write_file(dir.path(), "growing.data", &text);
+    text
+}
+
+/// Runs `verify` on `path` with `args` while another thread calls `change` over and
+/// over, then stops that thread: how the tests here change a file under the loader.
+fn verify_while(
+    path: &Path,
+    args: &[&str],
+    mut change: impl FnMut() + Send + 'static,
+) -> (bool, String) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let appender = {
-        let (path, stop) = (path.clone(), stop.clone());
+    let changer = {
+        let stop = stop.clone();
         std::thread::spawn(move || {
-            let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
-            let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                writeln!(file, "ffffffff-0000-4000-8000-{n:012x} appended").unwrap();
-                n += 1;
-                std::thread::sleep(Duration::from_millis(1));
+                change();
             }
         })
     };
-    let (ok, text) = verify(&path, &[]);
+    let result = verify(path, args);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    appender.join().unwrap();
+    changer.join().unwrap();
+    result
+}
+
+#[test]
+fn a_file_that_grows_while_loading_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = numbered_lines();
+    let path = write_file(dir.path(), "growing.data", &text);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let mut n = 0u64;
+    let (ok, text) = verify_while(&path, &[], move || {
+        writeln!(file, "ffffffff-0000-4000-8000-{n:012x} appended").unwrap();
+        n += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    });
     assert!(!ok, "{text}");
     assert!(
         text.contains("changed while loading") && text.contains("size went from"),
@@ -652,37 +661,22 @@ fn the_size_limit_message_names_the_real_size() {
 #[test]
 fn an_in_place_rewrite_that_restores_the_mtime_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut text = String::with_capacity(40 << 20);
-    for n in 0..500_000u32 {
-        text.push_str(&format!(
-            "{:08x}-0000-4000-8000-{:012x} value number {n}\n",
-            n, n
-        ));
-    }
+    let text = numbered_lines();
     let path = write_file(dir.path(), "inplace.data", &text);
     // The value of the first line after 90 % of the file.
     let at = text[text.len() * 9 / 10..].find('\n').unwrap() + text.len() * 9 / 10 + 1 + 37;
     assert_eq!(&text[at..at + 5], "value");
     let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let rewriter = {
-        let (path, stop) = (path.clone(), stop.clone());
-        std::thread::spawn(move || {
-            use std::os::unix::fs::FileExt;
-            let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let byte = if n.is_multiple_of(2) { b"V" } else { b"v" };
-                file.write_all_at(byte, at as u64).unwrap();
-                file.set_modified(mtime).unwrap();
-                n += 1;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        })
-    };
-    let (ok, out) = verify(&path, &["--storage", "mmap"]);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    rewriter.join().unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let mut n = 0u64;
+    let (ok, out) = verify_while(&path, &["--storage", "mmap"], move || {
+        use std::os::unix::fs::FileExt;
+        let byte = if n.is_multiple_of(2) { b"V" } else { b"v" };
+        file.write_all_at(byte, at as u64).unwrap();
+        file.set_modified(mtime).unwrap();
+        n += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    });
     assert!(!ok, "a file rewritten during the load was accepted:\n{out}");
     assert!(out.contains("changed while loading"), "{out}");
 }
