@@ -9,6 +9,32 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
+/// The real binary on `sample_lines()` while a publisher holds the file's exclusive
+/// lock, once its first load has started (and waits for the lock, up to 60 s): the
+/// signal-during-the-first-load tests share this set-up. Unlock the returned file to
+/// let the load go on.
+fn binary_waiting_for_the_lock() -> (tempfile::TempDir, File, Process) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "t.data", sample_lines());
+    let publisher = File::open(&path).unwrap();
+    publisher.lock().unwrap();
+    let p = spawn_binary(&path, &["--lock-timeout", "60s"]);
+    wait_until("the first load to start", || {
+        p.log().contains("loading data file")
+    });
+    (dir, publisher, p)
+}
+
+/// Asserts that the process exits with status 0 within 10 s of a stop signal, the
+/// check each signal test ends with.
+#[track_caller]
+fn assert_exits_zero(p: &mut Process) {
+    assert_eq!(
+        wait_exit(&mut p.child, Duration::from_secs(10)).code(),
+        Some(0)
+    );
+}
+
 /// Holding the publisher's exclusive lock keeps the loader waiting, so the server is
 /// observably up but not loaded, for as long as the test wants.
 #[tokio::test]
@@ -54,10 +80,7 @@ async fn data_routes_answer_503_with_retry_after_until_loaded() {
 /// are refused, the in-flight request still gets its full answer, and the exit is 0.
 #[test]
 fn sigterm_drains_in_flight_requests_then_exits_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_file(dir.path(), "t.data", sample_lines());
-    let mut p = spawn_binary(&path, &["--shutdown-timeout", "20s"]);
-    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let (_dir, _, mut p) = ready_sample_binary("t.data", &["--shutdown-timeout", "20s"]);
 
     let body = format!(r#"{{"keys": ["{KEY}"]}}"#);
     let mut in_flight = TcpStream::connect(p.api).unwrap();
@@ -107,10 +130,7 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
 /// A request that never completes cannot hold the process past --shutdown-timeout.
 #[test]
 fn shutdown_timeout_bounds_the_drain() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_file(dir.path(), "t.data", sample_lines());
-    let mut p = spawn_binary(&path, &["--shutdown-timeout", "500ms"]);
-    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let (_dir, _, mut p) = ready_sample_binary("t.data", &["--shutdown-timeout", "500ms"]);
     let mut stuck = TcpStream::connect(p.api).unwrap();
     write!(
         stuck,
@@ -131,19 +151,13 @@ fn shutdown_timeout_bounds_the_drain() {
 /// SIGINT (Ctrl-C) stops the server the same way.
 #[test]
 fn sigint_exits_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_file(dir.path(), "t.data", sample_lines());
-    let mut p = spawn_binary(&path, &[]);
-    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let (_dir, _, mut p) = ready_sample_binary("t.data", &[]);
     assert_eq!(http_status(p.api, &format!("/v1/keys/{KEY}")), Some(200));
     Command::new("kill")
         .args(["-INT", &p.child.id().to_string()])
         .status()
         .unwrap();
-    assert_eq!(
-        wait_exit(&mut p.child, Duration::from_secs(10)).code(),
-        Some(0)
-    );
+    assert_exits_zero(&mut p);
 }
 
 /// SIGHUP while the first load waits for the publisher's lock: the handler is in place
@@ -151,14 +165,7 @@ fn sigint_exits_zero() {
 /// (SIGHUP's default action), and the server becomes ready once the lock is released.
 #[test]
 fn sighup_during_the_first_load_is_logged_not_fatal() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_file(dir.path(), "t.data", sample_lines());
-    let publisher = File::open(&path).unwrap();
-    publisher.lock().unwrap();
-    let mut p = spawn_binary(&path, &["--lock-timeout", "60s"]);
-    wait_until("the first load to start", || {
-        p.log().contains("loading data file")
-    });
+    let (_dir, publisher, mut p) = binary_waiting_for_the_lock();
     let status = Command::new("kill")
         .args(["-HUP", &p.child.id().to_string()])
         .status()
@@ -178,29 +185,16 @@ fn sighup_during_the_first_load_is_logged_not_fatal() {
         p.log().matches("dataset installed").count() == 2
     });
     sigterm(&p.child);
-    assert_eq!(
-        wait_exit(&mut p.child, Duration::from_secs(10)).code(),
-        Some(0)
-    );
+    assert_exits_zero(&mut p);
 }
 
 /// SIGTERM while the first load waits for the publisher's lock is a clean shutdown
 /// (exit 0), not SIGTERM's default action: the handler is in place before loading.
 #[test]
 fn sigterm_during_the_first_load_exits_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_file(dir.path(), "t.data", sample_lines());
-    let publisher = File::open(&path).unwrap();
-    publisher.lock().unwrap();
-    let mut p = spawn_binary(&path, &["--lock-timeout", "60s"]);
-    wait_until("the first load to start", || {
-        p.log().contains("loading data file")
-    });
+    let (_dir, _publisher, mut p) = binary_waiting_for_the_lock();
     sigterm(&p.child);
-    assert_eq!(
-        wait_exit(&mut p.child, Duration::from_secs(10)).code(),
-        Some(0)
-    );
+    assert_exits_zero(&mut p);
     wait_until("the shutdown to be logged", || {
         p.log().contains("SIGTERM received")
     });
@@ -254,10 +248,7 @@ fn a_stalled_log_reader_drops_lines_but_never_blocks_a_request() {
 /// of them, the access line of the last request and the final shutdown message.
 #[test]
 fn the_last_log_lines_before_a_sigterm_are_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_file(dir.path(), "t.data", sample_lines());
-    let mut p = spawn_binary(&path, &[]);
-    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let (_dir, _, mut p) = ready_sample_binary("t.data", &[]);
     let mut conn = TcpStream::connect(p.api).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

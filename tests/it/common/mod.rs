@@ -83,10 +83,20 @@ impl TestServer {
 
     /// Starts kvserve on `sample_lines()` in a fresh folder, kept alive by the guard.
     pub async fn with_sample(extra: &[&str]) -> (tempfile::TempDir, Self) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let data = write_file(dir.path(), "test.data", sample_lines());
-        let server = Self::start(&data, extra).await;
+        let (dir, _, server) = Self::with_sample_file("test.data", extra).await;
         (dir, server)
+    }
+
+    /// As `with_sample`, with the data file called `name` and its path returned: the
+    /// tests that rewrite, lock or name the file each wrote this set-up out by hand.
+    pub async fn with_sample_file(
+        name: &str,
+        extra: &[&str],
+    ) -> (tempfile::TempDir, PathBuf, Self) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = write_file(dir.path(), name, sample_lines());
+        let server = Self::start(&data, extra).await;
+        (dir, data, server)
     }
 
     pub async fn wait_ready(&self) {
@@ -228,6 +238,17 @@ impl Process {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+}
+
+/// Starts the real binary on `sample_lines()`, written as `name` in a fresh folder
+/// (kept alive by the guard), and waits until `/readyz` answers 200: the signal and
+/// fault tests each spelled out these four lines.
+pub fn ready_sample_binary(name: &str, extra: &[&str]) -> (tempfile::TempDir, PathBuf, Process) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), name, sample_lines());
+    let p = spawn_binary(&path, extra);
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    (dir, path, p)
 }
 
 /// Starts the real binary on port 0 and reads the bound addresses from its log.
