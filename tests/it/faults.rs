@@ -74,10 +74,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// connection closed before any byte of an answer (safe to retry elsewhere). Exit 0.
 #[test]
 fn sigterm_under_steady_load_fails_no_accepted_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_file(dir.path(), "t.data", sample_lines());
-    let mut p = spawn_binary(&path, &["--shutdown-timeout", "10s"]);
-    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let (_dir, _, mut p) = ready_sample_binary("t.data", &["--shutdown-timeout", "10s"]);
     let answered = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..8)
         .map(|_| {
@@ -153,9 +150,7 @@ fn sigkill_then_restart_serves_the_same_answers() {
 #[tokio::test]
 async fn a_deleted_or_replaced_data_file_keeps_serving_the_loaded_data() {
     for storage in STORAGES {
-        let dir = tempfile::tempdir().unwrap();
-        let path = write_file(dir.path(), "d.data", sample_lines());
-        let s = TestServer::start(&path, &["--storage", storage]).await;
+        let (dir, path, s) = TestServer::with_sample_file("d.data", &["--storage", storage]).await;
         let value = || async {
             let body: Value = s
                 .get(&format!("/v1/keys/{KEY}"))
@@ -188,9 +183,7 @@ async fn a_deleted_or_replaced_data_file_keeps_serving_the_loaded_data() {
 /// Memory storage copied the file at load: truncating it in place changes nothing.
 #[tokio::test]
 async fn memory_storage_ignores_a_file_truncated_in_place() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_file(dir.path(), "t.data", sample_lines());
-    let s = TestServer::start(&path, &[]).await;
+    let (_dir, path, s) = TestServer::with_sample_file("t.data", &[]).await;
     std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
@@ -435,10 +428,7 @@ fn ten_thousand_idle_connections_stay_bounded_and_requests_are_answered() {
 /// orphaned load's outcome is still logged and counted.
 #[test]
 fn a_reload_whose_client_left_keeps_the_lock_and_is_logged_and_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_file(dir.path(), "orphan.data", sample_lines());
-    let mut p = spawn_binary(&path, &["--lock-timeout", "60s"]);
-    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let (_dir, path, mut p) = ready_sample_binary("orphan.data", &["--lock-timeout", "60s"]);
     // A publisher rewriting the file under its exclusive lock holds the reload in its
     // lock wait for as long as the test wants: no timing involved.
     let publisher = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
