@@ -121,9 +121,7 @@ async fn metrics_count_requests_by_route_template_and_status() {
 
 #[tokio::test]
 async fn admin_dataset_describes_what_is_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "d.data", sample_lines());
-    let s = TestServer::start(&data, &[]).await;
+    let (_dir, data, s) = TestServer::with_sample_file("d.data", &[]).await;
     let info: Value = s.dataset_info().await;
     assert_eq!(info["path"], data.display().to_string());
     assert_eq!(info["keys"], 4);
@@ -139,9 +137,7 @@ async fn admin_dataset_describes_what_is_served() {
 
 #[tokio::test]
 async fn a_good_reload_swaps_the_data_and_purges_the_cache() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "r.data", sample_lines());
-    let s = TestServer::start(&data, &["--cache-capacity", "100"]).await;
+    let (dir, _, s) = TestServer::with_sample_file("r.data", &["--cache-capacity", "100"]).await;
     let etag_before = s.get(&format!("/v1/keys/{KEY}")).await.headers()["etag"].clone();
 
     write_file(
@@ -191,9 +187,7 @@ async fn a_good_reload_swaps_the_data_and_purges_the_cache() {
 
 #[tokio::test]
 async fn a_corrupt_reload_keeps_the_old_data_and_says_why() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "c.data", sample_lines());
-    let s = TestServer::start(&data, &[]).await;
+    let (dir, _, s) = TestServer::with_sample_file("c.data", &[]).await;
     write_file(
         dir.path(),
         "c.data",
@@ -231,9 +225,8 @@ async fn a_corrupt_reload_keeps_the_old_data_and_says_why() {
 
 #[tokio::test]
 async fn a_second_reload_while_one_runs_is_409() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "busy.data", sample_lines());
-    let s = TestServer::start(&data, &["--lock-timeout", "30s"]).await;
+    let (_dir, data, s) =
+        TestServer::with_sample_file("busy.data", &["--lock-timeout", "30s"]).await;
     // The publisher's exclusive lock holds the first reload in its lock wait.
     let publisher = File::open(&data).unwrap();
     publisher.lock().unwrap();
@@ -445,9 +438,8 @@ async fn reloads_under_steady_load_fail_no_request() {
 
 #[tokio::test]
 async fn watch_reloads_when_the_file_is_replaced() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "w.data", sample_lines());
-    let s = TestServer::start(&data, &["--watch", "--watch-debounce", "100ms"]).await;
+    let (dir, data, s) =
+        TestServer::with_sample_file("w.data", &["--watch", "--watch-debounce", "100ms"]).await;
     // The publisher's way: write a new file, then rename it over the old one.
     let staged = write_file(dir.path(), "w.data.tmp", format!("{KEY} watched\n"));
     std::fs::rename(&staged, &data).unwrap();
@@ -473,10 +465,7 @@ async fn watch_reloads_when_the_file_is_replaced() {
 
 #[test]
 fn sighup_reloads_the_file_and_logs_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "hup.data", sample_lines());
-    let mut p = spawn_binary(&data, &["--log-format", "json"]);
-    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let (dir, _, mut p) = ready_sample_binary("hup.data", &["--log-format", "json"]);
     write_file(dir.path(), "hup.data", format!("{MISSING} after hangup\n"));
     let status = std::process::Command::new("kill")
         .args(["-HUP", &p.child.id().to_string()])
@@ -523,9 +512,8 @@ fn sighup_reloads_the_file_and_logs_json() {
 /// written to all the time does not hold back the reload of a replaced data file.
 #[tokio::test]
 async fn watch_is_not_starved_by_writes_to_other_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "busy.data", sample_lines());
-    let s = TestServer::start(&data, &["--watch", "--watch-debounce", "300ms"]).await;
+    let (dir, data, s) =
+        TestServer::with_sample_file("busy.data", &["--watch", "--watch-debounce", "300ms"]).await;
     // A log file next to the data, appended to every 100 ms for up to 15 s.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let noise = std::thread::spawn({
@@ -724,10 +712,7 @@ async fn reload_path_refusals_do_not_reveal_what_exists_outside() {
 /// field of a text log.
 #[test]
 fn text_logs_escape_control_characters() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "esc.data", sample_lines());
-    let mut p = spawn_binary(&data, &["--log-format", "text"]);
-    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let (_dir, _, mut p) = ready_sample_binary("esc.data", &["--log-format", "text"]);
     let forged = "2030-01-01T00:00:00.000000Z  INFO kvserve: FORGED admin logged in";
     let path = format!("nope\n{forged}\u{1b}[2J\r\t\u{7f}\u{9b}.data");
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -878,9 +863,9 @@ async fn admin_dataset_tells_when_a_mapped_file_was_rewritten_in_place() {
 #[tokio::test]
 async fn a_mapped_value_rewritten_in_place_is_still_found_and_rendered_as_json() {
     use std::os::unix::fs::FileExt;
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "m.data", sample_lines());
-    let s = TestServer::start(&data, &["--storage", "mmap", "--cache-capacity", "0"]).await;
+    let (_dir, data, s) =
+        TestServer::with_sample_file("m.data", &["--storage", "mmap", "--cache-capacity", "0"])
+            .await;
     let file = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
     file.write_all_at(b"\xff", (KEY.len() + 1) as u64).unwrap();
     let metrics = |s: &TestServer| {
