@@ -152,6 +152,10 @@ impl Metrics {
             Box::new(crate::telemetry::writer::DROPPED.clone()),
         )?;
         reg(
+            "kvserve_trace_spans_dropped_total",
+            Box::new(crate::telemetry::spans::DROPPED.clone()),
+        )?;
+        reg(
             "process",
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         )?;

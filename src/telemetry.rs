@@ -19,6 +19,7 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 pub mod access;
 pub mod escape;
+pub mod spans;
 pub mod writer;
 
 /// How log lines are written.
@@ -149,7 +150,8 @@ pub fn init(
 
 /// The exporter reads the standard `OTEL_EXPORTER_OTLP_*` variables itself (endpoint,
 /// headers, timeout); the service name defaults to `kvserve` unless
-/// `OTEL_SERVICE_NAME` says otherwise.
+/// `OTEL_SERVICE_NAME` says otherwise. Spans go through `spans::QueuedExport`, whose
+/// losses are counted.
 fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -164,7 +166,10 @@ fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> 
         resource = resource.with_service_name("kvserve");
     }
     Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_span_processor(spans::QueuedExport::new(
+            exporter,
+            spans::Limits::from_env(),
+        ))
         .with_resource(resource.build())
         .build())
 }

@@ -134,3 +134,64 @@ fn request_and_load_spans_reach_an_otlp_receiver_with_the_callers_trace() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A collector that cannot be reached never fails or holds up a request: the spans it
+/// misses are dropped, counted in `kvserve_trace_spans_dropped_total`, and warned
+/// about once, however many batches fail.
+#[test]
+fn an_unreachable_collector_drops_and_counts_spans_and_warns_once() {
+    // A port that was just free: connections to it are refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "t.data", sample_lines());
+    let endpoint = format!("http://{closed}");
+    let mut p = spawn_binary_with_env(
+        &data,
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    );
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let client = reqwest::blocking::Client::new();
+    let dropped = || {
+        let text = client
+            .get(format!("http://{}/metrics", p.admin))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("kvserve_trace_spans_dropped_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Several rounds, each its own failed batch (the schedule delay is 50 ms).
+    for _ in 0..3 {
+        for _ in 0..10 {
+            let resp = client
+                .get(format!("http://{}/v1/keys/{KEY}", p.api))
+                .send()
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_until("30 request spans counted as dropped", || dropped() >= 30.0);
+    let log = p.log();
+    assert_eq!(
+        log.matches("trace spans dropped").count(),
+        1,
+        "one warning a minute at most:\n{log}"
+    );
+    sigterm(&p.child);
+    assert_eq!(
+        wait_exit(&mut p.child, Duration::from_secs(15)).code(),
+        Some(0),
+        "{}",
+        p.log()
+    );
+}

@@ -1,0 +1,347 @@
+//! The span export queue: bounded, lossy and off the request path, like the log writer.
+//!
+//! The SDK's batch processor also drops spans when its queue is full, but it counts
+//! them only in a private field and says so once; an operator needs to see, as it
+//! happens, that traces are being lost (a collector down or too slow). So the spans
+//! of sampled requests go into a bounded channel (`OTEL_BSP_MAX_QUEUE_SIZE`, default
+//! 2048) that a request never waits on: when it is full the span is dropped and counted
+//! in `kvserve_trace_spans_dropped_total`. One thread sends them in batches of up to
+//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512), at least every `OTEL_BSP_SCHEDULE_DELAY`
+//! (5 s). A batch the collector did not take is counted there too, and a warning is
+//! logged at most once a minute.
+
+use std::fmt;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use opentelemetry::Context;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::Resource;
+use prometheus::IntCounter;
+
+/// Spans lost on the way to the collector. Static because tracing starts before the
+/// metrics registry exists; `Metrics::new` registers it.
+pub static DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    IntCounter::new(
+        "kvserve_trace_spans_dropped_total",
+        "Spans dropped: the export queue was full or the collector did not take them",
+    )
+    .unwrap_or_else(|_| unreachable!("the name and help are valid"))
+});
+
+/// At most one warning about lost spans in this long.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// The queue's limits, from the standard `OTEL_BSP_*` variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub queue: usize,
+    pub batch: usize,
+    pub delay: Duration,
+}
+
+impl Limits {
+    /// The SDK's defaults, overridden by valid `OTEL_BSP_MAX_QUEUE_SIZE`,
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` and `OTEL_BSP_SCHEDULE_DELAY` (milliseconds);
+    /// an invalid value keeps the default, as the SDK's own processor does.
+    pub fn from_env() -> Self {
+        let number = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|&v| v > 0)
+        };
+        let queue = number("OTEL_BSP_MAX_QUEUE_SIZE").map_or(2048, |v| v as usize);
+        Limits {
+            queue,
+            batch: number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
+                .map_or(512, |v| v as usize)
+                .min(queue),
+            delay: number("OTEL_BSP_SCHEDULE_DELAY")
+                .map_or(Duration::from_secs(5), Duration::from_millis),
+        }
+    }
+}
+
+enum Message {
+    Span(Box<SpanData>),
+    /// Send what is queued now, then answer.
+    Flush(SyncSender<()>),
+}
+
+/// A `SpanProcessor` that queues the spans of sampled requests for one export thread.
+pub struct QueuedExport<E> {
+    exporter: Arc<Mutex<E>>,
+    limits: Limits,
+    /// Set once the thread runs (the first span); `None` again after shutdown.
+    queue: Mutex<Option<(SyncSender<Message>, JoinHandle<()>)>>,
+}
+
+impl<E> fmt::Debug for QueuedExport<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueuedExport")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E: SpanExporter + 'static> QueuedExport<E> {
+    pub fn new(exporter: E, limits: Limits) -> Self {
+        QueuedExport {
+            exporter: Arc::new(Mutex::new(exporter)),
+            limits,
+            queue: Mutex::new(None),
+        }
+    }
+
+    /// The sending end of the queue, starting the export thread on first use (the
+    /// SDK hands the processor its resource after construction, before any span).
+    fn sender(&self) -> Option<SyncSender<Message>> {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.is_none() {
+            let (tx, rx) = mpsc::sync_channel(self.limits.queue);
+            let exporter = self.exporter.clone();
+            let limits = self.limits;
+            let thread = std::thread::Builder::new()
+                .name("kvserve-spans".to_owned())
+                .spawn(move || export_loop(&exporter, &rx, limits))
+                .ok()?;
+            *queue = Some((tx, thread));
+        }
+        queue.as_ref().map(|(tx, _)| tx.clone())
+    }
+}
+
+impl<E: SpanExporter + 'static> SpanProcessor for QueuedExport<E> {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        let Some(tx) = self.sender() else {
+            DROPPED.inc();
+            return;
+        };
+        match tx.try_send(Message::Span(Box::new(span))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => DROPPED.inc(),
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        let Some(tx) = self
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(tx, _)| tx.clone())
+        else {
+            return Ok(());
+        };
+        let (done_tx, done) = mpsc::sync_channel(1);
+        tx.send(Message::Flush(done_tx))
+            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
+        done.recv_timeout(Duration::from_secs(30))
+            .map_err(|_| OTelSdkError::Timeout(Duration::from_secs(30)))
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        let taken = self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((tx, thread)) = taken {
+            // Closing the channel ends the loop once it has sent what is queued.
+            drop(tx);
+            let deadline = Instant::now() + timeout;
+            while !thread.is_finished() {
+                if Instant::now() >= deadline {
+                    return Err(OTelSdkError::Timeout(timeout));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = thread.join();
+        }
+        let result = self
+            .exporter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutdown_with_timeout(timeout);
+        result
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.exporter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_resource(resource);
+    }
+}
+
+/// The export thread: batches of up to `limits.batch` spans, sent when full, when
+/// `limits.delay` has passed since the last send, on a flush, and at the end.
+fn export_loop<E: SpanExporter>(exporter: &Mutex<E>, rx: &Receiver<Message>, limits: Limits) {
+    let mut batch = Vec::with_capacity(limits.batch);
+    let mut last_warning: Option<Instant> = None;
+    let mut due = Instant::now() + limits.delay;
+    loop {
+        let wait = due.saturating_duration_since(Instant::now());
+        let (flush, closed) = match rx.recv_timeout(wait) {
+            Ok(Message::Span(span)) => {
+                batch.push(*span);
+                (None, false)
+            }
+            Ok(Message::Flush(done)) => (Some(done), false),
+            Err(RecvTimeoutError::Timeout) => (None, false),
+            Err(RecvTimeoutError::Disconnected) => (None, true),
+        };
+        let timed_out = Instant::now() >= due;
+        if batch.len() >= limits.batch || flush.is_some() || closed || timed_out {
+            send(exporter, &mut batch, &mut last_warning);
+            due = Instant::now() + limits.delay;
+        }
+        if let Some(done) = flush {
+            let _ = done.send(());
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+/// Sends `batch` (emptying it); a batch the collector did not take is counted as
+/// dropped, with a warning at most every `WARN_EVERY`.
+fn send<E: SpanExporter>(
+    exporter: &Mutex<E>,
+    batch: &mut Vec<SpanData>,
+    last_warning: &mut Option<Instant>,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let spans = std::mem::take(batch);
+    let count = spans.len() as u64;
+    let exporter = exporter.lock().unwrap_or_else(|e| e.into_inner());
+    // The OTLP exporter uses a blocking HTTP client, so its future is driven here,
+    // on this thread, outside any async runtime.
+    if let Err(err) = futures_executor::block_on(exporter.export(spans)) {
+        DROPPED.inc_by(count);
+        if last_warning.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+            *last_warning = Some(Instant::now());
+            tracing::warn!(
+                spans = count,
+                error = %err,
+                "trace spans dropped: the collector did not take them (counted in kvserve_trace_spans_dropped_total; this warning repeats at most once a minute)"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+    };
+    use opentelemetry::InstrumentationScope;
+    use std::time::SystemTime;
+
+    /// An exporter that holds every batch until the test lets it go, as a collector
+    /// that has stopped answering would.
+    #[derive(Debug)]
+    struct Stalled(
+        Mutex<Receiver<()>>,
+        Arc<Mutex<usize>>,
+        Mutex<mpsc::Sender<()>>,
+    );
+
+    impl SpanExporter for Stalled {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            let _ = self.2.lock().unwrap_or_else(|e| e.into_inner()).send(());
+            let _ = self.0.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            *self.1.lock().unwrap_or_else(|e| e.into_inner()) += batch.len();
+            Ok(())
+        }
+    }
+
+    fn span(flags: TraceFlags) -> SpanData {
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(1),
+                SpanId::from(1),
+                flags,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Server,
+            name: "GET /v1/keys/{key}".into(),
+            start_time: SystemTime::now(),
+            end_time: SystemTime::now(),
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::Unset,
+            instrumentation_scope: InstrumentationScope::builder("test").build(),
+        }
+    }
+
+    /// A full queue drops and counts, without waiting; what was queued is still sent;
+    /// spans of unsampled requests never enter the queue.
+    #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        let (release, gate) = mpsc::channel();
+        let (entered_tx, entered) = mpsc::channel();
+        let exported = Arc::new(Mutex::new(0));
+        let limits = Limits {
+            queue: 2,
+            batch: 1,
+            delay: Duration::from_secs(60),
+        };
+        let processor = QueuedExport::new(
+            Stalled(Mutex::new(gate), exported.clone(), Mutex::new(entered_tx)),
+            limits,
+        );
+        let before = DROPPED.get();
+        for _ in 0..5 {
+            processor.on_end(span(TraceFlags::NOT_SAMPLED));
+        }
+        assert_eq!(DROPPED.get(), before, "unsampled spans are not queued");
+        // The first span is taken by the stalled export, two fill the queue, and the
+        // other seven are dropped at once.
+        processor.on_end(span(TraceFlags::SAMPLED));
+        entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the export thread takes the first span");
+        let started = Instant::now();
+        for _ in 0..9 {
+            processor.on_end(span(TraceFlags::SAMPLED));
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "on_end waited");
+        assert_eq!(DROPPED.get() - before, 7);
+        for _ in 0..10 {
+            let _ = release.send(());
+        }
+        processor
+            .shutdown_with_timeout(Duration::from_secs(10))
+            .expect("shutdown");
+        assert_eq!(*exported.lock().unwrap(), 3, "the queued spans are sent");
+    }
+
+    #[test]
+    fn limits_come_from_the_standard_variables_or_the_defaults() {
+        let limits = Limits::from_env();
+        // The test process does not set them.
+        assert_eq!(
+            limits,
+            Limits {
+                queue: 2048,
+                batch: 512,
+                delay: Duration::from_secs(5)
+            }
+        );
+    }
+}
