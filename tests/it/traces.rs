@@ -57,22 +57,41 @@ fn string_attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
     }
 }
 
+/// The real binary on the sample data, exporting to `endpoint` every `delay_ms`, with
+/// `env` added, once it is ready: every test here starts one so.
+fn spawn_exporting(
+    endpoint: &str,
+    delay_ms: &str,
+    env: &[(&str, &str)],
+) -> (tempfile::TempDir, Process) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "t.data", sample_lines());
+    let mut all_env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", delay_ms),
+    ];
+    all_env.extend_from_slice(env);
+    let p = spawn_binary_with_env(&data, &[], &all_env);
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    (dir, p)
+}
+
+/// SIGTERM, then a clean exit (which flushes the spans not yet sent).
+fn stop_cleanly(mut p: Process) {
+    sigterm(&p.child);
+    assert_eq!(
+        wait_exit(&mut p.child, Duration::from_secs(15)).code(),
+        Some(0),
+        "{}",
+        p.log()
+    );
+}
+
 #[test]
 fn request_and_load_spans_reach_an_otlp_receiver_with_the_callers_trace() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (receiver, received) = start_receiver(&runtime);
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "t.data", sample_lines());
-    let endpoint = format!("http://{receiver}");
-    let mut p = spawn_binary_with_env(
-        &data,
-        &[],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    );
-    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let (_dir, p) = spawn_exporting(&format!("http://{receiver}"), "100", &[]);
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
@@ -83,11 +102,8 @@ fn request_and_load_spans_reach_an_otlp_receiver_with_the_callers_trace() {
         .send()
         .unwrap();
     assert_eq!(resp.status(), 200);
-    sigterm(&p.child);
-    assert_eq!(
-        wait_exit(&mut p.child, Duration::from_secs(15)).code(),
-        Some(0)
-    );
+    let log = p.log();
+    stop_cleanly(p);
 
     let received = received.lock().unwrap();
     let mut spans: Vec<&Span> = Vec::new();
@@ -102,7 +118,7 @@ fn request_and_load_spans_reach_an_otlp_receiver_with_the_callers_trace() {
     let request = spans
         .iter()
         .find(|s| string_attr(&s.attributes, "http.route") == Some("/v1/keys/{key}"))
-        .unwrap_or_else(|| panic!("no request span among {names:?}\n{}", p.log()));
+        .unwrap_or_else(|| panic!("no request span among {names:?}\n{log}"));
     assert_eq!(request.name, "GET /v1/keys/{key}");
     assert_eq!(request.kind, SpanKind::Server as i32);
     assert_eq!(
@@ -145,18 +161,7 @@ fn an_unreachable_collector_drops_and_counts_spans_and_warns_once() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_file(dir.path(), "t.data", sample_lines());
-    let endpoint = format!("http://{closed}");
-    let mut p = spawn_binary_with_env(
-        &data,
-        &[],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
-        ],
-    );
-    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let (_dir, p) = spawn_exporting(&format!("http://{closed}"), "50", &[]);
     let client = reqwest::blocking::Client::new();
     let dropped = || {
         let text = client
@@ -187,11 +192,89 @@ fn an_unreachable_collector_drops_and_counts_spans_and_warns_once() {
         1,
         "one warning a minute at most:\n{log}"
     );
-    sigterm(&p.child);
+    stop_cleanly(p);
+}
+
+/// Runs the real binary exporting to an in-test receiver with `env` added, sends
+/// `traceparents.len()` GETs (each with that `traceparent`, or none), stops it and
+/// returns the request spans the receiver got.
+fn request_spans(env: &[(&str, &str)], traceparents: &[Option<String>]) -> Vec<Span> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (receiver, received) = start_receiver(&runtime);
+    let (_dir, p) = spawn_exporting(&format!("http://{receiver}"), "100", env);
+    let client = reqwest::blocking::Client::new();
+    for traceparent in traceparents {
+        let mut req = client.get(format!("http://{}/v1/keys/{KEY}", p.api));
+        if let Some(traceparent) = traceparent {
+            req = req.header("traceparent", traceparent);
+        }
+        assert_eq!(req.send().unwrap().status(), 200);
+    }
+    stop_cleanly(p);
+    let received = received.lock().unwrap();
+    received
+        .iter()
+        .flat_map(|r| r.resource_spans.iter())
+        .flat_map(|r| r.scope_spans.iter())
+        .flat_map(|s| s.spans.iter())
+        .filter(|s| string_attr(&s.attributes, "http.route").is_some())
+        .cloned()
+        .collect()
+}
+
+/// The default sampler is `parentbased_always_on`: a caller's `traceparent` with the
+/// sampled flag is continued and exported, one without it is not, and a request
+/// without a caller is sampled.
+#[test]
+fn the_default_sampler_follows_the_callers_flag_and_samples_roots() {
+    let sampled = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let unsampled = "0af7651916cd43dd8448eb211c80319c";
+    let spans = request_spans(
+        &[],
+        &[
+            Some(format!("00-{sampled}-00f067aa0ba902b7-01")),
+            Some(format!("00-{unsampled}-b7ad6b7169203331-00")),
+            None,
+        ],
+    );
+    let traces: Vec<String> = spans.iter().map(|s| hex(&s.trace_id)).collect();
+    assert!(traces.contains(&sampled.to_owned()), "{traces:?}");
+    assert!(!traces.contains(&unsampled.to_owned()), "{traces:?}");
     assert_eq!(
-        wait_exit(&mut p.child, Duration::from_secs(15)).code(),
-        Some(0),
-        "{}",
-        p.log()
+        spans.len(),
+        2,
+        "the sampled caller's and the root: {traces:?}"
+    );
+}
+
+/// `OTEL_TRACES_SAMPLER` is honoured: `always_off` exports no request span, even for
+/// a caller that asks for one.
+#[test]
+fn always_off_exports_nothing() {
+    let spans = request_spans(
+        &[("OTEL_TRACES_SAMPLER", "always_off")],
+        &[
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
+            None,
+        ],
+    );
+    assert!(spans.is_empty(), "{} spans exported", spans.len());
+}
+
+/// A ratio sampler exports about its share of root requests (0.25 of 400: 100, and
+/// the binomial's spread is under 9, so 60–140 cannot fail by chance).
+#[test]
+fn a_ratio_sampler_exports_its_share_of_roots() {
+    let spans = request_spans(
+        &[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ],
+        &vec![None; 400],
+    );
+    assert!(
+        (60..=140).contains(&spans.len()),
+        "{} of 400 root requests exported at ratio 0.25",
+        spans.len()
     );
 }
