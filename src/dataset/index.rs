@@ -10,6 +10,8 @@ use std::hash::{Hash, Hasher};
 
 use dashmap::DashMap;
 
+use super::pages;
+
 /// The largest data file a 40-bit offset can address (1 TiB).
 pub const MAX_FILE_LEN: u64 = 1 << 40;
 
@@ -116,8 +118,8 @@ impl Frozen {
     pub fn prefetch(&self, key: u128) {
         let (table, pos) = self.slot(key);
         let end = table.data_end().as_ptr();
-        prefetch(end.cast::<u8>().wrapping_add(pos));
-        prefetch(end.wrapping_sub(pos + 1).cast::<u8>());
+        pages::prefetch(end.cast::<u8>().wrapping_add(pos));
+        pages::prefetch(end.wrapping_sub(pos + 1).cast::<u8>());
     }
 
     /// Where each shard's table lies in memory (start, end), for `pages::collapse`.
@@ -159,20 +161,6 @@ type Table = hashbrown::raw::RawTable<(Key, dashmap::SharedValue<ValueAt>)>;
 fn shard_of(hash: u64, shards: usize) -> usize {
     let shift = usize::BITS - shards.trailing_zeros();
     ((hash as usize) << 7).checked_shr(shift).unwrap_or(0)
-}
-
-/// A read hint for the cache line at `addr`; any address is allowed (a prefetch does
-/// not fault). A no-op where there is no stable prefetch instruction.
-#[inline(always)]
-pub fn prefetch(addr: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `prefetcht0` only hints the cache; it reads nothing into the program
-    // and never faults, whatever `addr` is.
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(addr.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = addr;
 }
 
 pub fn new_index(capacity: usize) -> Index {
@@ -266,7 +254,7 @@ mod tests {
     fn collapsing_keeps_every_entry() {
         let (index, keys) = filled(400_000);
         let frozen = Frozen::new(index);
-        let done = crate::dataset::pages::collapse(frozen.allocations());
+        let done = pages::collapse(frozen.allocations());
         #[cfg(target_os = "linux")]
         assert!(done.huge_pages >= 1, "{done:?}");
         let _ = done;

@@ -8,7 +8,7 @@
 //! The rooms: `format` (the line grammar), `options` (how a load treats the file),
 //! `integrity` (open, lock, stat, checksum), `memory` (the memory bound), `load` (the
 //! parallel loader), `read` (the parallel read of a memory-storage load), `workers`
-//! (joining the loader's threads), `pages` (huge pages for the buffer and the index),
+//! (joining the loader's threads), `pages` (huge pages and prefetch hints),
 //! `index`, `mapped` (mmap storage), `store` (the `Dataset`), `error`, `prefixes`
 //! (shards), `gen` (test data). This file only declares them and names what
 //! the rest of the crate uses, so the rooms import each other, never this file.

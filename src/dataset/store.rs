@@ -118,8 +118,8 @@ impl Dataset {
     /// reads them all after the last probe.
     pub fn prefetch_value(&self, start: usize) {
         let at = self.bytes.as_ptr().wrapping_add(start);
-        index::prefetch(at);
-        index::prefetch(at.wrapping_add(64));
+        pages::prefetch(at);
+        pages::prefetch(at.wrapping_add(64));
     }
 
     /// The value starting at `start` (from `value_start`), borrowed: no reference count
