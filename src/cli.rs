@@ -10,6 +10,21 @@ use clap::{Args, Parser, Subcommand};
 use crate::dataset::{LoadOptions, OnDuplicate, Storage, MAX_VALUE_LEN};
 use crate::telemetry::LogFormat;
 
+/// Traces are configured by the standard OpenTelemetry variables, not flags: the
+/// names every SDK and collector guide uses, one name per setting. Listed in `--help`
+/// so they can be found where the flags are.
+const TRACES_HELP: &str = "\
+Traces (OpenTelemetry, off unless OTEL_EXPORTER_OTLP_ENDPOINT is set):
+  OTEL_EXPORTER_OTLP_ENDPOINT   OTLP/HTTP collector, e.g. http://127.0.0.1:4318
+  OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_EXPORTER_OTLP_TRACES_*
+  OTEL_TRACES_SAMPLER           always_on, always_off, traceidratio, parentbased_always_on
+                                (the default), parentbased_always_off, parentbased_traceidratio
+  OTEL_TRACES_SAMPLER_ARG       the ratio of the *traceidratio samplers, 0.0-1.0
+  OTEL_SERVICE_NAME             service.name (default kvserve)
+  OTEL_RESOURCE_ATTRIBUTES      more resource attributes, key=value,key=value
+  OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_BSP_SCHEDULE_DELAY
+                                the export queue (spans beyond it are dropped and counted)";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kvserve",
@@ -17,6 +32,7 @@ use crate::telemetry::LogFormat;
     about = "Serve UUID → text pairs from one immutable data file over HTTP",
     long_about = "Serve UUID → text pairs from one immutable data file over HTTP.\n\n\
                   Without a subcommand, `kvserve` runs `serve`.",
+    after_long_help = TRACES_HELP,
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -45,6 +61,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the data file and serve it (the default).
+    #[command(after_long_help = TRACES_HELP)]
     Serve(Box<ServeArgs>),
     /// Check a data file offline (format, duplicates, checksum) and print a summary.
     Verify(VerifyArgs),

@@ -5,13 +5,13 @@
 //! and no per-request trace work exist.
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
-use opentelemetry::propagation::Extractor;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -48,12 +48,13 @@ pub enum TelemetryError {
     Writer(std::io::Error),
 }
 
-static TRACING_ON: AtomicBool = AtomicBool::new(false);
+/// The tracer of request spans (`http::trace`), set when traces are exported.
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
-/// Whether spans are exported, so the request path can skip trace-context work when
-/// they are not.
-pub fn traces_enabled() -> bool {
-    TRACING_ON.load(Ordering::Relaxed)
+/// The tracer request spans are made with; `None` when traces are off, so the request
+/// path skips all trace work.
+pub fn tracer() -> Option<&'static SdkTracer> {
+    TRACER.get()
 }
 
 /// Keeps the trace exporter and the log writer alive; dropping it flushes the spans
@@ -121,9 +122,16 @@ pub fn init(
         Some(endpoint) => Some(tracer_provider(endpoint)?),
         None => None,
     };
-    let traces = provider
-        .as_ref()
-        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("kvserve")));
+    // Spans of `tracing` (loads, reloads) are exported through this layer. The
+    // request's own `tracing` span only carries its id into log lines: its exported
+    // span is made by `http::trace`, so the layer leaves it out.
+    let traces = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("kvserve"))
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                !(meta.is_span() && meta.name() == REQUEST_SPAN)
+            }))
+    });
     // A second initialisation (tests calling this twice) is harmless: keep the first,
     // and its writer.
     let installed = tracing_subscriber::registry()
@@ -137,9 +145,8 @@ pub fn init(
     if installed && plain {
         access::install(format == LogFormat::Json, out);
     }
-    if let Some(endpoint) = endpoint {
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-        TRACING_ON.store(true, Ordering::Relaxed);
+    if let (Some(endpoint), Some(provider)) = (endpoint, &provider) {
+        let _ = TRACER.set(provider.tracer("kvserve"));
         tracing::info!(%endpoint, "exporting traces over OTLP/HTTP");
     }
     Ok(Telemetry {
@@ -149,8 +156,9 @@ pub fn init(
 }
 
 /// The exporter reads the standard `OTEL_EXPORTER_OTLP_*` variables itself (endpoint,
-/// headers, timeout); the service name defaults to `kvserve` unless
-/// `OTEL_SERVICE_NAME` says otherwise. Spans go through `spans::QueuedExport`, whose
+/// headers, timeout), the provider `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`,
+/// the resource `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`; the service name
+/// is `kvserve` unless those name one. Spans go through `spans::QueuedExport`, whose
 /// losses are counted.
 fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -162,7 +170,10 @@ fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> 
             source,
         })?;
     let mut resource = Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+    if !names_service(
+        std::env::var("OTEL_SERVICE_NAME").ok().as_deref(),
+        std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok().as_deref(),
+    ) {
         resource = resource.with_service_name("kvserve");
     }
     Ok(SdkTracerProvider::builder()
@@ -172,6 +183,19 @@ fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> 
         ))
         .with_resource(resource.build())
         .build())
+}
+
+/// Whether the standard variables name the service (`OTEL_SERVICE_NAME`, or
+/// `service.name` in `OTEL_RESOURCE_ATTRIBUTES`); if not, kvserve names itself rather
+/// than the SDK's `unknown_service`.
+fn names_service(service_name: Option<&str>, resource_attributes: Option<&str>) -> bool {
+    service_name.is_some_and(|name| !name.trim().is_empty())
+        || resource_attributes.is_some_and(|list| {
+            list.split(',').any(|pair| {
+                pair.split_once('=')
+                    .is_some_and(|(key, _)| key.trim() == "service.name")
+            })
+        })
 }
 
 /// Reads W3C trace context (`traceparent`, `tracestate`) from request headers.
@@ -187,12 +211,15 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// The caller's trace context, when traces are on and the request carries one.
-pub fn remote_context(headers: &poem::http::HeaderMap) -> Option<opentelemetry::Context> {
-    if !traces_enabled() {
-        return None;
+/// The name of the `tracing` span each API request's log lines carry.
+pub const REQUEST_SPAN: &str = "request";
+
+/// The caller's trace context (W3C `traceparent`, `tracestate`) as the parent of a
+/// request's span; an empty context, which makes the span a root, when there is none.
+pub fn remote_context(headers: &poem::http::HeaderMap) -> opentelemetry::Context {
+    if !headers.contains_key("traceparent") {
+        return opentelemetry::Context::new();
     }
-    Some(opentelemetry::global::get_text_map_propagator(
-        |propagator| propagator.extract(&HeaderExtractor(headers)),
-    ))
+    TraceContextPropagator::new()
+        .extract_with_context(&opentelemetry::Context::new(), &HeaderExtractor(headers))
 }

@@ -9,9 +9,9 @@
 //! skips is poem's router, extractors and per-layer futures: measured, about half of
 //! the CPU of a request (BENCHMARKS.md).
 //!
-//! It steps aside (returns `None`, and the operations answer) for every other request,
-//! with `--fast-path false`, and with traces on (the exported span is made by the
-//! framework path's `instrument`). `tests/it/differential.rs` sends generated requests
+//! It steps aside (returns `None`, and the operations answer) for every other request
+//! and with `--fast-path false`. With traces on it stays: the pipeline makes the same
+//! span on both paths (`http::trace`), and only for sampled requests. `tests/it/differential.rs` sends generated requests
 //! to a server with and one without it and compares the answers byte for byte.
 
 use std::borrow::Cow;
@@ -27,22 +27,19 @@ use super::pipeline::{self, Head};
 use super::problem::Problem;
 use super::routes::HotRoute;
 use super::state::HttpState;
-use crate::telemetry;
 
 /// The answer to `req` if it is a hot route, through the whole pipeline; `None` for any
 /// other request, which then goes to poem.
 pub fn serve<B>(state: &HttpState, req: &hyper::Request<B>, peer: SocketAddr) -> Option<Response> {
     let method = req.method();
-    if !state.settings.fast_path
-        || (method != Method::GET && method != Method::HEAD)
-        || telemetry::traces_enabled()
-    {
+    if !state.settings.fast_path || (method != Method::GET && method != Method::HEAD) {
         return None;
     }
     let route = HotRoute::of(req.uri().path())?;
     let head = Head {
         method,
         uri: req.uri(),
+        version: req.version(),
         headers: req.headers(),
         peer: Some(peer),
     };

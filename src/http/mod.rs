@@ -10,6 +10,7 @@ pub mod body;
 pub mod conn;
 pub mod encoding;
 pub mod fast;
+pub mod head;
 pub mod key;
 pub mod legacy;
 pub mod limits;
@@ -23,6 +24,7 @@ pub mod responses;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod trace;
 
 use std::sync::Arc;
 

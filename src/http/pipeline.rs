@@ -1,25 +1,27 @@
 //! The admission pipeline of the API listener, written once as plain functions in the
 //! order of the contract (docs/ARCHITECTURE.md §2):
 //!
-//! 1. `begin`: request id, access-log span, in-flight gauge;
+//! 1. `begin`: request id, access-log span, trace span (`http::trace`), in-flight gauge;
 //! 2. `admit`: request limits and shedding → per-address rate limit → authentication →
 //!    per-subject rate limit, each a refusal that ends the request;
 //! 3. the route answers (the OpenAPI operations, or the fast path for hot routes);
 //! 4. `Admission::stamp`: the rate-limit fields on the answer;
-//! 5. `finish`: request metrics, access-log event, request id and `nosniff` headers.
+//! 5. `finish`: request metrics, trace span, access-log event, request id and `nosniff`
+//!    headers.
 //!
 //! Both paths call exactly these: `http::fast::serve` from hyper's request, and
 //! `through_framework` (the poem side, one `around` layer) for everything else. A new
 //! check goes into `admit`, nowhere else.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use poem::http::{header, HeaderMap, HeaderValue, Method, Uri};
+use poem::http::{header, HeaderValue, Method};
 use poem::{Endpoint, Request, Response};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, Span};
+
+pub use super::head::Head;
 
 use super::auth::{AuthFailure, Principal, SCOPE_READ};
 use super::encoding::{self, Accept};
@@ -28,27 +30,9 @@ use super::ratelimit::{Refused, Standings};
 use super::request_log::Access;
 use super::routes;
 use super::state::HttpState;
+use super::trace::RequestTrace;
 
 const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
-
-/// What admission reads of a request: its head and who sent it.
-pub struct Head<'a> {
-    pub method: &'a Method,
-    pub uri: &'a Uri,
-    pub headers: &'a HeaderMap,
-    pub peer: Option<SocketAddr>,
-}
-
-impl<'a> Head<'a> {
-    pub fn of(req: &'a Request) -> Self {
-        Self {
-            method: req.method(),
-            uri: req.uri(),
-            headers: req.headers(),
-            peer: req.remote_addr().as_socket_addr().copied(),
-        }
-    }
-}
 
 /// Who may pass on a listener: the scope a token needs, and the paths open to all.
 #[derive(Clone, Copy)]
@@ -63,11 +47,13 @@ pub const API: Policy = Policy {
     is_open: routes::is_open_path,
 };
 
-/// One request from its head to its answer: the access-log entry, its span, and the
-/// in-flight count (left when dropped, also if the client goes away mid-answer).
+/// One request from its head to its answer: the access-log entry, its log span, its
+/// trace span if sampled, and the in-flight count (left when dropped, also if the
+/// client goes away mid-answer).
 pub struct Exchange {
     access: Access,
     pub span: Span,
+    trace: RequestTrace,
     started: Instant,
     _in_flight: InFlight,
 }
@@ -75,11 +61,13 @@ pub struct Exchange {
 /// Step 1, for every request.
 pub fn begin(state: &HttpState, head: &Head<'_>) -> Exchange {
     let access = Access::begin(head.headers, head.method, head.peer);
-    let span = access.span(head.uri.path(), head.headers);
+    let span = access.span(head.uri.path());
+    let trace = RequestTrace::start(head, access.id());
     Exchange {
         started: access.started(),
         access,
         span,
+        trace,
         _in_flight: state.metrics.enter(),
     }
 }
@@ -171,7 +159,8 @@ impl Admission {
     }
 }
 
-/// Step 5: compress where it pays (`encoding::encode`), count, log and tag the answer.
+/// Step 5: compress where it pays (`encoding::encode`), count, end the trace span, log
+/// and tag the answer.
 /// `accept` is the request's `Accept-Encoding`.
 pub fn finish(
     state: &HttpState,
@@ -185,6 +174,7 @@ pub fn finish(
     state
         .metrics
         .observe(method, route, resp.status(), exchange.started);
+    exchange.trace.finish(state, route, &mut resp);
     exchange.access.finish(&exchange.span, route, &mut resp);
     nosniff(&mut resp);
     resp

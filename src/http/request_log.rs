@@ -13,11 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use opentelemetry::trace::TraceContextExt;
 use poem::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use poem::Response;
 use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::telemetry::{self, access, access::AccessLine};
 
@@ -57,50 +55,28 @@ impl Access {
         self.started
     }
 
-    /// With traces on, the span is the exported server span and must exist; without,
-    /// it only carries the request id into log lines of the request, so it is created
-    /// at DEBUG and costs nothing unless debug logs are on.
-    pub fn span(&self, path: &str, headers: &HeaderMap) -> Span {
-        let id = self.id.to_str().unwrap_or_default();
+    /// The request id as text (visible ASCII: checked or made so).
+    pub fn id(&self) -> &str {
+        self.id.to_str().unwrap_or_default()
+    }
+
+    /// The span every log line of the request carries. Created at DEBUG, so it costs
+    /// nothing unless debug logs are on; the exported trace span is `http::trace`'s.
+    pub fn span(&self, path: &str) -> Span {
         let (method, client) = (&self.method, &self.client);
-        if telemetry::traces_enabled() {
-            let span = tracing::info_span!(
-                "request",
-                request_id = %id,
-                method = %method,
-                path = %path,
-                client = %client,
-                // OpenTelemetry conventions.
-                otel.kind = "server",
-                http.request.method = %method,
-                http.route = tracing::field::Empty,
-                http.response.status_code = tracing::field::Empty,
-            );
-            // A caller's `traceparent` makes this span a child of the caller's.
-            if let Some(parent) = telemetry::remote_context(headers) {
-                let _ = span.set_parent(parent);
-            }
-            span
-        } else {
-            tracing::debug_span!("request", request_id = %id, method = %method, path = %path, client = %client)
-        }
+        tracing::debug_span!(
+            telemetry::REQUEST_SPAN,
+            request_id = %self.id(),
+            method = %method,
+            path = %path,
+            client = %client
+        )
     }
 
     /// Logs the answer and tags it with the request id.
     pub fn finish(self, span: &Span, route: &'static str, resp: &mut Response) {
-        let id = self.id.to_str().unwrap_or_default();
+        let id = self.id();
         let method = &self.method;
-        if telemetry::traces_enabled() {
-            // The span started before routing; rename it now the route is known.
-            span.context()
-                .span()
-                .update_name(format!("{method} {route}"));
-            span.record("http.route", route);
-            span.record(
-                "http.response.status_code",
-                i64::from(resp.status().as_u16()),
-            );
-        }
         let line = AccessLine {
             method: method.as_str(),
             route,

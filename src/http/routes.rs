@@ -78,6 +78,14 @@ pub fn path_label(path: &str) -> &'static str {
     }
 }
 
+/// Whether `label` is the template of a route that looks up one key (the hot routes).
+pub fn is_single_key(label: &str) -> bool {
+    matches!(
+        label,
+        "/v1/keys/{key}" | "/v1/keys/{key}/value" | "/get_value/{key}"
+    )
+}
+
 /// The API paths anyone may read without a token: the spec and its viewer.
 pub fn is_open_path(path: &str) -> bool {
     path == "/openapi.json" || path == "/docs" || path.starts_with("/docs/")

@@ -536,8 +536,30 @@ fn comparable(answer: &Answer, keep_request_id: bool) -> Result<Vec<(String, Str
         }
         headers.retain(|(h, _)| h != name);
     }
+    // Sampled requests name their own (random) trace and span: compared by form.
+    for (name, value) in headers.iter_mut() {
+        if name == "traceresponse" {
+            if !is_traceresponse(value) {
+                return Err(format!(
+                    "`traceresponse: {value}` is not version-trace-span-flags"
+                ));
+            }
+            *value = "<a sampled trace>".to_owned();
+        }
+    }
     headers.sort();
     Ok(headers)
+}
+
+/// `00-<32 hex>-<16 hex>-01`: W3C Trace Context's form, sampled.
+fn is_traceresponse(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && parts[3] == "01"
 }
 
 /// Printable bytes: visible ASCII as is, CR LF as `\r\n` plus a line break, the rest
@@ -612,13 +634,23 @@ fn compare(request: &[u8], req: &Req, fast: &Answer, reference: &Answer) -> Resu
 // ---- the runs ---------------------------------------------------------------------
 
 struct Pair {
-    fast: TestServer,
-    reference: TestServer,
+    fast: SocketAddr,
+    reference: SocketAddr,
+    servers: Servers,
     /// Held so the data file outlives the servers.
     _dir: tempfile::TempDir,
 }
 
-async fn pair(args: &[&str]) -> Pair {
+/// In this process (cheap to start), or the real binary where the process-wide trace
+/// set-up must differ (`env`).
+enum Servers {
+    InProcess(TestServer, TestServer),
+    Binaries(Process, Process),
+}
+
+/// Two servers on the differential data with `args`, `--fast-path true` and `false`;
+/// with `env`, real binaries with those variables.
+async fn pair(args: &[&str], env: &[(&str, &str)]) -> Pair {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = write_file(dir.path(), "diff.data", diff_lines());
     let with = |flag: &'static str| {
@@ -626,12 +658,45 @@ async fn pair(args: &[&str]) -> Pair {
         all.extend(["--fast-path", flag]);
         all
     };
-    let fast = TestServer::start(&data, &with("true")).await;
-    let reference = TestServer::start(&data, &with("false")).await;
+    let servers = if env.is_empty() {
+        let fast = TestServer::start(&data, &with("true")).await;
+        let reference = TestServer::start(&data, &with("false")).await;
+        Servers::InProcess(fast, reference)
+    } else {
+        let fast = spawn_binary_with_env(&data, &with("true"), env);
+        let reference = spawn_binary_with_env(&data, &with("false"), env);
+        for p in [&fast, &reference] {
+            wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+        }
+        Servers::Binaries(fast, reference)
+    };
+    let (fast, reference) = match &servers {
+        Servers::InProcess(f, r) => (f.api, r.api),
+        Servers::Binaries(f, r) => (f.api, r.api),
+    };
     Pair {
         fast,
         reference,
+        servers,
         _dir: dir,
+    }
+}
+
+impl Servers {
+    async fn stop(self) {
+        match self {
+            Servers::InProcess(fast, reference) => {
+                fast.stop().await.expect("fast server stops");
+                reference.stop().await.expect("reference server stops");
+            }
+            Servers::Binaries(mut fast, mut reference) => {
+                for p in [&mut fast, &mut reference] {
+                    sigterm(&p.child);
+                    let status = wait_exit(&mut p.child, Duration::from_secs(15));
+                    assert!(status.success(), "{status:?}\n{}", p.log());
+                }
+            }
+        }
     }
 }
 
@@ -639,7 +704,7 @@ async fn pair(args: &[&str]) -> Pair {
 fn current_etag(pair: &Pair, xff: Option<&str>) -> String {
     let good = Tokens::for_subject("etag").good;
     let mut etags = Vec::new();
-    for addr in [pair.fast.api, pair.reference.api] {
+    for addr in [pair.fast, pair.reference] {
         let mut request =
             format!("GET /v1/keys/{KEY} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {good}\r\n");
         if let Some(xff) = xff {
@@ -684,13 +749,18 @@ fn fresh_client() -> (String, String) {
 /// under the 1 s a token takes to come back at `--rate-limit 1`.
 const SEQUENCE_BUDGET: Duration = Duration::from_millis(700);
 
-fn run(args: &[&str], sequence: std::ops::RangeInclusive<usize>, rate_limited: bool) {
+fn run(
+    args: &[&str],
+    env: &[(&str, &str)],
+    sequence: std::ops::RangeInclusive<usize>,
+    rate_limited: bool,
+) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a runtime");
-    let pair = runtime.block_on(pair(args));
+    let pair = runtime.block_on(pair(args, env));
     let etag = current_etag(&pair, rate_limited.then_some("192.0.2.1"));
     let fixed = Ctx {
         etag: etag.clone(),
@@ -724,7 +794,7 @@ fn run(args: &[&str], sequence: std::ops::RangeInclusive<usize>, rate_limited: b
             let rendered: Vec<Vec<u8>> = reqs.iter().map(|r| r.render(ctx, xff)).collect();
             let mut answers = Vec::new();
             let mut in_time = true;
-            for addr in [pair.fast.api, pair.reference.api] {
+            for addr in [pair.fast, pair.reference] {
                 let started = Instant::now();
                 let mut these = Vec::new();
                 for request in &rendered {
@@ -751,11 +821,7 @@ fn run(args: &[&str], sequence: std::ops::RangeInclusive<usize>, rate_limited: b
         ))
     });
     runtime.block_on(async {
-        let Pair {
-            fast, reference, ..
-        } = pair;
-        fast.stop().await.expect("fast server stops");
-        reference.stop().await.expect("reference server stops");
+        pair.servers.stop().await;
     });
     if let Err(failure) = outcome {
         panic!("{failure}");
@@ -766,17 +832,17 @@ fn run(args: &[&str], sequence: std::ops::RangeInclusive<usize>, rate_limited: b
 
 #[test]
 fn auth_off() {
-    run(&[], 1..=1, false);
+    run(&[], &[], 1..=1, false);
 }
 
 #[test]
 fn auth_on() {
-    run(&["--jwt-hs256-secret-file", SECRET], 1..=1, false);
+    run(&["--jwt-hs256-secret-file", SECRET], &[], 1..=1, false);
 }
 
 #[test]
 fn shard() {
-    run(&["--key-prefixes", "0-7"], 1..=1, false);
+    run(&["--key-prefixes", "0-7"], &[], 1..=1, false);
 }
 
 #[test]
@@ -795,7 +861,37 @@ fn rate_limited() {
             "2",
             "--trust-forwarded-for",
         ],
+        &[],
         1..=5,
         true,
+    );
+}
+
+/// Traces on, every request sampled: both paths make a span and say so in
+/// `traceresponse` (the collector's address is closed: spans are dropped and counted).
+#[test]
+fn traces_sampled() {
+    run(
+        &["--jwt-hs256-secret-file", SECRET],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+        ],
+        1..=1,
+        false,
+    );
+}
+
+/// Traces on, nothing sampled: neither path answers with `traceresponse`.
+#[test]
+fn traces_unsampled() {
+    run(
+        &["--jwt-hs256-secret-file", SECRET],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+        ],
+        1..=1,
+        false,
     );
 }

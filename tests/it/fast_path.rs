@@ -1,8 +1,8 @@
 //! The hot routes are answered by the fast path on hyper's request
 //! (`http::fast::serve`) or, when it steps aside, by the OpenAPI operations behind
-//! poem's router. `differential` proves the two equal with `--fast-path false`; these
-//! tests hold them equal in the other way the fast path steps aside, traces on (an
-//! OTLP endpoint set), for good requests and for every refusal.
+//! poem's router. `differential` proves the two equal on generated requests; these
+//! tests hold them equal on chosen ones (`--fast-path false` for the framework path),
+//! for good requests and for every refusal.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -63,16 +63,13 @@ fn exchange(addr: SocketAddr, request: &str) -> (String, Vec<String>, Vec<u8>) {
 }
 
 /// Starts two servers on `data` with `args` and waits until both are ready: one as
-/// configured, where the fast path answers, and one with traces on (to an address
-/// nobody listens on), where the fast path steps aside. Every test here compares the
-/// two.
+/// configured, where the fast path answers, and one with `--fast-path false`, where
+/// the framework answers. Every test here compares the two.
 fn spawn_both(data: &Path, args: &[&str]) -> (Process, Process) {
     let fast = spawn_binary(data, args);
-    let framework = spawn_binary_with_env(
-        data,
-        args,
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")],
-    );
+    let mut framework_args = args.to_vec();
+    framework_args.extend(["--fast-path", "false"]);
+    let framework = spawn_binary(data, &framework_args);
     for p in [&fast, &framework] {
         wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
     }

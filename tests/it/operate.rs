@@ -943,6 +943,11 @@ fn the_help_lists_the_storage_and_duplicate_choices_and_refuses_others() {
         "- first: Keep the value from the earliest line",
         "- last:  Keep the value from the latest line",
         "[default: error]",
+        // Traces are set by the standard variables, listed where the flags are.
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_TRACES_SAMPLER ",
+        "OTEL_TRACES_SAMPLER_ARG",
+        "OTEL_RESOURCE_ATTRIBUTES",
     ] {
         assert!(help.contains(line), "{line:?} missing from:\n{help}");
     }

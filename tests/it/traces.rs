@@ -57,11 +57,12 @@ fn string_attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
     }
 }
 
-/// The real binary on the sample data, exporting to `endpoint` every `delay_ms`, with
-/// `env` added, once it is ready: every test here starts one so.
+/// The real binary on the sample data with `args`, exporting to `endpoint` every
+/// `delay_ms`, with `env` added, once it is ready: every test here starts one so.
 fn spawn_exporting(
     endpoint: &str,
     delay_ms: &str,
+    args: &[&str],
     env: &[(&str, &str)],
 ) -> (tempfile::TempDir, Process) {
     let dir = tempfile::tempdir().unwrap();
@@ -71,7 +72,7 @@ fn spawn_exporting(
         ("OTEL_BSP_SCHEDULE_DELAY", delay_ms),
     ];
     all_env.extend_from_slice(env);
-    let p = spawn_binary_with_env(&data, &[], &all_env);
+    let p = spawn_binary_with_env(&data, args, &all_env);
     wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
     (dir, p)
 }
@@ -91,7 +92,7 @@ fn stop_cleanly(mut p: Process) {
 fn request_and_load_spans_reach_an_otlp_receiver_with_the_callers_trace() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (receiver, received) = start_receiver(&runtime);
-    let (_dir, p) = spawn_exporting(&format!("http://{receiver}"), "100", &[]);
+    let (_dir, p) = spawn_exporting(&format!("http://{receiver}"), "100", &[], &[]);
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
@@ -161,7 +162,7 @@ fn an_unreachable_collector_drops_and_counts_spans_and_warns_once() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let (_dir, p) = spawn_exporting(&format!("http://{closed}"), "50", &[]);
+    let (_dir, p) = spawn_exporting(&format!("http://{closed}"), "50", &[], &[]);
     let client = reqwest::blocking::Client::new();
     let dropped = || {
         let text = client
@@ -195,31 +196,66 @@ fn an_unreachable_collector_drops_and_counts_spans_and_warns_once() {
     stop_cleanly(p);
 }
 
-/// Runs the real binary exporting to an in-test receiver with `env` added, sends
-/// `traceparents.len()` GETs (each with that `traceparent`, or none), stops it and
-/// returns the request spans the receiver got.
-fn request_spans(env: &[(&str, &str)], traceparents: &[Option<String>]) -> Vec<Span> {
+/// What a receiver got from one run of the real binary: the resource attributes of
+/// the first export and every span.
+struct Exported {
+    resource: Vec<KeyValue>,
+    spans: Vec<Span>,
+}
+
+impl Exported {
+    /// The request spans (those with a route or a status), in the order they ended.
+    fn requests(&self) -> Vec<&Span> {
+        self.spans
+            .iter()
+            .filter(|s| attr(&s.attributes, "http.response.status_code").is_some())
+            .collect()
+    }
+}
+
+/// Runs the real binary with `args` and `env`, exporting to an in-test receiver;
+/// `send` talks to it, then it is stopped (which flushes every span) and what the
+/// receiver got is returned.
+fn exported(args: &[&str], env: &[(&str, &str)], send: impl FnOnce(&Process)) -> Exported {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (receiver, received) = start_receiver(&runtime);
-    let (_dir, p) = spawn_exporting(&format!("http://{receiver}"), "100", env);
-    let client = reqwest::blocking::Client::new();
-    for traceparent in traceparents {
-        let mut req = client.get(format!("http://{}/v1/keys/{KEY}", p.api));
-        if let Some(traceparent) = traceparent {
-            req = req.header("traceparent", traceparent);
-        }
-        assert_eq!(req.send().unwrap().status(), 200);
-    }
+    let (_dir, p) = spawn_exporting(&format!("http://{receiver}"), "100", args, env);
+    send(&p);
     stop_cleanly(p);
     let received = received.lock().unwrap();
-    received
+    let resource_spans: Vec<_> = received
         .iter()
         .flat_map(|r| r.resource_spans.iter())
-        .flat_map(|r| r.scope_spans.iter())
-        .flat_map(|s| s.spans.iter())
-        .filter(|s| string_attr(&s.attributes, "http.route").is_some())
-        .cloned()
-        .collect()
+        .collect();
+    Exported {
+        resource: resource_spans
+            .first()
+            .and_then(|r| r.resource.as_ref())
+            .map(|r| r.attributes.clone())
+            .unwrap_or_default(),
+        spans: resource_spans
+            .iter()
+            .flat_map(|r| r.scope_spans.iter())
+            .flat_map(|s| s.spans.iter())
+            .cloned()
+            .collect(),
+    }
+}
+
+/// Runs the real binary with `env`, sends `traceparents.len()` GETs (each with that
+/// `traceparent`, or none) and returns the request spans the receiver got.
+fn request_spans(env: &[(&str, &str)], traceparents: &[Option<String>]) -> Vec<Span> {
+    let exported = exported(&[], env, |p| {
+        let client = reqwest::blocking::Client::new();
+        for traceparent in traceparents {
+            let mut req = client.get(format!("http://{}/v1/keys/{KEY}", p.api));
+            if let Some(traceparent) = traceparent {
+                req = req.header("traceparent", traceparent);
+            }
+            assert_eq!(req.send().unwrap().status(), 200);
+        }
+    });
+    exported.requests().into_iter().cloned().collect()
 }
 
 /// The default sampler is `parentbased_always_on`: a caller's `traceparent` with the
@@ -277,4 +313,213 @@ fn a_ratio_sampler_exports_its_share_of_roots() {
         "{} of 400 root requests exported at ratio 0.25",
         spans.len()
     );
+}
+
+/// The attributes of a span as `key=value` text, sorted, without `skip`.
+fn attribute_texts(span: &Span, skip: &[&str]) -> Vec<String> {
+    let mut texts: Vec<String> = span
+        .attributes
+        .iter()
+        .filter(|kv| !skip.contains(&kv.key.as_str()))
+        .map(|kv| {
+            format!(
+                "{}={:?}",
+                kv.key,
+                kv.value.as_ref().and_then(|v| v.value.as_ref())
+            )
+        })
+        .collect();
+    texts.sort();
+    texts
+}
+
+fn int_attr(attributes: &[KeyValue], key: &str) -> Option<i64> {
+    match attr(attributes, key)? {
+        AnyValue::IntValue(n) => Some(*n),
+        _ => None,
+    }
+}
+
+/// The requests of the conventions test: path, `traceparent`, request id.
+const TRACED: [(&str, Option<&str>, &str); 4] = [
+    (
+        "/v1/keys/72cf48f7-d604-4423-b012-4e2329f5117b?x=1",
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        "traced-found",
+    ),
+    (
+        "/v1/keys/00000000-0000-4000-8000-000000000000/value",
+        None,
+        "traced-missing",
+    ),
+    ("/get_value/not-a-key", None, "traced-invalid"),
+    ("/no/such/route", None, "traced-unmatched"),
+];
+
+/// Sends `TRACED` to `p` (with a user agent) and returns each answer's
+/// `traceresponse`.
+fn send_traced(p: &Process) -> Vec<Option<String>> {
+    let client = reqwest::blocking::Client::new();
+    TRACED
+        .iter()
+        .map(|(path, traceparent, id)| {
+            let mut req = client
+                .get(format!("http://{}{path}", p.api))
+                .header("user-agent", "traces-test/1.0")
+                .header("x-request-id", *id);
+            if let Some(traceparent) = traceparent {
+                req = req.header("traceparent", *traceparent);
+            }
+            let resp = req.send().unwrap();
+            resp.headers()
+                .get("traceresponse")
+                .map(|v| v.to_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+/// A sampled request's span is the same on the fast path (the default) and through
+/// poem (`--fast-path false`), and carries OpenTelemetry's HTTP server conventions and
+/// kvserve's attributes; its answer's `traceresponse` names it.
+#[test]
+fn request_spans_follow_the_http_conventions_on_both_paths() {
+    let mut shapes = Vec::new();
+    for args in [&[][..], &["--fast-path", "false"][..]] {
+        let mut api = None;
+        let mut answers = Vec::new();
+        let exported = exported(args, &[], |p| {
+            api = Some(p.api);
+            answers = send_traced(p);
+        });
+        let api = api.unwrap();
+        let requests = exported.requests();
+        let by_id = |id: &str| {
+            *requests
+                .iter()
+                .find(|s| string_attr(&s.attributes, "kvserve.request_id") == Some(id))
+                .unwrap_or_else(|| panic!("{args:?}: no span for {id} among {requests:#?}"))
+        };
+        let found = by_id("traced-found");
+        assert_eq!(found.name, "GET /v1/keys/{key}");
+        assert_eq!(found.kind, SpanKind::Server as i32);
+        assert_eq!(hex(&found.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex(&found.parent_span_id), "00f067aa0ba902b7");
+        let a = &found.attributes;
+        for (key, want) in [
+            ("http.request.method", "GET"),
+            ("http.route", "/v1/keys/{key}"),
+            ("url.scheme", "http"),
+            ("url.path", "/v1/keys/72cf48f7-d604-4423-b012-4e2329f5117b"),
+            ("url.query", "x=1"),
+            ("server.address", "127.0.0.1"),
+            ("client.address", "127.0.0.1"),
+            ("user_agent.original", "traces-test/1.0"),
+            ("network.protocol.version", "1.1"),
+            ("kvserve.lookup.result", "found"),
+        ] {
+            assert_eq!(string_attr(a, key), Some(want), "{args:?} {key}: {a:?}");
+        }
+        assert_eq!(int_attr(a, "http.response.status_code"), Some(200));
+        assert_eq!(int_attr(a, "server.port"), Some(i64::from(api.port())));
+        assert!(int_attr(a, "client.port").is_some(), "{a:?}");
+        assert_eq!(int_attr(a, "kvserve.dataset.generation"), Some(1));
+        assert_eq!(
+            answers[0].as_deref(),
+            Some(format!("00-{}-{}-01", hex(&found.trace_id), hex(&found.span_id)).as_str()),
+            "{args:?}: traceresponse names the span"
+        );
+        let result = |id: &str| string_attr(&by_id(id).attributes, "kvserve.lookup.result");
+        assert_eq!(result("traced-missing"), Some("missing"));
+        assert_eq!(result("traced-invalid"), Some("invalid_key"));
+        assert_eq!(result("traced-unmatched"), None);
+        assert_eq!(by_id("traced-unmatched").name, "GET");
+        assert_eq!(
+            string_attr(&by_id("traced-unmatched").attributes, "http.route"),
+            None
+        );
+        let shape: Vec<(String, Vec<String>)> = TRACED
+            .iter()
+            .map(|(_, _, id)| {
+                let span = by_id(id);
+                let texts = attribute_texts(span, &["client.port", "server.port"]);
+                (span.name.clone(), texts)
+            })
+            .collect();
+        shapes.push(shape);
+    }
+    assert_eq!(
+        shapes[0], shapes[1],
+        "fast path and poem make the same spans"
+    );
+}
+
+/// An unsampled request gets no span and no `traceresponse`: the caller said
+/// "not sampled" under the default parent-based sampler.
+#[test]
+fn an_unsampled_request_has_no_traceresponse() {
+    let mut answer = None;
+    let exported = exported(&[], &[], |p| {
+        let resp = reqwest::blocking::Client::new()
+            .get(format!("http://{}/v1/keys/{KEY}", p.api))
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+            )
+            .send()
+            .unwrap();
+        answer = Some((resp.status(), resp.headers().get("traceresponse").cloned()));
+    });
+    assert_eq!(answer, Some((reqwest::StatusCode::OK, None)));
+    assert!(exported.requests().is_empty(), "{:?}", exported.requests());
+}
+
+/// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` describe the service; a
+/// `service.name` in the attributes alone is honoured too, not replaced by kvserve's.
+#[test]
+fn the_resource_comes_from_the_standard_variables() {
+    let send_one = |p: &Process| {
+        let client = reqwest::blocking::Client::new();
+        let resp = client.get(format!("http://{}/v1/keys/{KEY}", p.api)).send();
+        assert_eq!(resp.unwrap().status(), 200);
+    };
+    let named = exported(
+        &[],
+        &[
+            ("OTEL_SERVICE_NAME", "kv-eu"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment.name=test,team=kv",
+            ),
+        ],
+        send_one,
+    );
+    assert_eq!(string_attr(&named.resource, "service.name"), Some("kv-eu"));
+    assert_eq!(
+        string_attr(&named.resource, "deployment.environment.name"),
+        Some("test")
+    );
+    assert_eq!(string_attr(&named.resource, "team"), Some("kv"));
+    let attributes_only = exported(
+        &[],
+        &[("OTEL_RESOURCE_ATTRIBUTES", "service.name=kv-us")],
+        send_one,
+    );
+    assert_eq!(
+        string_attr(&attributes_only.resource, "service.name"),
+        Some("kv-us")
+    );
+}
+
+/// With debug logs on, the request's log span (`request`, carrying the request id into
+/// log lines) is not exported beside the request's trace span.
+#[test]
+fn debug_logs_add_no_second_request_span() {
+    let exported = exported(&["--log-level", "debug"], &[], |p| {
+        let client = reqwest::blocking::Client::new();
+        let resp = client.get(format!("http://{}/v1/keys/{KEY}", p.api)).send();
+        assert_eq!(resp.unwrap().status(), 200);
+    });
+    let names: Vec<&str> = exported.spans.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(exported.requests().len(), 1, "{names:?}");
+    assert!(!names.contains(&"request"), "{names:?}");
 }
