@@ -8,8 +8,8 @@
 #
 # Everything it installs comes from the package registries: Rust crates (cargo),
 # Debian packages (apt-get), Python packages (pip, into target/pyenv) and npm packages
-# (into tests/external/browser/node_modules). Debian's prometheus package brings the
-# Prometheus server and promtool for the metrics checks.
+# (into node_modules of tests/external/browser, lint and generated_clients). Debian's
+# prometheus package brings the Prometheus server and promtool for the metrics checks.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -58,6 +58,18 @@ setup_tools() {
   if [ ! -d tests/external/browser/node_modules/playwright-core ]; then
     log "npm ci (playwright-core, driving Debian's chromium)"
     (cd tests/external/browser && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  npm_ci tests/external/lint "@redocly/cli, for openapi-lint"
+  npm_ci tests/external/generated_clients "@hey-api/openapi-ts and typescript, for generated-clients"
+}
+
+# `npm ci` in DIR unless its node_modules was installed from the same package-lock.json.
+npm_ci() {
+  local dir=$1 what=$2
+  if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.kvserve-installed-lock"; then
+    log "npm ci in $dir ($what)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error &&
+      cp package-lock.json node_modules/.kvserve-installed-lock)
   fi
 }
 

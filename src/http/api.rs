@@ -17,7 +17,7 @@ use super::encoding::{self, Accept};
 use super::key::{render_key_value, KeyParam, EXAMPLE_KEY};
 use super::payload::{HeaderText, ProblemJson, RawJson, TextValue};
 use super::problem::Problem;
-use super::responses::Guarded;
+use super::responses::{Bodiless, Guarded};
 use super::state::HttpState;
 use crate::dataset::Dataset;
 
@@ -56,14 +56,23 @@ pub enum KeyResponse<T: Payload + poem::IntoResponse + Send> {
     #[oai(status = 200)]
     Ok(
         T,
-        #[oai(header = "ETag")] HeaderText,
-        #[oai(header = "Cache-Control")] HeaderText,
+        /// The data file's entity tag (`"<hex>"`, `"<hex>-gz"` or `"<hex>-zst"` per
+        /// content coding); send it back in `If-None-Match`.
+        #[oai(header = "ETag")]
+        HeaderText,
+        /// `public` or `private` (with a JWT key), with a `max-age`.
+        #[oai(header = "Cache-Control")]
+        HeaderText,
     ),
     /// The client's copy is current (`If-None-Match` matched the `ETag`).
     #[oai(status = 304)]
     NotModified(
-        #[oai(header = "ETag")] HeaderText,
-        #[oai(header = "Cache-Control")] HeaderText,
+        /// The entity tag of the representation the client would get.
+        #[oai(header = "ETag")]
+        HeaderText,
+        /// As on the 200.
+        #[oai(header = "Cache-Control")]
+        HeaderText,
     ),
     /// The key is not a UUID, or (with a JWT key) the `Authorization` header is sent
     /// more than once.
@@ -84,6 +93,11 @@ pub enum BatchResponse {
     /// JWT key) the `Authorization` header is sent more than once.
     #[oai(status = 400)]
     BadRequest(ProblemJson),
+    /// The whole body did not arrive within `--body-read-timeout`. Documentation only:
+    /// the body extractor answers it.
+    #[oai(status = 408)]
+    #[allow(dead_code)]
+    BodyTimeout(ProblemJson),
     /// The body is larger than the limit (1 MiB by default).
     #[oai(status = 413)]
     TooLarge(ProblemJson),
@@ -134,8 +148,8 @@ impl KeysApi {
         #[oai(name = "If-None-Match")]
         _if_none_match: Header<Option<String>>,
         headers: &HeaderMap,
-    ) -> Guarded<KeyResponse<RawJson<KeyValue>>> {
-        self.get_key(key, _auth, _if_none_match, headers).await
+    ) -> Bodiless<Guarded<KeyResponse<RawJson<KeyValue>>>> {
+        Bodiless(self.get_key(key, _auth, _if_none_match, headers).await)
     }
 
     /// Get one raw value
@@ -168,8 +182,8 @@ impl KeysApi {
         #[oai(name = "If-None-Match")]
         _if_none_match: Header<Option<String>>,
         headers: &HeaderMap,
-    ) -> Guarded<KeyResponse<TextValue>> {
-        value_answer(&self.state, &key.0 .0, headers)
+    ) -> Bodiless<Guarded<KeyResponse<TextValue>>> {
+        Bodiless(value_answer(&self.state, &key.0 .0, headers))
     }
 
     /// Look up many keys

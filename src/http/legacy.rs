@@ -16,7 +16,7 @@ use super::auth::BearerAuth;
 use super::key::KeyParam;
 use super::payload::{ProblemJson, RawJson};
 use super::problem::Problem;
-use super::responses::Guarded;
+use super::responses::{Bodiless, Guarded};
 use super::state::HttpState;
 
 /// FastAPI's 404 body.
@@ -134,8 +134,8 @@ impl LegacyApi {
         /// The key to look up.
         key: Path<KeyParam>,
         _auth: BearerAuth,
-    ) -> Guarded<LegacyResponse> {
-        answer(&self.state, &key.0 .0)
+    ) -> Bodiless<Guarded<LegacyResponse>> {
+        Bodiless(answer(&self.state, &key.0 .0))
     }
 }
 

@@ -49,6 +49,19 @@ pub fn api_service(state: Arc<HttpState>) -> ApiService {
         "kvserve",
         env!("CARGO_PKG_VERSION"),
     )
+    .license(
+        poem_openapi::LicenseObject::new(env!("CARGO_PKG_LICENSE")).url(concat!(
+            "https://spdx.org/licenses/",
+            env!("CARGO_PKG_LICENSE"),
+            ".html"
+        )),
+    )
+    // Relative: the API is at the root of the listener that serves this document, on
+    // whatever address it was started with (`--addr`).
+    .server(
+        poem_openapi::ServerObject::new("/")
+            .description("The API listener that serves this document (`--addr`)."),
+    )
     .description(
         "Read-only UUID → text lookups from one immutable data file. Every error on `/v1` \
          is RFC 9457 `application/problem+json`; the legacy `/get_value/{key}` route keeps \

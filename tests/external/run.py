@@ -22,6 +22,13 @@
   clients         the client examples (examples/clients: Python requests, curl, JS fetch)
                   run against a rate-limited server and get the documented answers
   promtool        `promtool check metrics` accepts what /metrics serves
+  openapi-lint    Redocly CLI's recommended ruleset finds nothing in openapi/openapi.json,
+                  warnings included (tests/external/lint/redocly.yaml)
+  generated-clients
+                  clients generated from openapi/openapi.json by openapi-python-client
+                  and @hey-api/openapi-ts call every operation of the spec against a
+                  real kvserve (HEAD, 304, 400, 404, 429, batch, legacy), typed results
+                  asserted (tests/external/generated_clients/)
   prometheus      a real Prometheus scrapes kvserve, counts what was sent, and every
                   PromQL expression of grafana/kvserve.json returns data
                   (tests/external/prometheus_check.py)
@@ -32,6 +39,7 @@ printed whole when it ends. Ends with the line "N passed, N failed" and exits no
 on any failure.
 """
 
+import json
 import os
 import shutil
 import socket
@@ -45,6 +53,7 @@ import urllib.request
 from pathlib import Path
 
 import k8s_check
+from generated_clients import check as generated_clients_check
 import prometheus_check
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -265,6 +274,29 @@ def promtool(binary: str) -> None:
         print(f"  promtool accepts {len(body.splitlines())} lines of /metrics")
 
 
+def openapi_lint(binary: str) -> None:
+    del binary  # the checked-in document is what generators and the server use
+    lint = HERE / "lint"
+    done = subprocess.run(
+        [str(lint / "node_modules" / ".bin" / "redocly"), "lint", "--config", str(lint / "redocly.yaml"),
+         "--format", "json", str(ROOT / "openapi" / "openapi.json")],
+        capture_output=True, text=True, timeout=120)
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        raise AssertionError(f"redocly lint ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    totals = report["totals"]
+    if totals["errors"] or totals["warnings"]:
+        found = [f"{p['severity']} {p['ruleId']}: {p['message']} at {p['location'][0]['pointer']}"
+                 for p in report["problems"]]
+        raise AssertionError("redocly lint:\n  " + "\n  ".join(found))
+    print(f"  redocly lint: no problems ({totals['ignored']} ignored)")
+
+
+def generated_clients(binary: str) -> None:
+    generated_clients_check.check(binary, Kvserve)
+
+
 # The longest first, so that with --jobs they start at once and the short ones fill in.
 CHECKS = {
     "schemathesis-auth": schemathesis_auth,
@@ -273,9 +305,11 @@ CHECKS = {
     "swagger-ui": swagger_ui,
     "prometheus": prometheus_check.check,
     "clients": clients,
+    "generated-clients": generated_clients,
     "legacy-compat": legacy_compat,
     "jwt-interop": jwt_interop,
     "promtool": promtool,
+    "openapi-lint": openapi_lint,
 }
 
 

@@ -24,37 +24,55 @@ fn checked_in_spec_is_up_to_date() {
     );
 }
 
+/// Every operation with the statuses the server really sends it: its own, the shared
+/// refusals of the pipeline (`responses::Guarded`), the limits checked before routing
+/// (414 URI, 431 header fields) and the catch-all 500; the batch also the body's
+/// (408, 413, 415).
 #[test]
 fn every_route_and_status_is_documented() {
     let spec = spec();
     let single = &[
-        "200", "304", "400", "401", "403", "404", "421", "429", "503",
+        "200", "304", "400", "401", "403", "404", "414", "421", "429", "431", "500", "503",
+    ];
+    let legacy = &[
+        "200", "400", "401", "403", "404", "414", "421", "422", "429", "431", "500", "503",
     ];
     let expected: &[(&str, &str, &[&str])] = &[
         ("/v1/keys/{key}", "get", single),
         ("/v1/keys/{key}", "head", single),
         ("/v1/keys/{key}/value", "get", single),
+        ("/v1/keys/{key}/value", "head", single),
         (
             "/v1/keys/batch",
             "post",
             &[
-                "200", "400", "401", "403", "413", "415", "421", "429", "503",
+                "200", "400", "401", "403", "408", "413", "414", "415", "421", "429", "431", "500",
+                "503",
             ],
         ),
-        (
-            "/get_value/{key}",
-            "get",
-            &[
-                "200", "400", "401", "403", "404", "421", "422", "429", "503",
-            ],
-        ),
+        ("/get_value/{key}", "get", legacy),
+        ("/get_value/{key}", "head", legacy),
     ];
+    let operations: usize = spec["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|item| item.as_object().unwrap().len())
+        .sum();
+    assert_eq!(
+        operations,
+        expected.len(),
+        "an operation is not listed here"
+    );
     for (path, method, statuses) in expected {
         let op = &spec["paths"][path][method];
         assert!(op.is_object(), "{method} {path} missing");
         let mut documented: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
         documented.sort();
         assert_eq!(documented, *statuses, "{method} {path}");
+        if *method == "head" {
+            continue;
+        }
         for (status, response) in op["responses"].as_object().unwrap() {
             if status.starts_with('4') || status.starts_with('5') {
                 let content = response["content"].as_object().unwrap();
@@ -86,6 +104,122 @@ fn every_route_and_status_is_documented() {
     }
     let text = spec.to_string();
     assert!(!text.contains("param0"));
+}
+
+/// Every (method, path, status, response) of the document.
+fn responses(spec: &Value) -> Vec<(String, String, String, &Value)> {
+    let mut all = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for (status, response) in op["responses"].as_object().unwrap() {
+                all.push((method.clone(), path.clone(), status.clone(), response));
+            }
+        }
+    }
+    all
+}
+
+/// A HEAD answer has no body (RFC 9110 §9.3.2): a generated client that reads the
+/// declared content would parse the empty body (openapi-python-client did, as JSON).
+#[test]
+fn head_operations_declare_headers_only() {
+    let spec = spec();
+    let mut heads = 0;
+    for (method, path, status, response) in responses(&spec) {
+        if method == "head" {
+            heads += 1;
+            assert!(
+                response.get("content").is_none(),
+                "HEAD {path} {status} declares a body"
+            );
+        }
+    }
+    assert!(
+        heads >= 3 * 12,
+        "HEAD operations missing: {heads} responses"
+    );
+    let ok = &spec["paths"]["/v1/keys/{key}"]["head"]["responses"]["200"]["headers"];
+    assert!(ok["ETag"].is_object() && ok["Cache-Control"].is_object());
+}
+
+/// Header names as the server sends them, in their registered spelling (poem-openapi
+/// upper-cases them; a generator then exposes `ETAG`, a client looking up `ETag` in a
+/// case-sensitive map finds nothing).
+#[test]
+fn header_names_are_published_in_their_registered_spelling() {
+    let spec = spec();
+    let known = [
+        "ETag",
+        "Cache-Control",
+        "WWW-Authenticate",
+        "Retry-After",
+        "RateLimit",
+        "RateLimit-Policy",
+        "Deprecation",
+        "Link",
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for (method, path, status, response) in responses(&spec) {
+        for name in response["headers"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|h| h.0)
+        {
+            assert!(
+                known.contains(&name.as_str()),
+                "{method} {path} {status}: header {name}"
+            );
+            seen.insert(name.clone());
+        }
+    }
+    assert_eq!(seen.len(), known.len(), "declared: {seen:?}");
+}
+
+/// `RateLimit` and `RateLimit-Policy` are declared wherever the server may send them
+/// (every answer after the per-address check, when a limit is on; always on a 429),
+/// and the server does send them on a 200 and a 429 under the declared names.
+#[tokio::test]
+async fn rate_limit_fields_are_declared_where_they_are_sent() {
+    let spec = spec();
+    for (method, path, status, response) in responses(&spec) {
+        let headers = &response["headers"];
+        let must = status == "429";
+        let never = status == "414" || status == "431";
+        for name in ["RateLimit", "RateLimit-Policy"] {
+            let declared = &headers[name];
+            if never {
+                assert!(declared.is_null(), "{method} {path} {status} {name}");
+                continue;
+            }
+            assert!(
+                declared.is_object(),
+                "{method} {path} {status} lacks {name}"
+            );
+            assert_eq!(
+                declared["required"].as_bool().unwrap_or(false),
+                must,
+                "{method} {path} {status} {name}"
+            );
+        }
+        if status == "429" || status == "503" {
+            assert_eq!(
+                headers["Retry-After"]["required"], true,
+                "{method} {path} {status}"
+            );
+        }
+    }
+    let (_dir, server) =
+        TestServer::with_sample(&["--rate-limit", "1", "--rate-limit-burst", "1"]).await;
+    let path = "/v1/keys/72cf48f7-d604-4423-b012-4e2329f5117b";
+    for want in [200, 429] {
+        let resp = server.get(path).await;
+        assert_eq!(resp.status(), want);
+        for name in ["RateLimit", "RateLimit-Policy"] {
+            assert!(resp.headers().contains_key(name), "{want} lacks {name}");
+        }
+    }
+    server.stop().await.unwrap();
 }
 
 #[test]
