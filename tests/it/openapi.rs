@@ -45,7 +45,7 @@ fn every_route_and_status_is_documented() {
             "/get_value/{key}",
             "get",
             &[
-                "200", "400", "401", "403", "404", "421", "422", "429", "503",
+                "200", "307", "400", "401", "403", "404", "421", "422", "429", "503",
             ],
         ),
     ];
@@ -72,6 +72,9 @@ fn every_route_and_status_is_documented() {
         }
     }
     assert_eq!(spec["paths"]["/get_value/{key}"]["get"]["deprecated"], true);
+    // The trailing-slash redirect says where it goes.
+    let redirect = &spec["paths"]["/get_value/{key}"]["get"]["responses"]["307"];
+    assert!(redirect["headers"]["LOCATION"].is_object(), "{redirect}");
     // Every data route declares the bearer scheme, so Swagger UI's Authorize applies.
     assert_eq!(
         spec["components"]["securitySchemes"]["bearerAuth"]["scheme"],
