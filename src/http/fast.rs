@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 
-use poem::http::{HeaderMap, Method};
+use poem::http::{HeaderMap, Method, Uri};
 use poem::{IntoResponse, Response};
 
 use super::api;
@@ -48,7 +48,7 @@ pub fn serve<B>(state: &HttpState, req: &hyper::Request<B>, peer: SocketAddr) ->
         .span
         .in_scope(|| match pipeline::admit(state, &head, pipeline::API) {
             Ok(admission) => {
-                let mut resp = answer(state, head.uri.path(), head.headers, route);
+                let mut resp = answer(state, head.uri, head.headers, route);
                 admission.stamp(state, &mut resp);
                 resp
             }
@@ -65,8 +65,15 @@ pub fn serve<B>(state: &HttpState, req: &hyper::Request<B>, peer: SocketAddr) ->
 }
 
 /// What the route's operation answers, from the raw key segment decoded as poem's
-/// `Path` extractor decodes it.
-fn answer(state: &HttpState, path: &str, headers: &HeaderMap, route: HotRoute<'_>) -> Response {
+/// `Path` extractor decodes it; the legacy route's paths as Starlette matched them
+/// (`legacy::route`).
+fn answer(state: &HttpState, uri: &Uri, headers: &HeaderMap, route: HotRoute<'_>) -> Response {
+    if let HotRoute::Legacy(_) = route {
+        if let Some(answer) = legacy::route(state, uri, headers) {
+            return answer.into_response();
+        }
+    }
+    let path = uri.path();
     let raw = route.raw_key();
     let key: Cow<'_, str> = if raw.contains('%') {
         match percent_encoding::percent_decode_str(raw).decode_utf8() {

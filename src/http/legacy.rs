@@ -2,10 +2,21 @@
 //!
 //! The old service validated the key with pydantic, whose UUID check is the Rust
 //! `uuid` crate (1.23.0 in the pydantic-core the old service ran); this route parses
-//! with that same version, so it accepts the same keys and renders the same 422 texts.
+//! with that same version, so it accepts the same keys (every UUID version: the old
+//! parameter was a plain `uuid.UUID`) and renders the same 422 texts.
+//!
+//! Its paths are matched as Starlette matched them, not as poem does (`target`): on the
+//! percent-decoded path, bytes that are not UTF-8 read as U+FFFD, `%2F` a separator; a
+//! path that matches only without its trailing slashes is redirected (307), and any
+//! other path under `/get_value` is FastAPI's `{"detail":"Not Found"}`. The operation
+//! answers the paths poem routes to it with the same key; `before_router` answers the
+//! rest on the framework path, `http::fast` all of them on the fast path.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
+use poem::http::{header, HeaderMap, Method, Uri};
+use poem::{Endpoint, EndpointExt, IntoResponse, Response};
 use poem_openapi::param::Path;
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
@@ -23,7 +34,8 @@ use super::state::HttpState;
 #[derive(Object)]
 #[oai(example)]
 pub struct LegacyNotFound {
-    /// Always `Key not found`.
+    /// `Key not found` for a key that has no value, `Not Found` for a path under
+    /// `/get_value` that is no key.
     pub detail: String,
 }
 
@@ -73,12 +85,20 @@ pub enum LegacyResponse {
         #[oai(header = "Deprecation")] String,
         #[oai(header = "Link")] String,
     ),
-    /// `{"detail":"Key not found"}`.
+    /// `{"detail":"Key not found"}`; `{"detail":"Not Found"}` (and no `Link`) for a
+    /// path under `/get_value` that names no key (`/get_value/`, `/get_value/a%2Fb`).
     #[oai(status = 404)]
     NotFound(
         RawJson<LegacyNotFound>,
         #[oai(header = "Deprecation")] String,
-        #[oai(header = "Link")] String,
+        #[oai(header = "Link")] Option<String>,
+    ),
+    /// The path has trailing slashes (`/get_value/{key}/`): Starlette's redirect to the
+    /// path without them, an absolute URL on the request's `Host`, the query kept.
+    #[oai(status = 307)]
+    Redirect(
+        #[oai(header = "Location")] String,
+        #[oai(header = "Deprecation")] String,
     ),
     /// The key is not a UUID: FastAPI's validation error.
     #[oai(status = 422)]
@@ -139,6 +159,205 @@ impl LegacyApi {
     }
 }
 
+/// Where the old service's router sent a path under `/get_value`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// `/get_value/{key}`: the key as FastAPI received it, percent-decoded.
+    Key(Cow<'a, str>),
+    /// Trailing slashes: redirect to this decoded path without them.
+    Redirect(Cow<'a, str>),
+    /// Under `/get_value`, but no key.
+    NotFound,
+}
+
+/// Which `Target` `raw_path` (still percent-encoded) is, matched as Starlette matched
+/// uvicorn's decoded path (`urllib.parse.unquote`: invalid escapes kept as they are,
+/// bytes that are not UTF-8 as U+FFFD); `None` for a path outside `/get_value`.
+pub fn target(raw_path: &str) -> Option<Target<'_>> {
+    let path: Cow<'_, str> = if raw_path.contains('%') {
+        let bytes: Cow<'_, [u8]> = percent_encoding::percent_decode_str(raw_path).into();
+        Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
+    } else {
+        Cow::Borrowed(raw_path)
+    };
+    if path != "/get_value" && !path.starts_with("/get_value/") {
+        return None;
+    }
+    const PREFIX: &str = "/get_value/";
+    // Starlette's `{key}` is `[^/]+`.
+    let is_key_path = |path: &str| {
+        path.strip_prefix(PREFIX)
+            .is_some_and(|key| !key.is_empty() && !key.contains('/'))
+    };
+    if is_key_path(&path) {
+        return Some(Target::Key(tail(path, PREFIX.len())));
+    }
+    let stripped = path.trim_end_matches('/').len();
+    if stripped < path.len() && is_key_path(&path[..stripped]) {
+        return Some(Target::Redirect(head(path, stripped)));
+    }
+    Some(Target::NotFound)
+}
+
+/// `text[from..]`, borrowed or owned as `text` is.
+fn tail(text: Cow<'_, str>, from: usize) -> Cow<'_, str> {
+    match text {
+        Cow::Borrowed(text) => Cow::Borrowed(&text[from..]),
+        Cow::Owned(mut text) => Cow::Owned(text.split_off(from)),
+    }
+}
+
+/// `text[..to]`, borrowed or owned as `text` is.
+fn head(text: Cow<'_, str>, to: usize) -> Cow<'_, str> {
+    match text {
+        Cow::Borrowed(text) => Cow::Borrowed(&text[..to]),
+        Cow::Owned(mut text) => {
+            text.truncate(to);
+            Cow::Owned(text)
+        }
+    }
+}
+
+/// The old service's answer to any `GET` of a path under `/get_value` (`None` for
+/// other paths): the fast path's answer, and the framework path's for the paths
+/// poem does not route to the operation as the same key.
+pub fn route(state: &HttpState, uri: &Uri, headers: &HeaderMap) -> Option<Guarded<LegacyResponse>> {
+    Some(match target(uri.path())? {
+        Target::Key(key) => answer(state, &key),
+        Target::Redirect(path) => Guarded::Route(LegacyResponse::Redirect(
+            location(&path, uri.query(), headers),
+            deprecation(),
+        )),
+        Target::NotFound => Guarded::Route(LegacyResponse::NotFound(
+            RawJson::new(ROUTE_NOT_FOUND_BODY),
+            deprecation(),
+            None,
+        )),
+    })
+}
+
+/// On the framework path, ahead of poem's router: `GET`/`HEAD` of a legacy path the
+/// operation would not get with the key Starlette saw (trailing slashes, no key,
+/// `%2F` in it, escapes that are not UTF-8, which poem's router refuses) is answered
+/// by `route`; everything else goes on to the router.
+pub fn before_router<E: Endpoint + 'static>(
+    ep: E,
+    state: Arc<HttpState>,
+) -> impl Endpoint<Output = Response> {
+    ep.around(move |ep, req| {
+        let state = state.clone();
+        async move {
+            let method = req.method();
+            if (method == Method::GET || method == Method::HEAD) && !routed_as_is(req.uri().path())
+            {
+                if let Some(answer) = route(&state, req.uri(), req.headers()) {
+                    return Ok(answer.into_response());
+                }
+            }
+            ep.call(req).await.map(IntoResponse::into_response)
+        }
+    })
+}
+
+/// Whether poem routes `raw_path` to the operation with the key Starlette would have
+/// passed: one segment after `/get_value/` that decodes to UTF-8 without a `/`.
+fn routed_as_is(raw_path: &str) -> bool {
+    raw_path
+        .strip_prefix("/get_value/")
+        .filter(|raw| !raw.is_empty() && !raw.contains('/'))
+        .and_then(|raw| percent_encoding::percent_decode_str(raw).decode_utf8().ok())
+        .is_some_and(|key| !key.contains('/'))
+}
+
+/// Starlette's redirect URL: `URL(scope=...)` (the decoded path with `?`, `#` and `\`
+/// escaped, the authority of a valid `Host` header, the raw query) quoted by
+/// `RedirectResponse`. Without a valid `Host` Starlette fell back to the address it
+/// listened on; this answer gives the path alone.
+fn location(path: &str, query: Option<&str>, headers: &HeaderMap) -> String {
+    let path = path
+        .replace('?', "%3F")
+        .replace('#', "%23")
+        .replace('\\', "%5C");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .filter(|host| valid_host(host));
+    let mut url = match host {
+        Some(host) => format!("http://{host}{path}"),
+        None => match path.strip_prefix("//") {
+            Some(rest) => format!("/%2F{rest}"),
+            None => path,
+        },
+    };
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
+        url.push('?');
+        url.push_str(query);
+    }
+    quote(&url)
+}
+
+/// `urllib.parse.quote(url, safe=":/%#?=@[]!$&'()*+,;")`.
+fn quote(url: &str) -> String {
+    const SAFE: &[u8] = b"_.-~:/%#?=@[]!$&'()*+,;";
+    let mut out = String::with_capacity(url.len());
+    for &byte in url.as_bytes() {
+        if byte.is_ascii_alphanumeric() || SAFE.contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Starlette's `parse_host_header` accepting `host` and its port being valid: a
+/// reg-name of unreserved, sub-delim and `%` characters, or a bracketed IPv6 literal
+/// (or IPvFuture), then an optional port of at most 65535.
+fn valid_host(host: &str) -> bool {
+    let (name, port) = match host.rfind(':') {
+        Some(colon) if !host[colon..].contains(']') => (&host[..colon], Some(&host[colon + 1..])),
+        _ => (host, None),
+    };
+    let port_ok = port.is_none_or(|port| {
+        let digits = port.trim_start_matches('0');
+        !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && digits.len() <= 5
+            && digits.parse::<u32>().unwrap_or(0) <= 65535
+    });
+    let name_ok = if let Some(literal) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        ipv6_literal(literal) || ipv_future(literal)
+    } else {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._~%!$&'()*+,;=-".contains(&b))
+    };
+    port_ok && name_ok
+}
+
+fn ipv6_literal(literal: &str) -> bool {
+    // `[a-f0-9]*:[a-f0-9.:]+`, then Python's `IPv6Address`.
+    literal.contains(':')
+        && literal
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        && literal.parse::<std::net::Ipv6Addr>().is_ok()
+}
+
+fn ipv_future(literal: &str) -> bool {
+    // `v[a-f0-9]+\.[a-z0-9._~!$&'()*+,;=:-]+`, the `v` lowercase.
+    let Some((version, rest)) = literal.strip_prefix('v').and_then(|l| l.split_once('.')) else {
+        return false;
+    };
+    !version.is_empty()
+        && version.bytes().all(|b| b.is_ascii_hexdigit())
+        && !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~!$&'()*+,;=:-".contains(&b))
+}
+
 /// The old service's answer for `raw_key`; the operation above and the fast path
 /// (`http::fast`) both return it.
 pub fn answer(state: &HttpState, raw_key: &str) -> Guarded<LegacyResponse> {
@@ -157,7 +376,7 @@ pub fn answer(state: &HttpState, raw_key: &str) -> Guarded<LegacyResponse> {
         match lookup_key(state, key, IfNoneMatch::absent(), Shape::Json) {
             Lookup::Hit { body, .. } => LegacyResponse::Ok(RawJson::new(body), deprecation(), link),
             Lookup::Failed(problem) if problem.status == 404 => {
-                LegacyResponse::NotFound(RawJson::new(NOT_FOUND_BODY), deprecation(), link)
+                LegacyResponse::NotFound(RawJson::new(NOT_FOUND_BODY), deprecation(), Some(link))
             }
             Lookup::Failed(problem) => return problem.into(),
             // No If-None-Match is passed, so there is no 304.
@@ -171,6 +390,9 @@ fn deprecation() -> String {
 }
 
 pub const NOT_FOUND_BODY: &[u8] = br#"{"detail":"Key not found"}"#;
+
+/// Starlette's 404 for a path no route takes.
+pub const ROUTE_NOT_FOUND_BODY: &[u8] = br#"{"detail":"Not Found"}"#;
 
 #[derive(serde::Serialize)]
 struct ValidationBody<'a> {
@@ -201,6 +423,64 @@ mod tests {
         assert_eq!(
             body,
             r#"{"detail":[{"type":"uuid_parsing","loc":["path","key"],"msg":"Input should be a valid UUID, invalid length: expected length 32 for simple format, found 3","input":"abc","ctx":{"error":"invalid length: expected length 32 for simple format, found 3"}}]}"#
+        );
+    }
+
+    #[test]
+    fn paths_are_matched_as_starlette_matched_them() {
+        use std::borrow::Cow::Borrowed;
+        assert_eq!(target("/get_value/abc"), Some(Target::Key(Borrowed("abc"))));
+        assert_eq!(
+            target("/get_value/a%E8").map(|t| matches!(t, Target::Key(k) if k == "a\u{fffd}")),
+            Some(true)
+        );
+        assert_eq!(
+            target("/get_value/a//"),
+            Some(Target::Redirect(Borrowed("/get_value/a")))
+        );
+        for not_found in [
+            "/get_value",
+            "/get_value/",
+            "/get_value//",
+            "/get_value/a%2Fb",
+            "/get_value/a/b/",
+        ] {
+            assert_eq!(target(not_found), Some(Target::NotFound), "{not_found}");
+        }
+        for other in ["/", "/get_values/a", "/v1/keys/a", "/get_valu"] {
+            assert_eq!(target(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn hosts_and_quoting_follow_starlette() {
+        for good in [
+            "a.b",
+            "127.0.0.1:8080",
+            "[::1]:1",
+            "[v1.x]",
+            "h:00065535",
+            "a%zz!$&'()*+,;=-",
+        ] {
+            assert!(valid_host(good), "{good}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a:",
+            "a:65536",
+            "a:x",
+            "[::g]",
+            "[1.2.3.4]",
+            "a/b",
+            "a@b",
+            "[::1",
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+        assert_eq!(
+            quote("http://h/a b{}\u{fffd}?q=%7B|"),
+            "http://h/a%20b%7B%7D%EF%BF%BD?q=%7B%7C"
         );
     }
 }

@@ -102,13 +102,14 @@ pub fn openapi_json() -> String {
 pub fn api_endpoint(state: Arc<HttpState>) -> impl Endpoint<Output = Response> {
     let service = api_service(state.clone());
     let (docs, spec) = served_spec(&service, state.auth.is_some());
-    let routes = problem::with_problems(
+    let routes = problem::with_problems(legacy::before_router(
         Route::new()
             .at("/docs", docs)
             .at("/openapi.json", spec)
             .nest("/", service)
             .data(state.clone()),
-    );
+        state.clone(),
+    ));
     routes.around(move |routes, req| pipeline::through_framework(state.clone(), routes, req))
 }
 

@@ -83,7 +83,7 @@ enum Shared {
 }
 
 /// The registered spelling of every header the API declares (RFC 9110, RFC 6750,
-/// draft-ietf-httpapi-ratelimit-headers, RFC 9745, RFC 8288).
+/// draft-ietf-httpapi-ratelimit-headers, RFC 9745, RFC 8288, RFC 9110 for Location).
 const HEADER_NAMES: &[&str] = &[
     "ETag",
     "Cache-Control",
@@ -93,6 +93,7 @@ const HEADER_NAMES: &[&str] = &[
     "RateLimit-Policy",
     "Deprecation",
     "Link",
+    "Location",
 ];
 
 /// `name` (upper-cased by the derive) in its registered spelling; a name not in

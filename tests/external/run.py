@@ -2,8 +2,10 @@
 """External checks: third-party components against a real kvserve on 127.0.0.1.
 
   legacy-compat   the old service's framework (FastAPI + pydantic, tests/external/
-                  old_service.py) and kvserve answer GET /get_value/{key} with the same
-                  status, Content-Type and body bytes, for good and bad keys alike
+                  old_service.py) and kvserve answer GET of a few thousand generated
+                  paths under /get_value (tests/external/legacy_cases.py: mutated keys,
+                  every UUID version, escapes that are not UTF-8, trailing and doubled
+                  slashes) with the same status, Content-Type, Location and body bytes
   schemathesis-auth, schemathesis-open
                   property-based requests generated from the served /openapi.json;
                   every answer must match the spec (status, content type, schema,
@@ -119,38 +121,78 @@ class Kvserve:
 
 
 def legacy_compat(binary: str) -> None:
+    """The old service and kvserve, GET of generated targets under /get_value
+    (legacy_cases.py): the same status, Content-Type, Location and body bytes.
+    Redirects are compared, not followed; both get the same Host header, so the
+    absolute Location of a 307 is comparable."""
+    import http.client
+    import threading
+
+    import legacy_cases
+
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "compat.data"
         data.write_text(
             f"{KEY} zsda pl focnygogk\n"
             "0d9c6e4e-5c39-4f76-9a57-2f0b7e4c1a11 héllo \"quoted\" back\\slash \t tab ☃\n"
             "11111111-1111-4111-8111-111111111111 \n"
-            "AAAAAAAA-BBBB-4CCC-8DDD-EEEEEEEEEEEE upper case key\r\n",
+            "AAAAAAAA-BBBB-4CCC-8DDD-EEEEEEEEEEEE upper case key\r\n"
+            # Present keys of other versions than 4: found by both, never a 422.
+            "6ba7b810-9dad-11d1-80b4-00c04fd430c8 version one\n"
+            "00000000-0000-0000-0000-000000000000 nil\n"
+            "ffffffff-ffff-ffff-ffff-ffffffffffff max\n"
+            "017f22e2-79b0-7cc3-98c4-dc0c0c07398f version seven\n",
             encoding="utf-8",
         )
+        keys = [line.split(" ")[0] for line in data.read_text(encoding="utf-8").splitlines()]
+        targets = legacy_cases.targets(keys)
         old_port = free_port()
         old = subprocess.Popen([sys.executable, str(HERE / "old_service.py"), str(data), str(old_port)])
         try:
             wait_for(f"http://127.0.0.1:{old_port}/get_value/{KEY}")
             with Kvserve(binary, data) as new:
-                keys = [
-                    KEY, KEY.upper(), KEY.replace("-", ""), "{" + KEY + "}", "urn:uuid:" + KEY,
-                    "0d9c6e4e-5c39-4f76-9a57-2f0b7e4c1a11", "11111111-1111-4111-8111-111111111111",
-                    "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee", "00000000-0000-0000-0000-000000000000",
-                    "abc", "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz", KEY[:-1], KEY + "0", KEY.replace("-", "_"),
-                    "x" * 100, "a" * 10_000, "%E2%98%83", "%20", "72cf48f7-d604-4423-b012-4e2329f5117%C3%A9",
-                    "{" + KEY, "urn:uuid:xyz", "12345678-1234-1234-1234-1234567890ab-ff", "1-2-3-4-5",
-                    "72cf48f7d6044423b0124e2329f5117g",
-                ]
-                mismatches = []
-                for key in keys:
-                    want = fetch(f"http://127.0.0.1:{old_port}/get_value/{key}")
-                    got = fetch(f"{new.url}/get_value/{key}")
-                    if got != want:
-                        mismatches.append(f"  /get_value/{key[:60]}\n    old: {str(want)[:400]}\n    new: {str(got)[:400]}")
+                new_port = int(new.url.rsplit(":", 1)[1])
+                local = threading.local()
+
+                def get(port: int, target: str) -> tuple:
+                    # One keep-alive connection per thread and server.
+                    conns = local.__dict__.setdefault("conns", {})
+                    for attempt in range(2):
+                        conn = conns.get(port) or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                        conns[port] = conn
+                        try:
+                            conn.putrequest("GET", target, skip_host=True, skip_accept_encoding=True)
+                            conn.putheader("Host", "legacy.test:8080")
+                            conn.endheaders()
+                            resp = conn.getresponse()
+                            body = resp.read()
+                            return (resp.status, resp.getheader("content-type", ""),
+                                    resp.getheader("location", ""), body)
+                        except (http.client.HTTPException, OSError):
+                            conn.close()
+                            conns.pop(port, None)
+                            if attempt:
+                                raise
+                    raise AssertionError("unreachable")
+
+                def compare(target: str) -> tuple[int, str | None]:
+                    want, got = get(old_port, target), get(new_port, target)
+                    if got == want:
+                        return want[0], None
+                    return want[0], f"  GET {target[:100]}\n    old: {str(want)[:400]}\n    new: {str(got)[:400]}"
+
+                started = time.monotonic()
+                with ThreadPoolExecutor(max_workers=8) as pool:
+                    results = list(pool.map(compare, targets))
+                mismatches = [m for _, m in results if m]
                 if mismatches:
-                    raise AssertionError("legacy route differs from the old service:\n" + "\n".join(mismatches))
-                print(f"  {len(keys)} keys answered identically by both services")
+                    raise AssertionError(f"legacy route differs from the old service on {len(mismatches)} of "
+                                         f"{len(targets)} targets:\n" + "\n".join(mismatches[:40]))
+                statuses: dict[int, int] = {}
+                for status, _ in results:
+                    statuses[status] = statuses.get(status, 0) + 1
+                print(f"  {len(targets)} generated targets answered identically by both services "
+                      f"in {time.monotonic() - started:.1f}s; statuses {dict(sorted(statuses.items()))}")
         finally:
             old.terminate()
             old.wait(timeout=10)

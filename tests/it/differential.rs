@@ -13,18 +13,19 @@
 //! --rate-limit-burst 3 --subject-rate-limit 1 --subject-rate-limit-burst 2`). The
 //! generator (`req_strategy`) covers methods (GET, HEAD, POST, DELETE, OPTIONS, PUT,
 //! PATCH), the three hot routes and their near misses (`/v1/keys/`, `/v1/keys`,
-//! `/v1/keys/batch`, `/v1/keys/{k}/value/x`, `/get_value/`, trailing slashes,
-//! `/v1/keys//value`), a query string, key spellings (hyphenated, simple, braced raw
+//! `/v1/keys/batch`, `/v1/keys/{k}/value/x`, `/get_value/`, `/get_value`, trailing
+//! slashes (also `//` and `%2F`), `/v1/keys//value`), a query string, key spellings (hyphenated, simple, braced raw
 //! and encoded, urn, upper case, wholly percent-encoded; missing; outside the shard;
 //! damaged: wrong length, bad hex, empty, unicode raw and encoded, `%ff`, `%c3%28`,
-//! `%2F`, `%00`, lone `%`; random strings; a key whose 2 KiB value is compressed),
+//! `%2F`, `%00`, lone `%`, escapes that are not UTF-8 among other characters; UUIDs of
+//! other versions than 4, nil and max; random strings; a key whose 2 KiB value is compressed),
 //! `If-None-Match` (absent, current, `W/`, `*`, a list, stale, garbage, two lines, the
 //! `-zst` and `-gz` tags), `Accept-Encoding` (absent, gzip, zstd, both, by q, identity
 //! refused, unsupported only, `*;q=0`, garbage, two lines), `Authorization` (absent, good, bad
 //! signature, expired, wrong scope, not Bearer, lowercase scheme, empty, two headers)
 //! and `X-Request-Id` (absent, usable, unusable). The statuses compared are printed at
 //! the end (`--nocapture`): a run of 256 reaches 200, 304, 400, 401, 403, 404, 405, 421,
-//! 422, and 429 from each limit (the subject one a few times).
+//! 422, 307 (the legacy trailing slashes) and 429 from each limit (the subject one a few times).
 //!
 //! The rate limits are made exact, not tolerated: the servers trust
 //! `X-Forwarded-For`, and every case gets a fresh address and a fresh token subject, so
@@ -105,6 +106,11 @@ enum Route {
     ValueTrailing,
     LegacyTrailing,
     EmptyKeyValue,
+    /// The legacy route as Starlette matched it: `//` after the key, `%2F` after the
+    /// key (a trailing slash once decoded), `/get_value` alone.
+    LegacyDoubleTrailing,
+    LegacyEncodedTrailing,
+    LegacyBare,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -249,6 +255,9 @@ impl Req {
             Route::ValueTrailing => &[b"/v1/keys/", k, b"/value/"],
             Route::LegacyTrailing => &[b"/get_value/", k, b"/"],
             Route::EmptyKeyValue => &[b"/v1/keys//value"],
+            Route::LegacyDoubleTrailing => &[b"/get_value/", k, b"//"],
+            Route::LegacyEncodedTrailing => &[b"/get_value/", k, b"%2F"],
+            Route::LegacyBare => &[b"/get_value"],
         };
         let mut target = parts.concat();
         target.extend_from_slice(self.query.as_bytes());
@@ -367,6 +376,17 @@ fn key_strategy() -> impl Strategy<Value = Vec<u8>> {
         b"batch",
         b"urn:uuid:",
         b"{}",
+        // Other UUID versions than 4, and the nil and max UUIDs: keys like any other.
+        b"6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+        b"6ba7b810-9dad-11e4-80b4-00c04fd430c8",
+        b"017f22e2-79b0-7cc3-98c4-dc0c0c07398f",
+        b"ffffffff-ffff-ffff-ffff-ffffffffffff",
+        b"urn:uuid:6ba7b810-9dad-31d1-80b4-00c04fd430c8",
+        // Escapes that are not UTF-8 among other characters; `?` and `#` escaped.
+        b"4Bn%E8C2%7B",
+        b"%E8%7B",
+        b"a%3Fb%23",
+        b"a%5C",
     ];
     fixed.extend(damaged.iter().map(|k| k.to_vec()));
     let chars: Vec<u8> = b"0123456789abcdefABCDEFg-{}%:/xz".to_vec();
@@ -394,11 +414,14 @@ fn req_strategy() -> impl Strategy<Value = Req> {
             Route::ValueTrailing,
             Route::LegacyTrailing,
             Route::EmptyKeyValue,
+            Route::LegacyDoubleTrailing,
+            Route::LegacyEncodedTrailing,
+            Route::LegacyBare,
         ]),
     ];
     let query = prop_oneof![
         6 => Just(""),
-        1 => proptest::sample::select(vec!["?x=1", "?access_token=abc", "?"]),
+        1 => proptest::sample::select(vec!["?x=1", "?access_token=abc", "?", "?q=%7B&r=}"]),
     ];
     let etag = prop_oneof![
         3 => Just(Etag::Absent),

@@ -29,6 +29,7 @@ mod differential;
 mod fast_path;
 mod faults;
 mod fuzz_seeds;
+mod legacy;
 mod lifecycle;
 mod loading;
 mod openapi;

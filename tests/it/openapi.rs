@@ -35,7 +35,7 @@ fn every_route_and_status_is_documented() {
         "200", "304", "400", "401", "403", "404", "414", "421", "429", "431", "500", "503",
     ];
     let legacy = &[
-        "200", "400", "401", "403", "404", "414", "421", "422", "429", "431", "500", "503",
+        "200", "307", "400", "401", "403", "404", "414", "421", "422", "429", "431", "500", "503",
     ];
     let expected: &[(&str, &str, &[&str])] = &[
         ("/v1/keys/{key}", "get", single),
@@ -90,6 +90,9 @@ fn every_route_and_status_is_documented() {
         }
     }
     assert_eq!(spec["paths"]["/get_value/{key}"]["get"]["deprecated"], true);
+    // The trailing-slash redirect says where it goes.
+    let redirect = &spec["paths"]["/get_value/{key}"]["get"]["responses"]["307"];
+    assert!(redirect["headers"]["Location"].is_object(), "{redirect}");
     // Every data route declares the bearer scheme, so Swagger UI's Authorize applies.
     assert_eq!(
         spec["components"]["securitySchemes"]["bearerAuth"]["scheme"],
@@ -157,6 +160,7 @@ fn header_names_are_published_in_their_registered_spelling() {
         "RateLimit-Policy",
         "Deprecation",
         "Link",
+        "Location",
     ];
     let mut seen = std::collections::BTreeSet::new();
     for (method, path, status, response) in responses(&spec) {
