@@ -11,6 +11,10 @@
 # Each argument is one kvserve configuration (extra flags; "" is the default). A
 # configuration starting with @PATH runs the kvserve binary at PATH instead of this
 # tree's, to compare builds:  benches/load/ab.sh "@../old/target/release/kvserve" ""
+# Leading NAME=value words (after @PATH, if any) are environment variables of that run:
+#   benches/load/ab.sh "" "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:18200"
+# An OTLP endpoint on 127.0.0.1:18200 is served by benches/load/otlp-sink.py, started
+# here (it takes every export and answers 200, as a collector would).
 # Knobs: ROUNDS (5), DURATION (8), DIST (uniform|zipf), KEYS_PATH (/v1/keys/%s),
 # LOG_LEVEL (unset: the server's default, access log on, as operators run it; e.g.
 # "info,kvserve::access=off" to measure without it), and those of benches/load/common.sh.
@@ -42,7 +46,12 @@ OUT="$WORK/ab.tsv"
 : > "$OUT"
 
 PID=
-trap '[ -n "$PID" ] && kill $PID 2>/dev/null || true' EXIT
+SINK=
+trap '[ -n "$PID" ] && kill $PID 2>/dev/null; [ -n "$SINK" ] && kill $SINK 2>/dev/null || true' EXIT
+if [[ "$*" == *127.0.0.1:18200* ]]; then
+  python3 benches/load/otlp-sink.py 18200 &
+  SINK=$!
+fi
 
 # measure TARGET PATH_TEMPLATE: one warm-up and one measured wrk run; prints the server
 # CPU per request (µs), the rate (req/s) and wrk's p99 latency (µs).
@@ -75,13 +84,21 @@ for round in $(seq 1 "$ROUNDS"); do
     if [[ $config == @* ]]; then
       bin=${config%% *} flags=${config#"$bin"} bin=${bin#@}
     fi
+    envs=()
+    while [[ $flags =~ ^[[:space:]]*([A-Z_][A-Z0-9_]*=[^[:space:]]*)(.*)$ ]]; do
+      envs+=("${BASH_REMATCH[1]}") flags=${BASH_REMATCH[2]}
+    done
     # shellcheck disable=SC2086 # a configuration is a list of flags
-    "$bin" --data "$DATA" --addr "$API" --admin-addr "$ADMIN" \
+    env "${envs[@]}" "$bin" --data "$DATA" --addr "$API" --admin-addr "$ADMIN" \
       ${LOG_LEVEL:+--log-level "$LOG_LEVEL"} $flags > "$WORK/ab-kvserve.log" 2>&1 &
     PID=$!
     wait_ready "http://$ADMIN/readyz" "$PID" "$WORK/ab-kvserve.log"
     wait_settled "$WORK/ab-kvserve.log"
     printf '%s\tkvserve %s\t%s\n' "$round" "$config" "$(measure "$API" "$KEYS_PATH")" | tee -a "$OUT" >&2
+    if [[ " ${envs[*]}" == *" OTEL_"* ]]; then
+      # Spans lost to a full export queue: the price of sampling more than it can send.
+      echo "  spans dropped: $(curl -s "http://$ADMIN/metrics" | awk '$1 == "kvserve_trace_spans_dropped_total" { print $2 }')" >&2
+    fi
     kill "$PID"; wait "$PID" 2>/dev/null || true
   done
 done
