@@ -2,8 +2,11 @@
 //!
 //! The old service validated the key with pydantic, whose UUID check is the Rust
 //! `uuid` crate (1.23.0 in the pydantic-core the old service ran); this route parses
-//! with that same version, so it accepts the same keys (every UUID version: the old
-//! parameter was a plain `uuid.UUID`) and renders the same 422 texts.
+//! with that same version, so it accepts the same spellings and renders the same 422
+//! texts. The old parameter was pydantic's `UUID4` (issue 16: the real service answered
+//! other versions with `uuid_version` 422s), so a key that parses is then held to
+//! pydantic-core's version check (`version4`): keys of other versions in the data file
+//! are unreachable here, as they were there, and found on `/v1`.
 //!
 //! Its paths are matched as Starlette matched them, not as poem does (`target`): on the
 //! percent-decoded path, bytes that are not UTF-8 read as U+FFFD, `%2F` a separator; a
@@ -56,23 +59,33 @@ pub struct LegacyValidationError {
 /// One pydantic validation error, in pydantic's field order.
 #[derive(Object, serde::Serialize)]
 pub struct LegacyErrorItem {
-    /// Always `uuid_parsing`.
+    /// `uuid_parsing` when the key is no UUID, `uuid_version` when it is one of another
+    /// version than 4 (or of version 4 but not of the RFC 9562 variant).
     #[oai(rename = "type")]
     #[serde(rename = "type")]
     pub kind: String,
     /// Always `["path", "key"]`.
     pub loc: Vec<String>,
-    /// `Input should be a valid UUID, ` followed by the parser's reason.
+    /// `Input should be a valid UUID, ` followed by the parser's reason; `UUID version
+    /// 4 expected` for `uuid_version`.
     pub msg: String,
-    /// The key as sent.
+    /// The key as sent, percent-decoded.
     pub input: String,
     pub ctx: LegacyErrorContext,
 }
 
+/// pydantic's context of the error: `error` for `uuid_parsing`, `expected_version`
+/// for `uuid_version`.
 #[derive(Object, serde::Serialize)]
 pub struct LegacyErrorContext {
-    /// The parser's reason.
-    pub error: String,
+    /// The parser's reason (`uuid_parsing`).
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Always 4 (`uuid_version`).
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<u8>,
 }
 
 /// The old service's answers, plus `Deprecation` and a `Link` to the `/v1` successor.
@@ -100,7 +113,8 @@ pub enum LegacyResponse {
         #[oai(header = "Location")] String,
         #[oai(header = "Deprecation")] String,
     ),
-    /// The key is not a UUID: FastAPI's validation error.
+    /// The key is not a UUID (`uuid_parsing`), or not one of version 4
+    /// (`uuid_version`): FastAPI's validation error.
     #[oai(status = 422)]
     Unprocessable(
         RawJson<LegacyValidationError>,
@@ -127,6 +141,10 @@ impl LegacyApi {
     /// Look up one key (deprecated)
     ///
     /// The old service's route and exact answers. Use `GET /v1/keys/{key}` instead.
+    ///
+    /// Like the old service's `UUID4` parameter, it takes only version-4 UUIDs (of the
+    /// RFC 9562 variant); any other version is a 422 `uuid_version`, even for a key the
+    /// data holds. `/v1` takes every version.
     #[oai(
         path = "/get_value/:key",
         method = "get",
@@ -362,14 +380,9 @@ fn ipv_future(literal: &str) -> bool {
 /// (`http::fast`) both return it.
 pub fn answer(state: &HttpState, raw_key: &str) -> Guarded<LegacyResponse> {
     let key = match uuid::Uuid::parse_str(raw_key) {
-        Ok(key) => key,
-        Err(err) => {
-            let body = validation_error(raw_key, &err);
-            return Guarded::Route(LegacyResponse::Unprocessable(
-                RawJson::new(body),
-                deprecation(),
-            ));
-        }
+        Ok(key) if version4(key) => key,
+        Ok(_) => return unprocessable(version_error(raw_key)),
+        Err(err) => return unprocessable(validation_error(raw_key, &err)),
     };
     let link = format!("</v1/keys/{}>; rel=\"successor-version\"", key.hyphenated());
     Guarded::Route(
@@ -383,6 +396,20 @@ pub fn answer(state: &HttpState, raw_key: &str) -> Guarded<LegacyResponse> {
             Lookup::NotModified { .. } => return Problem::not_loaded().into(),
         },
     )
+}
+
+fn unprocessable(body: Vec<u8>) -> Guarded<LegacyResponse> {
+    Guarded::Route(LegacyResponse::Unprocessable(
+        RawJson::new(body),
+        deprecation(),
+    ))
+}
+
+/// pydantic-core's `UUID4` check on a parsed string (`UuidValidator`): the version
+/// nibble is 4 and the variant RFC 9562's (`10xx`). Nil, max and version 4 of the NCS,
+/// Microsoft or future variants fail it.
+fn version4(key: uuid::Uuid) -> bool {
+    key.get_version_num() == 4 && key.get_variant() == uuid::Variant::RFC4122
 }
 
 fn deprecation() -> String {
@@ -402,13 +429,33 @@ struct ValidationBody<'a> {
 /// The 422 body FastAPI wrote for a path parameter pydantic could not parse as a UUID.
 fn validation_error(input: &str, err: &uuid::Error) -> Vec<u8> {
     let reason = err.to_string();
-    let item = LegacyErrorItem {
+    error_body(LegacyErrorItem {
         kind: "uuid_parsing".to_owned(),
         loc: vec!["path".to_owned(), "key".to_owned()],
         msg: format!("Input should be a valid UUID, {reason}"),
         input: input.to_owned(),
-        ctx: LegacyErrorContext { error: reason },
-    };
+        ctx: LegacyErrorContext {
+            error: Some(reason),
+            expected_version: None,
+        },
+    })
+}
+
+/// The 422 body FastAPI wrote for a UUID that `UUID4` refused (`version4`).
+fn version_error(input: &str) -> Vec<u8> {
+    error_body(LegacyErrorItem {
+        kind: "uuid_version".to_owned(),
+        loc: vec!["path".to_owned(), "key".to_owned()],
+        msg: "UUID version 4 expected".to_owned(),
+        input: input.to_owned(),
+        ctx: LegacyErrorContext {
+            error: None,
+            expected_version: Some(4),
+        },
+    })
+}
+
+fn error_body(item: LegacyErrorItem) -> Vec<u8> {
     serde_json::to_vec(&ValidationBody { detail: [&item] }).unwrap_or_default()
 }
 
@@ -424,6 +471,29 @@ mod tests {
             body,
             r#"{"detail":[{"type":"uuid_parsing","loc":["path","key"],"msg":"Input should be a valid UUID, invalid length: expected length 32 for simple format, found 3","input":"abc","ctx":{"error":"invalid length: expected length 32 for simple format, found 3"}}]}"#
         );
+    }
+
+    #[test]
+    fn version_error_matches_fastapi() {
+        let body = String::from_utf8(version_error("{0-0-0-0-0}")).unwrap();
+        assert_eq!(
+            body,
+            r#"{"detail":[{"type":"uuid_version","loc":["path","key"],"msg":"UUID version 4 expected","input":"{0-0-0-0-0}","ctx":{"expected_version":4}}]}"#
+        );
+    }
+
+    #[test]
+    fn only_version_4_of_the_rfc_variant_passes() {
+        for variant in "0123456789abcdef".chars() {
+            for version in "0123456789abcdef".chars() {
+                let key = format!("6ba7b810-9dad-{version}1d1-{variant}0b4-00c04fd430c8");
+                let key = uuid::Uuid::parse_str(&key).unwrap();
+                let want = version == '4' && "89ab".contains(variant);
+                assert_eq!(version4(key), want, "{key}");
+            }
+        }
+        assert!(!version4(uuid::Uuid::nil()));
+        assert!(!version4(uuid::Uuid::max()));
     }
 
     #[test]

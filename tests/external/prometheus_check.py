@@ -44,7 +44,7 @@ SCRAPE_SECONDS = 1
 N = 200
 
 FOUND = "72cf48f7-d604-4423-b012-4e2329f5117b"  # in data/sample.data
-MISSING = "00000000-0000-0000-0000-000000000000"
+MISSING = "00000000-0000-4000-8000-000000000000"  # version 4: the legacy route takes no other
 
 # (method, path, body, expected status, expected route label), sent in turn until N are sent.
 REQUESTS = [

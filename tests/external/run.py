@@ -137,7 +137,7 @@ def legacy_compat(binary: str) -> None:
             "0d9c6e4e-5c39-4f76-9a57-2f0b7e4c1a11 héllo \"quoted\" back\\slash \t tab ☃\n"
             "11111111-1111-4111-8111-111111111111 \n"
             "AAAAAAAA-BBBB-4CCC-8DDD-EEEEEEEEEEEE upper case key\r\n"
-            # Present keys of other versions than 4: found by both, never a 422.
+            # Present keys of other versions than 4: a 422 uuid_version from both (UUID4).
             "6ba7b810-9dad-11d1-80b4-00c04fd430c8 version one\n"
             "00000000-0000-0000-0000-000000000000 nil\n"
             "ffffffff-ffff-ffff-ffff-ffffffffffff max\n"

@@ -54,34 +54,115 @@ async fn get(s: &TestServer, path: &str) -> (u16, String, String, String) {
     (status, ct, location, resp.text().await.unwrap())
 }
 
-/// The old service validates `uuid.UUID`, which takes every version: a present key of
-/// any version is found, an absent one is "Key not found"; never a 422.
+/// pydantic's 422 for a key that parses as a UUID of another version than 4 (or of
+/// version 4 with a variant other than RFC 9562's), `input` as FastAPI received it.
+fn uuid_version_error(input: &str) -> String {
+    format!(
+        r#"{{"detail":[{{"type":"uuid_version","loc":["path","key"],"msg":"UUID version 4 expected","input":"{input}","ctx":{{"expected_version":4}}}}]}}"#
+    )
+}
+
+/// The old service's key was pydantic's `UUID4` (issue 16: the real service answered
+/// `uuid_version` 422s): only version 4 of the RFC variant passes. Every other UUID is
+/// its 422, even one the data file holds; `/v1` still finds that one.
 #[tokio::test]
-async fn every_uuid_version_is_a_key_like_the_old_service() {
+async fn keys_must_be_version_4_like_the_old_services_uuid4() {
     let dir = tempfile::tempdir().unwrap();
     for s in servers(dir.path()).await {
-        for (key, value) in [
-            ("6ba7b810-9dad-11d1-80b4-00c04fd430c8", "version one"),
-            ("00000000-0000-0000-0000-000000000000", "nil"),
-            ("FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF", "max"),
-            ("{017f22e2-79b0-7cc3-98c4-dc0c0c07398f}", "version seven"),
+        for (path, input) in [
+            // Present in the data file.
+            (
+                "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+                "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+            ),
+            (
+                "00000000-0000-0000-0000-000000000000",
+                "00000000-0000-0000-0000-000000000000",
+            ),
+            (
+                "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF",
+                "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF",
+            ),
+            (
+                "%7B017f22e2-79b0-7cc3-98c4-dc0c0c07398f%7D",
+                "{017f22e2-79b0-7cc3-98c4-dc0c0c07398f}",
+            ),
+            // Absent: versions 1, 7, 3, 5, 0, 15; version 4 of the NCS, Microsoft and
+            // future variants.
+            (
+                "6ba7b810-9dad-11e4-80b4-00c04fd430c8",
+                "6ba7b810-9dad-11e4-80b4-00c04fd430c8",
+            ),
+            (
+                "6ba7b810-9dad-7e4f-80b4-00c04fd430c8",
+                "6ba7b810-9dad-7e4f-80b4-00c04fd430c8",
+            ),
+            (
+                "urn:uuid:6ba7b810-9dad-31d1-80b4-00c04fd430c8",
+                "urn:uuid:6ba7b810-9dad-31d1-80b4-00c04fd430c8",
+            ),
+            (
+                "6ba7b8109dad51d180b400c04fd430c8",
+                "6ba7b8109dad51d180b400c04fd430c8",
+            ),
+            (
+                "6ba7b810-9dad-01d1-80b4-00c04fd430c8",
+                "6ba7b810-9dad-01d1-80b4-00c04fd430c8",
+            ),
+            (
+                "6ba7b810-9dad-f1d1-80b4-00c04fd430c8",
+                "6ba7b810-9dad-f1d1-80b4-00c04fd430c8",
+            ),
+            (
+                "6ba7b810-9dad-41d1-70b4-00c04fd430c8",
+                "6ba7b810-9dad-41d1-70b4-00c04fd430c8",
+            ),
+            (
+                "6ba7b810-9dad-41d1-c0b4-00c04fd430c8",
+                "6ba7b810-9dad-41d1-c0b4-00c04fd430c8",
+            ),
+            (
+                "6ba7b810-9dad-41d1-f0b4-00c04fd430c8",
+                "6ba7b810-9dad-41d1-f0b4-00c04fd430c8",
+            ),
         ] {
-            let canonical = uuid::Uuid::parse_str(key).unwrap().hyphenated().to_string();
-            let body = format!(r#"{{"key":"{canonical}","value":"{value}"}}"#);
-            let got = get(&s, &format!("/get_value/{key}")).await;
-            assert_eq!(got, (200, "application/json".into(), String::new(), body));
-        }
-        for key in [
-            "6ba7b810-9dad-11e4-80b4-00c04fd430c8",
-            "6ba7b810-9dad-7e4f-80b4-00c04fd430c8",
-            "urn:uuid:6ba7b810-9dad-31d1-80b4-00c04fd430c8",
-        ] {
-            let got = get(&s, &format!("/get_value/{key}")).await;
-            let want = r#"{"detail":"Key not found"}"#;
-            assert_eq!(
-                got,
-                (404, "application/json".into(), String::new(), want.into())
+            let got = get(&s, &format!("/get_value/{path}")).await;
+            let want = (
+                422,
+                "application/json".into(),
+                String::new(),
+                uuid_version_error(input),
             );
+            assert_eq!(got, want, "{path}");
+        }
+        // Version 4 of the RFC variant (8, 9, a, b), in any spelling: looked up.
+        for path in [
+            "6ba7b810-9dad-41d1-80b4-00c04fd430c8",
+            "6BA7B810-9DAD-41D1-B0B4-00C04FD430C8",
+            "{6ba7b810-9dad-41d1-90b4-00c04fd430c8}",
+            "urn:uuid:6ba7b810-9dad-41d1-a0b4-00c04fd430c8",
+        ] {
+            let got = get(&s, &format!("/get_value/{path}")).await;
+            let want = r#"{"detail":"Key not found"}"#;
+            let want = (404, "application/json".into(), String::new(), want.into());
+            assert_eq!(got, want, "{path}");
+        }
+        let got = get(&s, &format!("/get_value/{}", KEY.to_uppercase())).await;
+        let want = format!(r#"{{"key":"{KEY}","value":"{VALUE}"}}"#);
+        assert_eq!(got, (200, "application/json".into(), String::new(), want));
+        // `/v1` takes every version: the keys the legacy route refuses are found there.
+        for key in [
+            "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+            "00000000-0000-0000-0000-000000000000",
+            "ffffffff-ffff-ffff-ffff-ffffffffffff",
+            "017f22e2-79b0-7cc3-98c4-dc0c0c07398f",
+        ] {
+            let resp = client()
+                .get(s.url(&format!("/v1/keys/{key}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{key}");
         }
     }
 }

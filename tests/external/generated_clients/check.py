@@ -30,7 +30,7 @@ ROOT = HERE.parents[2]
 SPEC = ROOT / "openapi" / "openapi.json"
 SAMPLE = ROOT / "data" / "sample.data"
 SECRET = ROOT / "tests" / "fixtures" / "jwt" / "hs256.secret"
-MISSING = "00000000-0000-0000-0000-000000000000"
+MISSING = "00000000-0000-4000-8000-000000000000"  # version 4: the legacy route takes no other
 # What each client must have seen besides one call of every operation.
 SCENARIOS = {("headKey", 200), ("headKey", 304), ("getKey", 304), ("getKey", 404),
              ("getKey", 400), ("getKey", 429), ("batchGet", 200), ("batchGet", 400)}
