@@ -14,9 +14,11 @@ use crate::telemetry::LogFormat;
 /// names every SDK and collector guide uses, one name per setting. Listed in `--help`
 /// so they can be found where the flags are.
 const TRACES_HELP: &str = "\
-Traces (OpenTelemetry, off unless OTEL_EXPORTER_OTLP_ENDPOINT is set):
+Traces (OpenTelemetry, off unless an OTLP endpoint is set):
   OTEL_EXPORTER_OTLP_ENDPOINT   OTLP/HTTP collector, e.g. http://127.0.0.1:4318
-  OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_EXPORTER_OTLP_TRACES_*
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT  or the full traces URL, used as is
+  OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT (and their _TRACES_ forms)
+  OTEL_SDK_DISABLED=true, OTEL_TRACES_EXPORTER=none  traces off despite an endpoint
   OTEL_TRACES_SAMPLER           always_on, always_off, traceidratio, parentbased_always_on
                                 (the default), parentbased_always_off, parentbased_traceidratio
   OTEL_TRACES_SAMPLER_ARG       the ratio of the *traceidratio samplers, 0.0-1.0

@@ -1,8 +1,8 @@
 //! Logs and traces. Logs go to stderr (text or JSON) so stdout stays free for command
 //! output, through a bounded buffer and a writer thread (`writer`): a slow or stalled
 //! stderr drops and counts log lines, it never holds up a request. Traces are exported over OTLP/HTTP only when the standard
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` variable is set; otherwise no exporter, no propagator
-//! and no per-request trace work exist.
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` variable is set
+//! (`traces_endpoint`); otherwise no exporter and no per-request trace work exist.
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
@@ -115,9 +115,7 @@ pub fn init(
             .with_span_list(false)
             .boxed(),
     };
-    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .ok()
-        .filter(|e| !e.trim().is_empty());
+    let endpoint = traces_endpoint(|name| std::env::var(name).ok());
     let provider = match &endpoint {
         Some(endpoint) => Some(tracer_provider(endpoint)?),
         None => None,
@@ -148,6 +146,9 @@ pub fn init(
     if let (Some(endpoint), Some(provider)) = (endpoint, &provider) {
         let _ = TRACER.set(provider.tracer("kvserve"));
         tracing::info!(%endpoint, "exporting traces over OTLP/HTTP");
+        for setting in unsupported_trace_settings(|name| std::env::var(name).ok()) {
+            tracing::warn!(%setting, "ignored: spans are sent over OTLP/HTTP with protobuf");
+        }
     }
     Ok(Telemetry {
         provider,
@@ -183,6 +184,43 @@ fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> 
         ))
         .with_resource(resource.build())
         .build())
+}
+
+/// Where spans go, by the standard variables' rules: the traces endpoint
+/// (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, used as is) or the base one
+/// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `/v1/traces` appended by the exporter); `None`, no
+/// traces, when neither is set, with `OTEL_SDK_DISABLED=true`, or with
+/// `OTEL_TRACES_EXPORTER=none`. `var` reads a variable (the environment; a map in tests).
+fn traces_endpoint(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let is =
+        |name: &str, value: &str| set(name).is_some_and(|v| v.trim().eq_ignore_ascii_case(value));
+    if is("OTEL_SDK_DISABLED", "true") || is("OTEL_TRACES_EXPORTER", "none") {
+        return None;
+    }
+    set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"))
+}
+
+/// What the standard variables ask for that this build does not do (gRPC, another
+/// exporter), said at start-up rather than discovered as dropped spans.
+fn unsupported_trace_settings(var: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    let mut unsupported = Vec::new();
+    for name in [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    ] {
+        if let Some(protocol) = var(name).filter(|p| p.trim() != "http/protobuf") {
+            unsupported.push(format!(
+                "{name}={protocol} (only http/protobuf is supported)"
+            ));
+        }
+    }
+    if let Some(exporter) = var("OTEL_TRACES_EXPORTER").filter(|e| e.trim() != "otlp") {
+        unsupported.push(format!(
+            "OTEL_TRACES_EXPORTER={exporter} (only otlp is supported)"
+        ));
+    }
+    unsupported
 }
 
 /// Whether the standard variables name the service (`OTEL_SERVICE_NAME`, or
@@ -222,4 +260,78 @@ pub fn remote_context(headers: &poem::http::HeaderMap) -> opentelemetry::Context
     }
     TraceContextPropagator::new()
         .extract_with_context(&opentelemetry::Context::new(), &HeaderExtractor(headers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&str, &str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn the_traces_endpoint_follows_the_standard_variables() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        let traces = (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://t:4318/v1/traces",
+        );
+        assert_eq!(traces_endpoint(env(&[])), None);
+        assert_eq!(
+            traces_endpoint(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])),
+            None
+        );
+        assert_eq!(
+            traces_endpoint(env(&[base])).as_deref(),
+            Some("http://c:4318")
+        );
+        assert_eq!(
+            traces_endpoint(env(&[base, traces])).as_deref(),
+            Some("http://t:4318/v1/traces")
+        );
+        assert_eq!(
+            traces_endpoint(env(&[base, ("OTEL_SDK_DISABLED", "TRUE")])),
+            None
+        );
+        assert_eq!(
+            traces_endpoint(env(&[base, ("OTEL_SDK_DISABLED", "false")])).as_deref(),
+            Some("http://c:4318")
+        );
+        assert_eq!(
+            traces_endpoint(env(&[base, ("OTEL_TRACES_EXPORTER", "none")])),
+            None
+        );
+    }
+
+    #[test]
+    fn unsupported_settings_are_named() {
+        assert!(unsupported_trace_settings(env(&[(
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "http/protobuf"
+        )]))
+        .is_empty());
+        let said = unsupported_trace_settings(env(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_TRACES_EXPORTER", "zipkin"),
+        ]));
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(
+            said[0].starts_with("OTEL_EXPORTER_OTLP_PROTOCOL=grpc"),
+            "{said:?}"
+        );
+    }
+
+    #[test]
+    fn the_service_is_named_by_either_variable() {
+        assert!(!names_service(None, None));
+        assert!(!names_service(Some(" "), Some("team=kv")));
+        assert!(names_service(Some("kv"), None));
+        assert!(names_service(None, Some("team=kv, service.name=kv-us")));
+    }
 }

@@ -15,13 +15,18 @@ use poem::web::Data;
 use poem::{handler, post, Body, EndpointExt, Route, Server};
 use prost::Message;
 
-type Received = Arc<Mutex<Vec<ExportTraceServiceRequest>>>;
+/// Each export request with the headers it came with.
+type Received = Arc<Mutex<Vec<(poem::http::HeaderMap, ExportTraceServiceRequest)>>>;
 
 #[handler]
-async fn receive(Data(received): Data<&Received>, body: Body) -> poem::Result<Vec<u8>> {
+async fn receive(
+    Data(received): Data<&Received>,
+    headers: &poem::http::HeaderMap,
+    body: Body,
+) -> poem::Result<Vec<u8>> {
     let bytes = body.into_bytes().await?;
     let request = ExportTraceServiceRequest::decode(bytes).map_err(poem::error::BadRequest)?;
-    received.lock().unwrap().push(request);
+    received.lock().unwrap().push((headers.clone(), request));
     Ok(Vec::new()) // an empty ExportTraceServiceResponse
 }
 
@@ -108,7 +113,7 @@ fn request_and_load_spans_reach_an_otlp_receiver_with_the_callers_trace() {
 
     let received = received.lock().unwrap();
     let mut spans: Vec<&Span> = Vec::new();
-    for request in received.iter() {
+    for (_, request) in received.iter() {
         for resource in &request.resource_spans {
             let attrs = &resource.resource.as_ref().unwrap().attributes;
             assert_eq!(string_attr(attrs, "service.name"), Some("kvserve"));
@@ -197,10 +202,11 @@ fn an_unreachable_collector_drops_and_counts_spans_and_warns_once() {
 }
 
 /// What a receiver got from one run of the real binary: the resource attributes of
-/// the first export and every span.
+/// the first export, every span, and the headers of every export request.
 struct Exported {
     resource: Vec<KeyValue>,
     spans: Vec<Span>,
+    headers: Vec<poem::http::HeaderMap>,
 }
 
 impl Exported {
@@ -213,19 +219,25 @@ impl Exported {
     }
 }
 
-/// Runs the real binary with `args` and `env`, exporting to an in-test receiver;
-/// `send` talks to it, then it is stopped (which flushes every span) and what the
-/// receiver got is returned.
+/// Runs the real binary with `args` and `env` (`{receiver}` in a value is the
+/// receiver's base URL), exporting to an in-test receiver; `send` talks to it, then it
+/// is stopped (which flushes every span) and what the receiver got is returned.
 fn exported(args: &[&str], env: &[(&str, &str)], send: impl FnOnce(&Process)) -> Exported {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (receiver, received) = start_receiver(&runtime);
-    let (_dir, p) = spawn_exporting(&format!("http://{receiver}"), "100", args, env);
+    let base = format!("http://{receiver}");
+    let env: Vec<(&str, String)> = env
+        .iter()
+        .map(|(name, value)| (*name, value.replace("{receiver}", &base)))
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let (_dir, p) = spawn_exporting(&base, "100", args, &env);
     send(&p);
     stop_cleanly(p);
     let received = received.lock().unwrap();
     let resource_spans: Vec<_> = received
         .iter()
-        .flat_map(|r| r.resource_spans.iter())
+        .flat_map(|(_, r)| r.resource_spans.iter())
         .collect();
     Exported {
         resource: resource_spans
@@ -239,6 +251,7 @@ fn exported(args: &[&str], env: &[(&str, &str)], send: impl FnOnce(&Process)) ->
             .flat_map(|s| s.spans.iter())
             .cloned()
             .collect(),
+        headers: received.iter().map(|(h, _)| h.clone()).collect(),
     }
 }
 
@@ -522,4 +535,36 @@ fn debug_logs_add_no_second_request_span() {
     let names: Vec<&str> = exported.spans.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(exported.requests().len(), 1, "{names:?}");
     assert!(!names.contains(&"request"), "{names:?}");
+}
+
+/// The exporter's other standard variables: the traces endpoint alone turns traces on
+/// (used as is, no `/v1/traces` appended), `OTEL_EXPORTER_OTLP_HEADERS` reach the
+/// collector, and `OTEL_SDK_DISABLED=true` turns traces off despite an endpoint.
+#[test]
+fn the_exporter_follows_the_standard_variables() {
+    let send_one = |p: &Process| {
+        let client = reqwest::blocking::Client::new();
+        let resp = client.get(format!("http://{}/v1/keys/{KEY}", p.api)).send();
+        assert_eq!(resp.unwrap().status(), 200);
+    };
+    let by_traces_endpoint = exported(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "{receiver}/v1/traces"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=kv-test"),
+        ],
+        send_one,
+    );
+    assert_eq!(by_traces_endpoint.requests().len(), 1);
+    assert!(
+        by_traces_endpoint
+            .headers
+            .iter()
+            .all(|h| h.get("x-tenant").is_some_and(|v| v == "kv-test")),
+        "{:?}",
+        by_traces_endpoint.headers
+    );
+    let disabled = exported(&[], &[("OTEL_SDK_DISABLED", "true")], send_one);
+    assert!(disabled.spans.is_empty(), "{:?}", disabled.spans);
 }
