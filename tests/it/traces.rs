@@ -328,6 +328,13 @@ fn a_ratio_sampler_exports_its_share_of_roots() {
     );
 }
 
+/// One GET of a key that is there.
+fn get_one(p: &Process) {
+    let client = reqwest::blocking::Client::new();
+    let resp = client.get(format!("http://{}/v1/keys/{KEY}", p.api)).send();
+    assert_eq!(resp.unwrap().status(), 200);
+}
+
 /// The attributes of a span as `key=value` text, sorted, without `skip`.
 fn attribute_texts(span: &Span, skip: &[&str]) -> Vec<String> {
     let mut texts: Vec<String> = span
@@ -490,11 +497,6 @@ fn an_unsampled_request_has_no_traceresponse() {
 /// `service.name` in the attributes alone is honoured too, not replaced by kvserve's.
 #[test]
 fn the_resource_comes_from_the_standard_variables() {
-    let send_one = |p: &Process| {
-        let client = reqwest::blocking::Client::new();
-        let resp = client.get(format!("http://{}/v1/keys/{KEY}", p.api)).send();
-        assert_eq!(resp.unwrap().status(), 200);
-    };
     let named = exported(
         &[],
         &[
@@ -504,7 +506,7 @@ fn the_resource_comes_from_the_standard_variables() {
                 "deployment.environment.name=test,team=kv",
             ),
         ],
-        send_one,
+        get_one,
     );
     assert_eq!(string_attr(&named.resource, "service.name"), Some("kv-eu"));
     assert_eq!(
@@ -515,7 +517,7 @@ fn the_resource_comes_from_the_standard_variables() {
     let attributes_only = exported(
         &[],
         &[("OTEL_RESOURCE_ATTRIBUTES", "service.name=kv-us")],
-        send_one,
+        get_one,
     );
     assert_eq!(
         string_attr(&attributes_only.resource, "service.name"),
@@ -527,11 +529,7 @@ fn the_resource_comes_from_the_standard_variables() {
 /// log lines) is not exported beside the request's trace span.
 #[test]
 fn debug_logs_add_no_second_request_span() {
-    let exported = exported(&["--log-level", "debug"], &[], |p| {
-        let client = reqwest::blocking::Client::new();
-        let resp = client.get(format!("http://{}/v1/keys/{KEY}", p.api)).send();
-        assert_eq!(resp.unwrap().status(), 200);
-    });
+    let exported = exported(&["--log-level", "debug"], &[], get_one);
     let names: Vec<&str> = exported.spans.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(exported.requests().len(), 1, "{names:?}");
     assert!(!names.contains(&"request"), "{names:?}");
@@ -542,11 +540,6 @@ fn debug_logs_add_no_second_request_span() {
 /// collector, and `OTEL_SDK_DISABLED=true` turns traces off despite an endpoint.
 #[test]
 fn the_exporter_follows_the_standard_variables() {
-    let send_one = |p: &Process| {
-        let client = reqwest::blocking::Client::new();
-        let resp = client.get(format!("http://{}/v1/keys/{KEY}", p.api)).send();
-        assert_eq!(resp.unwrap().status(), 200);
-    };
     let by_traces_endpoint = exported(
         &[],
         &[
@@ -554,7 +547,7 @@ fn the_exporter_follows_the_standard_variables() {
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "{receiver}/v1/traces"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=kv-test"),
         ],
-        send_one,
+        get_one,
     );
     assert_eq!(by_traces_endpoint.requests().len(), 1);
     assert!(
@@ -565,6 +558,6 @@ fn the_exporter_follows_the_standard_variables() {
         "{:?}",
         by_traces_endpoint.headers
     );
-    let disabled = exported(&[], &[("OTEL_SDK_DISABLED", "true")], send_one);
+    let disabled = exported(&[], &[("OTEL_SDK_DISABLED", "true")], get_one);
     assert!(disabled.spans.is_empty(), "{:?}", disabled.spans);
 }
