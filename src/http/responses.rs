@@ -1,6 +1,6 @@
 //! The answers every data operation may give besides its own: refusals of the
 //! admission pipeline (401, 403, 429, 503 when shedding), the limits checked before
-//! routing (414, 431), the problems any lookup may end in (421 for another shard's key,
+//! routing (413, 414, 431), the problems any lookup may end in (421 for another shard's key,
 //! 503 while loading) and the catch-all 500. Documented once here and added to each
 //! operation's responses by `Guarded`, instead of a copy of the same variants in every
 //! response enum (poem-openapi's derive cannot share variants).
@@ -50,6 +50,10 @@ enum Shared {
         #[oai(header = "WWW-Authenticate")]
         String,
     ),
+    /// The request declares a body (`Content-Length`) over `--max-body-bytes`; checked
+    /// before routing, whatever the method.
+    #[oai(status = 413)]
+    BodyTooLarge(ProblemJson),
     /// The request target is longer than `--max-uri-bytes`; checked before routing.
     #[oai(status = 414)]
     UriTooLong(ProblemJson),
@@ -116,7 +120,9 @@ fn spelled(name: &str) -> String {
 
 /// `RateLimit` and `RateLimit-Policy` (`http::ratelimit`): on every answer after the
 /// per-address check while a rate limit is on, so always on a 429 and optional
-/// elsewhere; never on what is refused before routing (414, 431).
+/// elsewhere; never on what is refused before routing (414, 431). A 413 may carry
+/// them (the batch's body, read after the rate limits) or not (a declared length,
+/// refused before them): optional there as elsewhere.
 fn rate_limit_headers(status: Option<u16>) -> Vec<MetaHeader> {
     if matches!(status, Some(414 | 431)) {
         return Vec::new();
@@ -147,7 +153,13 @@ fn rate_limit_headers(status: Option<u16>) -> Vec<MetaHeader> {
 impl<T: ApiResponse> ApiResponse for Guarded<T> {
     fn meta() -> MetaResponses {
         let mut meta = T::meta();
-        meta.responses.extend(Shared::meta().responses);
+        // A status the operation describes itself (the batch's 413) keeps its own text.
+        let shared: Vec<_> = Shared::meta()
+            .responses
+            .into_iter()
+            .filter(|shared| meta.responses.iter().all(|own| own.status != shared.status))
+            .collect();
+        meta.responses.extend(shared);
         for response in &mut meta.responses {
             for header in &mut response.headers {
                 header.name = spelled(&header.name);

@@ -26,16 +26,17 @@ fn checked_in_spec_is_up_to_date() {
 
 /// Every operation with the statuses the server really sends it: its own, the shared
 /// refusals of the pipeline (`responses::Guarded`), the limits checked before routing
-/// (414 URI, 431 header fields) and the catch-all 500; the batch also the body's
-/// (408, 413, 415).
+/// (413 a declared body length, 414 URI, 431 header fields) and the catch-all 500; the
+/// batch also the body's (408, 415).
 #[test]
 fn every_route_and_status_is_documented() {
     let spec = spec();
     let single = &[
-        "200", "304", "400", "401", "403", "404", "414", "421", "429", "431", "500", "503",
+        "200", "304", "400", "401", "403", "404", "413", "414", "421", "429", "431", "500", "503",
     ];
     let legacy = &[
-        "200", "307", "400", "401", "403", "404", "414", "421", "422", "429", "431", "500", "503",
+        "200", "307", "400", "401", "403", "404", "413", "414", "421", "422", "429", "431", "500",
+        "503",
     ];
     let expected: &[(&str, &str, &[&str])] = &[
         ("/v1/keys/{key}", "get", single),
@@ -282,4 +283,32 @@ async fn the_served_spec_requires_a_token_only_when_auth_is_on() {
         "Swagger UI would offer Authorize"
     );
     open.stop().await.unwrap();
+}
+
+/// The 413 every operation declares is sent: a request declaring a body over
+/// `--max-body-bytes` is refused before routing, whatever its method and route (the
+/// body is never read).
+#[tokio::test]
+async fn a_declared_body_over_the_limit_is_413_on_every_route() {
+    let (_dir, s) = crate::common::TestServer::with_sample(&["--max-body-bytes", "1024"]).await;
+    let key = crate::common::KEY;
+    for target in [
+        format!("GET /v1/keys/{key}"),
+        format!("GET /v1/keys/{key}/value"),
+        format!("GET /get_value/{key}"),
+        "POST /v1/keys/batch".to_owned(),
+    ] {
+        let mut stream = std::net::TcpStream::connect(s.api).unwrap();
+        std::io::Write::write_all(
+            &mut stream,
+            format!("{target} HTTP/1.1\r\nHost: x\r\nContent-Length: 1025\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let answer = tokio::task::spawn_blocking(move || crate::common::read_response(&mut stream))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.map(|(status, _)| status), Some(413), "{target}");
+    }
+    s.stop().await.unwrap();
 }
