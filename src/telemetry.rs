@@ -1,8 +1,10 @@
 //! Logs and traces. Logs go to stderr (text or JSON) so stdout stays free for command
 //! output, through a bounded buffer and a writer thread (`writer`): a slow or stalled
-//! stderr drops and counts log lines, it never holds up a request. Traces are exported over OTLP/HTTP only when the standard
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` variable is set
-//! (`traces_endpoint`); otherwise no exporter and no per-request trace work exist.
+//! stderr drops and counts log lines, it never holds up a request. Traces are exported
+//! over OTLP/HTTP only when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` variable is set (`traces_endpoint`); otherwise
+//! no exporter and no per-request trace work exist. Request spans are made by
+//! `http::trace` with `tracer()`, the sampler deciding first.
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;

@@ -11,8 +11,9 @@
 //!
 //! It steps aside (returns `None`, and the operations answer) for every other request
 //! and with `--fast-path false`. With traces on it stays: the pipeline makes the same
-//! span on both paths (`http::trace`), and only for sampled requests. `tests/it/differential.rs` sends generated requests
-//! to a server with and one without it and compares the answers byte for byte.
+//! span on both paths (`http::trace`), and only for sampled requests.
+//! `tests/it/differential.rs` sends generated requests to a server with and one
+//! without it and compares the answers byte for byte.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
