@@ -65,6 +65,7 @@ from pathlib import Path
 
 import k8s_check
 from generated_clients import check as generated_clients_check
+import alerts_check
 import prometheus_check
 import rules_check
 
@@ -356,6 +357,7 @@ CHECKS = {
     "k8s": k8s_check.check,
     "swagger-ui": swagger_ui,
     "prometheus": prometheus_check.check,
+    "alerts": alerts_check.check,
     "clients": clients,
     "generated-clients": generated_clients,
     "legacy-compat": legacy_compat,
