@@ -174,7 +174,11 @@ impl App {
             http::server::Listener {
                 name: "api",
                 socket: self.api,
-                gate: ConnectionGate::new(limits),
+                gate: ConnectionGate::new(limits).counted(
+                    self.state
+                        .metrics
+                        .connections("api", limits.max_connections),
+                ),
                 endpoint: http::api_endpoint(self.state.clone()),
                 fast: Some(self.state.clone()),
             }
@@ -184,7 +188,11 @@ impl App {
             http::server::Listener {
                 name: "admin",
                 socket: self.admin,
-                gate: ConnectionGate::new(limits),
+                gate: ConnectionGate::new(limits).counted(
+                    self.state
+                        .metrics
+                        .connections("admin", limits.max_connections),
+                ),
                 endpoint: http::admin::admin_endpoint(self.state.clone()),
                 fast: None,
             }

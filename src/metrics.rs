@@ -2,7 +2,7 @@
 //! reloads, process); names in the README metrics table. The HTTP listener registers its
 //! own request metrics in the same registry (`http::metrics`), so one scrape shows all.
 
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
@@ -39,6 +39,10 @@ pub struct Metrics {
     dataset_loaded_timestamp: Gauge,
     reloads_success: IntCounter,
     reloads_failure: IntCounter,
+    /// When the last reload failed: the reload alert compares it with
+    /// `dataset_loaded_timestamp`, so it holds until a good reload, however long ago
+    /// the failure was (the counter alone cannot tell "failed, then fixed").
+    reload_failed_timestamp: Gauge,
 }
 
 impl Metrics {
@@ -108,6 +112,10 @@ impl Metrics {
                 "kvserve_dataset_loaded_timestamp_seconds",
                 "Unix time the dataset being served finished loading",
             )?,
+            reload_failed_timestamp: float_gauge(
+                "kvserve_dataset_reload_failed_timestamp_seconds",
+                "Unix time the last reload failed; 0 if none failed since start",
+            )?,
             reloads_success: reloads.with_label_values(&["success"]),
             reloads_failure: reloads.with_label_values(&["failure"]),
             registry: Registry::new(),
@@ -146,6 +154,10 @@ impl Metrics {
             Box::new(metrics.dataset_loaded_timestamp.clone()),
         )?;
         reg("kvserve_dataset_reloads_total", Box::new(reloads))?;
+        reg(
+            "kvserve_dataset_reload_failed_timestamp_seconds",
+            Box::new(metrics.reload_failed_timestamp.clone()),
+        )?;
         reg("kvserve_build_info", Box::new(build_info))?;
         reg(
             "kvserve_log_lines_dropped_total",
@@ -189,6 +201,10 @@ impl Metrics {
             self.reloads_success.inc();
         } else {
             self.reloads_failure.inc();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            self.reload_failed_timestamp.set(now.as_secs_f64());
         }
     }
 

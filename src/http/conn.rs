@@ -34,6 +34,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use poem::http::StatusCode;
+use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -57,6 +58,8 @@ pub struct ConnectionLimits {
 pub struct ConnectionGate {
     limits: ConnectionLimits,
     open: Arc<Semaphore>,
+    /// `kvserve_http_connections_open{listener}`, when the listener exports it.
+    gauge: Option<IntGauge>,
 }
 
 impl ConnectionGate {
@@ -64,6 +67,16 @@ impl ConnectionGate {
         Self {
             limits,
             open: Arc::new(Semaphore::new(limits.max_connections)),
+            gauge: None,
+        }
+    }
+
+    /// Counts the open connections in `gauge`, so an alert can compare them with the
+    /// limit before clients start being turned away.
+    pub fn counted(self, gauge: IntGauge) -> Self {
+        Self {
+            gauge: Some(gauge),
+            ..self
         }
     }
 
@@ -72,6 +85,7 @@ impl ConnectionGate {
     /// fill the kernel's backlog.
     pub fn admit(&self, stream: TcpStream) -> Option<(GuardedStream, Arc<Progress>)> {
         let permit = self.open.clone().try_acquire_owned().ok()?;
+        let permit = Slot::new(permit, self.gauge.clone());
         let progress = Arc::new(Progress::default());
         let stream = GuardedStream::new(stream, permit, self.limits, progress.clone());
         Some((stream, progress))
@@ -120,9 +134,36 @@ enum Phase {
     Idle(Instant),
 }
 
+/// A connection's place under `--max-connections`, counted in the open-connections
+/// gauge until the connection is dropped.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    gauge: Option<IntGauge>,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, gauge: Option<IntGauge>) -> Self {
+        if let Some(gauge) = &gauge {
+            gauge.inc();
+        }
+        Self {
+            _permit: permit,
+            gauge,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(gauge) = &self.gauge {
+            gauge.dec();
+        }
+    }
+}
+
 pub struct GuardedStream {
     inner: TcpStream,
-    _permit: OwnedSemaphorePermit,
+    _permit: Slot,
     limits: ConnectionLimits,
     progress: Arc<Progress>,
     /// `Progress::begun` when last looked at.
@@ -139,7 +180,7 @@ pub struct GuardedStream {
 impl GuardedStream {
     fn new(
         inner: TcpStream,
-        permit: OwnedSemaphorePermit,
+        permit: Slot,
         limits: ConnectionLimits,
         progress: Arc<Progress>,
     ) -> Self {

@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use poem::http::{Method, StatusCode};
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 use super::ratelimit::LimitKind;
@@ -43,6 +44,8 @@ pub struct HttpMetrics {
     auth_failures: IntCounterVec,
     rate_limited_peer: IntCounter,
     rate_limited_subject: IntCounter,
+    connections_open: IntGaugeVec,
+    connections_limit: IntGaugeVec,
 }
 
 impl HttpMetrics {
@@ -90,7 +93,23 @@ impl HttpMetrics {
             &["limit"],
         )
         .map_err(err("kvserve_rate_limited_total"))?;
-        let collectors: [(&'static str, Box<dyn prometheus::core::Collector>); 5] = [
+        let connections_open = IntGaugeVec::new(
+            Opts::new(
+                "kvserve_http_connections_open",
+                "Connections open, by listener (at most --max-connections each)",
+            ),
+            &["listener"],
+        )
+        .map_err(err("kvserve_http_connections_open"))?;
+        let connections_limit = IntGaugeVec::new(
+            Opts::new(
+                "kvserve_http_connections_limit",
+                "--max-connections, by listener: more connections are closed at once",
+            ),
+            &["listener"],
+        )
+        .map_err(err("kvserve_http_connections_limit"))?;
+        let collectors: [(&'static str, Box<dyn prometheus::core::Collector>); 7] = [
             ("kvserve_http_requests_total", Box::new(requests.clone())),
             (
                 "kvserve_http_request_duration_seconds",
@@ -105,6 +124,14 @@ impl HttpMetrics {
                 Box::new(auth_failures.clone()),
             ),
             ("kvserve_rate_limited_total", Box::new(rate_limited.clone())),
+            (
+                "kvserve_http_connections_open",
+                Box::new(connections_open.clone()),
+            ),
+            (
+                "kvserve_http_connections_limit",
+                Box::new(connections_limit.clone()),
+            ),
         ];
         for (name, collector) in collectors {
             registry.register(collector).map_err(err(name))?;
@@ -117,7 +144,18 @@ impl HttpMetrics {
             duration,
             in_flight,
             auth_failures,
+            connections_open,
+            connections_limit,
         })
+    }
+
+    /// Exports `limit` as `kvserve_http_connections_limit{listener}` and returns the
+    /// listener's open-connections gauge, for its `ConnectionGate`.
+    pub fn connections(&self, listener: &str, limit: usize) -> IntGauge {
+        self.connections_limit
+            .with_label_values(&[listener])
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+        self.connections_open.with_label_values(&[listener])
     }
 
     /// `kvserve_rate_limited_total{limit}`: every 429 of a rate limit.

@@ -5,7 +5,10 @@
   schema      every rendered document validates offline and strictly against the
               Kubernetes OpenAPI schemas of KUBE_VERSION (pip `kubernetes-validate`);
               k8s/optional/servicemonitor.yaml (a Prometheus Operator CRD, no schema
-              shipped) is checked for the fields the operator needs instead
+              shipped) is checked for the fields the operator needs instead;
+              k8s/optional/prometheusrule.yaml (PrometheusRule, a CRD too) is what
+              `prometheus/generate.py k8s` makes of prometheus/rules.yml (the same
+              groups, rules, labels and annotations), in the namespace `kvserve`
   agreement   the manifests agree with the code: every KVSERVE_* name used under k8s/
               and in the Dockerfile is an env name `kvserve serve --help` lists; probes
               are /readyz and /livez on the container port `admin` (9000); the API port
@@ -70,6 +73,8 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 DOCKERFILE = ROOT / "Dockerfile"
 SERVICEMONITOR = K8S / "optional" / "servicemonitor.yaml"
+PROMETHEUS_RULE = K8S / "optional" / "prometheusrule.yaml"
+RULES = ROOT / "prometheus" / "rules.yml"
 SAMPLE = ROOT / "data" / "sample.data"
 
 # The Kubernetes version the manifests target; kubernetes-validate ships its schemas.
@@ -80,7 +85,7 @@ API_PORT, ADMIN_PORT = 8000, 9000
 MIN_STARTUP_SECONDS = 600
 # Kinds that are CustomResourceDefinitions: kubernetes-validate has no schema for them,
 # so they are skipped by name in the schema step and checked field by field instead.
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
                   "StorageClass", "IngressClass", "CustomResourceDefinition"}
 ENV_NAME = re.compile(r"\bKVSERVE_[A-Z0-9_]*[A-Z0-9]\b")
@@ -188,7 +193,30 @@ def validate_schemas(rendered: dict[str, list[dict]]) -> dict:
     check_servicemonitor(monitor, rendered)
     step(f"schema: {SERVICEMONITOR.relative_to(ROOT)}: ServiceMonitor fields complete "
          f"(CRD, skipped by name in schema validation)")
+    check_prometheus_rule()
     return monitor
+
+
+def check_prometheus_rule() -> None:
+    """k8s/optional/prometheusrule.yaml carries prometheus/rules.yml unchanged: compared
+    parsed (the same groups, rules, labels, annotations) and as the generator's text."""
+    where = PROMETHEUS_RULE.relative_to(ROOT)
+    expect(PROMETHEUS_RULE.is_file(), f"missing {where}")
+    docs = [d for d in yaml.safe_load_all(PROMETHEUS_RULE.read_text()) if d]
+    expect(len(docs) == 1, f"{where}: want one document, got {len(docs)}")
+    rule = docs[0]
+    expect((rule.get("apiVersion"), rule.get("kind")) == ("monitoring.coreos.com/v1", "PrometheusRule"),
+           f"{where}: apiVersion/kind must be monitoring.coreos.com/v1 PrometheusRule")
+    meta = rule.get("metadata") or {}
+    expect(bool(meta.get("name")), f"{where}: metadata.name missing")
+    expect(meta.get("namespace") == NAMESPACE, f"{where}: metadata.namespace must be {NAMESPACE}")
+    source = yaml.safe_load(RULES.read_text())
+    expect((rule.get("spec") or {}).get("groups") == source["groups"],
+           f"{where}: spec.groups differ from prometheus/rules.yml; run python3 prometheus/generate.py k8s")
+    generated = run([sys.executable, str(ROOT / "prometheus" / "generate.py"), "k8s", "--check"])
+    expect(generated.returncode == 0, f"{where}: {generated.stderr.strip()}")
+    alerts = sum(1 for g in source["groups"] for r in g["rules"] if "alert" in r)
+    step(f"schema: {where}: the {alerts} alerts and the recording rules of prometheus/rules.yml")
 
 
 def check_servicemonitor(monitor: dict, rendered: dict[str, list[dict]]) -> None:

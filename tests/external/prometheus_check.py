@@ -2,7 +2,9 @@
 """Real-component check of kvserve's /metrics, the Prometheus example and the Grafana dashboard.
 
 A real Prometheus server (Debian's `prometheus` package, /usr/bin/prometheus) scrapes a
-real kvserve's admin listener every second; then
+real kvserve's admin listener every second and evaluates prometheus/rules.yml (the
+shortened copy of `prometheus/generate.py shortened`: durations / 60, so the recorded
+series the dashboard's SLO panels read exist within seconds); then
   - the target is up and `up{job="kvserve"} == 1`,
   - N requests sent to the API listener raise sum(kvserve_http_requests_total) and
     sum(kvserve_http_request_duration_seconds_count) by exactly N, split by method, route
@@ -314,7 +316,10 @@ def check(binary: str) -> None:
         step(f"kvserve ready: api {api}, admin {admin}")
 
         config = Path(tmp) / "prometheus.yml"
-        config.write_text(prometheus_config(admin_port))
+        rules = subprocess.run([sys.executable, str(ROOT / "prometheus" / "generate.py"), "shortened"],
+                               capture_output=True, text=True, check=True).stdout
+        (Path(tmp) / "rules.yml").write_text(rules)
+        config.write_text(prometheus_config(admin_port) + "rule_files:\n  - rules.yml\n")
         prometheus = Process("prometheus", [
             PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={Path(tmp) / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{prom_port}", "--storage.tsdb.retention.time=1h",
@@ -409,6 +414,13 @@ def check(binary: str) -> None:
         step(f'up{{job="{JOB}"}} == 1')
 
         check_variables(prom, queries, {v["name"] for v in dashboard["templating"]["list"]})
+
+        # The SLO panels read recorded series: wait for an evaluation that saw the requests.
+        recorded = ("kvserve:slo_availability_errors:ratio_rate30d", "kvserve:slo_latency_slow:ratio_rate30d",
+                    "kvserve:slo_availability_errors:ratio_rate1h", "kvserve:slo_latency_slow:ratio_rate1h")
+        wait_until("the SLO recording rules evaluated", lambda: all(
+            any(r["value"][1] != "NaN" for r in prom.query(name)) for name in recorded), 20, 0.5)
+        step("recording rules evaluated: " + ", ".join(recorded))
 
         failures = []
         for where, original, expr in panel_exprs:

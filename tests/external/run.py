@@ -24,6 +24,15 @@
   clients         the client examples (examples/clients: Python requests, curl, JS fetch)
                   run against a rate-limited server and get the documented answers
   promtool        `promtool check metrics` accepts what /metrics serves
+  rules           prometheus/rules.yml: `promtool check rules`, `promtool test rules
+                  prometheus/rules.test.yml` (every alert fires and stays silent in a
+                  case), severity/summary/description/runbook anchors in docs/RUNBOOK.md,
+                  every metric the rules read served by kvserve (tests/external/rules_check.py)
+  alerts          a real Prometheus with a shortened copy of the rules (durations / 60)
+                  scrapes a live kvserve: a corrupt reload makes KvserveReloadFailing
+                  pending then firing, a good one clears it, --max-in-flight 1 under
+                  load fires KvserveShedding, a stopped kvserve fires KvserveDown
+                  (tests/external/alerts_check.py)
   openapi-lint    Redocly CLI's recommended ruleset finds nothing in openapi/openapi.json,
                   warnings included (tests/external/lint/redocly.yaml)
   generated-clients
@@ -56,7 +65,9 @@ from pathlib import Path
 
 import k8s_check
 from generated_clients import check as generated_clients_check
+import alerts_check
 import prometheus_check
+import rules_check
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -346,11 +357,13 @@ CHECKS = {
     "k8s": k8s_check.check,
     "swagger-ui": swagger_ui,
     "prometheus": prometheus_check.check,
+    "alerts": alerts_check.check,
     "clients": clients,
     "generated-clients": generated_clients,
     "legacy-compat": legacy_compat,
     "jwt-interop": jwt_interop,
     "promtool": promtool,
+    "rules": rules_check.check,
     "openapi-lint": openapi_lint,
 }
 

@@ -223,6 +223,36 @@ async fn a_corrupt_reload_keeps_the_old_data_and_says_why() {
     s.stop().await.unwrap();
 }
 
+/// The reload-failing alert (prometheus/rules.yml) compares the time of the last failed
+/// reload with the time the dataset served was loaded: the alert holds while the last
+/// attempt failed, and a good reload clears it.
+#[tokio::test]
+async fn the_last_failed_reload_is_timestamped_until_a_good_one() {
+    let (dir, _, s) = TestServer::with_sample_file("t.data", &[]).await;
+    let failed = "kvserve_dataset_reload_failed_timestamp_seconds";
+    let loaded = "kvserve_dataset_loaded_timestamp_seconds";
+    let text = metrics(&s).await;
+    assert_eq!(series(&text, failed), Some(0.0), "no reload failed yet");
+    write_file(dir.path(), "t.data", "this line is broken\n");
+    problem(admin_post(&s, "/admin/reload", None).await, 422).await;
+    let text = metrics(&s).await;
+    let (f, l) = (
+        series(&text, failed).unwrap(),
+        series(&text, loaded).unwrap(),
+    );
+    assert!(f > l && l > 0.0, "failed {f} after loaded {l}");
+    write_file(dir.path(), "t.data", sample_lines());
+    assert_eq!(admin_post(&s, "/admin/reload", None).await.status(), 200);
+    let text = metrics(&s).await;
+    let (f2, l2) = (
+        series(&text, failed).unwrap(),
+        series(&text, loaded).unwrap(),
+    );
+    assert_eq!(f2, f, "the failure time stays");
+    assert!(l2 > f2, "loaded {l2} after the failure {f2}");
+    s.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_second_reload_while_one_runs_is_409() {
     let (_dir, data, s) =

@@ -1728,6 +1728,42 @@ async fn connections_beyond_max_connections_are_closed() {
     s.stop().await.unwrap();
 }
 
+/// The alert on connections near `--max-connections` (prometheus/rules.yml) divides
+/// the open connections by the limit, both from /metrics, per listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_and_their_limit_are_exported() {
+    let (_dir, s) = TestServer::with_sample(&["--max-connections", "7"]).await;
+    let text = s.metrics_text().await;
+    for listener in ["api", "admin"] {
+        let limit = format!("kvserve_http_connections_limit{{listener=\"{listener}\"}}");
+        assert_eq!(series(&text, &limit), Some(7.0), "{text}");
+    }
+    let open = "kvserve_http_connections_open{listener=\"api\"}";
+    assert_eq!(series(&text, open), Some(0.0), "{text}");
+    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(s.api).unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = None;
+    while Instant::now() < deadline {
+        seen = series(&s.metrics_text().await, open);
+        if seen == Some(3.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, Some(3.0), "three connections held open");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        seen = series(&s.metrics_text().await, open);
+        if seen == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, Some(0.0), "closed connections leave the gauge");
+    s.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn oversized_bodies_and_uris_are_refused_before_parsing() {
     let (_dir, s) = TestServer::with_sample(&[]).await;
