@@ -1,6 +1,7 @@
 //! The `{key}` path parameter and the body every key lookup renders.
 
 use std::borrow::Cow;
+use std::marker::PhantomData;
 
 use bytes::Bytes;
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
@@ -15,16 +16,66 @@ pub const EXAMPLE_KEY: &str = "72cf48f7-d604-4423-b012-4e2329f5117b";
 /// Parsing it never fails at extraction time: the handler parses it so that each route
 /// family answers a bad key in its own contract (problem+json on `/v1`, FastAPI's 422 on
 /// the legacy route) instead of poem-openapi's generic 400.
-pub struct KeyParam(pub String);
+/// `S` says in the spec which keys the route takes (`AnyVersion` on `/v1`,
+/// `Version4` on the legacy route); the handler still parses and refuses by itself.
+pub struct KeyParam<S = AnyVersion>(pub String, PhantomData<S>);
 
-impl KeyParam {
+/// How a route's key is described in the OpenAPI document.
+pub trait KeySchema: Send + Sync + 'static {
+    fn schema() -> MetaSchema;
+}
+
+/// `/v1`: any UUID, in any form the `uuid` crate parses.
+pub struct AnyVersion;
+
+impl KeySchema for AnyVersion {
+    fn schema() -> MetaSchema {
+        MetaSchema {
+            description: Some(
+                "A UUID in any form the `uuid` crate parses (hyphenated, simple, braced, \
+                 urn:uuid:), any case.",
+            ),
+            example: Some(EXAMPLE_KEY.into()),
+            ..MetaSchema::new_with_format("string", "uuid")
+        }
+    }
+}
+
+/// The legacy route: a version-4 UUID of the RFC 9562 variant, as the old service's
+/// pydantic `UUID4` took it. A pattern, not `format: uuid`, so that a client or a
+/// generator of test requests knows other versions are refused (422 `uuid_version`).
+pub struct Version4;
+
+/// The hyphenated form of a version-4, RFC 9562 variant UUID, any case.
+const V4_HYPHENATED: &str =
+    "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}";
+
+impl KeySchema for Version4 {
+    fn schema() -> MetaSchema {
+        let simple = "[0-9a-fA-F]{12}4[0-9a-fA-F]{3}[89abAB][0-9a-fA-F]{15}";
+        let hyphenated = V4_HYPHENATED;
+        MetaSchema {
+            description: Some(
+                "A version-4 UUID (RFC 9562 variant), hyphenated, simple, braced or \
+                 urn:uuid:, any case; other versions get 422 `uuid_version`.",
+            ),
+            example: Some(EXAMPLE_KEY.into()),
+            pattern: Some(format!(
+                "^(?:{hyphenated}|{simple}|\\{{{hyphenated}\\}}|urn:uuid:{hyphenated})$"
+            )),
+            ..MetaSchema::new("string")
+        }
+    }
+}
+
+impl<S> KeyParam<S> {
     /// Accepts every form the `uuid` crate parses: hyphenated, simple, braced, URN, any case.
     pub fn parse(&self) -> Result<Uuid, uuid::Error> {
         Uuid::parse_str(&self.0)
     }
 }
 
-impl Type for KeyParam {
+impl<S: KeySchema> Type for KeyParam<S> {
     const IS_REQUIRED: bool = true;
     type RawValueType = Self;
     type RawElementValueType = Self;
@@ -34,14 +85,7 @@ impl Type for KeyParam {
     }
 
     fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema {
-            description: Some(
-                "A UUID in any form the `uuid` crate parses (hyphenated, simple, braced, \
-                 urn:uuid:), any case.",
-            ),
-            example: Some(EXAMPLE_KEY.into()),
-            ..MetaSchema::new_with_format("string", "uuid")
-        }))
+        MetaSchemaRef::Inline(Box::new(S::schema()))
     }
 
     fn as_raw_value(&self) -> Option<&Self::RawValueType> {
@@ -55,9 +99,9 @@ impl Type for KeyParam {
     }
 }
 
-impl ParseFromParameter for KeyParam {
+impl<S: KeySchema> ParseFromParameter for KeyParam<S> {
     fn parse_from_parameter(value: &str) -> ParseResult<Self> {
-        Ok(Self(value.to_owned()))
+        Ok(Self(value.to_owned(), PhantomData))
     }
 }
 

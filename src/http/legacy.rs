@@ -27,7 +27,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use super::api::{lookup_key, IfNoneMatch, Lookup, Shape};
 use super::api::{ApiTags, KeyValue};
 use super::auth::BearerAuth;
-use super::key::KeyParam;
+use super::key::{KeyParam, Version4};
 use super::payload::{ProblemJson, RawJson};
 use super::problem::Problem;
 use super::responses::{Bodiless, Guarded};
@@ -154,7 +154,7 @@ impl LegacyApi {
     async fn get_value(
         &self,
         /// The key to look up.
-        key: Path<KeyParam>,
+        key: Path<KeyParam<Version4>>,
         _auth: BearerAuth,
     ) -> Guarded<LegacyResponse> {
         answer(&self.state, &key.0 .0)
@@ -170,7 +170,7 @@ impl LegacyApi {
     async fn head_value(
         &self,
         /// The key to look up.
-        key: Path<KeyParam>,
+        key: Path<KeyParam<Version4>>,
         _auth: BearerAuth,
     ) -> Bodiless<Guarded<LegacyResponse>> {
         Bodiless(answer(&self.state, &key.0 .0))

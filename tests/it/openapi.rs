@@ -312,3 +312,17 @@ async fn a_declared_body_over_the_limit_is_413_on_every_route() {
     }
     s.stop().await.unwrap();
 }
+
+/// The legacy route declares what it takes, a version-4 UUID (a pattern, no `uuid`
+/// format, which would admit every version and so requests it refuses with 422);
+/// `/v1` takes every version (`format: uuid`).
+#[test]
+fn the_legacy_key_is_declared_version_4_and_v1_keys_any_version() {
+    let spec = spec();
+    let schema = |path: &str| spec["paths"][path]["get"]["parameters"][0]["schema"].clone();
+    let legacy = schema("/get_value/{key}");
+    assert_eq!(legacy.get("format"), None, "{legacy}");
+    let pattern = legacy["pattern"].as_str().unwrap_or_default();
+    assert!(pattern.contains("-4[0-9a-fA-F]{3}-[89abAB]"), "{pattern}");
+    assert_eq!(schema("/v1/keys/{key}")["format"], "uuid");
+}
