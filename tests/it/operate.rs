@@ -980,3 +980,101 @@ fn the_help_lists_the_storage_and_duplicate_choices_and_refuses_others() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("[possible values: memory, mmap]"));
 }
+
+/// Start-up logs the effective settings one field each (text: one line per setting;
+/// JSON: one event per setting with `name`, `value`, `source`), where each came from,
+/// and no secret's content: an HS256 secret in a file or in the environment, a
+/// collector URL's credentials and query.
+#[test]
+fn start_up_logs_each_setting_on_its_own_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "s.data", sample_lines());
+    let secret = write_file(dir.path(), "hs.secret", "file-secret-content-7f3a");
+    let stop = |mut p: Process| {
+        sigterm(&p.child);
+        wait_exit(&mut p.child, Duration::from_secs(10));
+        p.log()
+    };
+
+    // Text: a secret file, a setting from the environment, a collector with credentials.
+    let text = stop(spawn_binary_with_env(
+        &data,
+        &[
+            "--jwt-hs256-secret-file",
+            secret.to_str().unwrap(),
+            "--max-batch",
+            "7",
+        ],
+        &[
+            ("KVSERVE_RATE_LIMIT", "50"),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://collector-user:collector-pw@127.0.0.1:9/?sig=query-token",
+            ),
+        ],
+    ));
+    for line in [
+        format!(
+            "setting name=jwt-hs256-secret-file value={} source=flag",
+            secret.display()
+        ),
+        "setting name=max-batch value=7 source=flag".to_owned(),
+        "setting name=rate-limit value=50 source=env KVSERVE_RATE_LIMIT".to_owned(),
+        "setting name=cache-capacity value=0 source=default for --storage".to_owned(),
+        "setting name=storage value=memory source=default".to_owned(),
+        "setting name=request-timeout value=unset source=default".to_owned(),
+        "setting name=log-level value=info source=default".to_owned(),
+    ] {
+        assert!(text.contains(&line), "{line:?} missing from:\n{text}");
+    }
+    assert!(!text.contains("ServeArgs"), "no Debug dump:\n{text}");
+    for secret in [
+        "file-secret-content",
+        "collector-pw",
+        "collector-user",
+        "query-token",
+    ] {
+        assert!(!text.contains(secret), "{secret} logged:\n{text}");
+    }
+
+    // JSON: one event per setting, every serve flag once; the secret from the env named.
+    let json = stop(spawn_binary_with_env(
+        &data,
+        &["--log-format", "json"],
+        &[("KVSERVE_JWT_HS256_SECRET", "env-secret-content-91c2")],
+    ));
+    assert!(
+        !json.contains("env-secret-content"),
+        "secret logged:\n{json}"
+    );
+    let settings: Vec<Value> = json
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|e| e["message"] == "setting" && e["target"] == "kvserve::config")
+        .collect();
+    let named =
+        |name: &str| -> Vec<&Value> { settings.iter().filter(|e| e["name"] == name).collect() };
+    for name in [
+        "data",
+        "addr",
+        "admin-addr",
+        "storage",
+        "cache-capacity",
+        "max-batch",
+        "jwt-leeway",
+        "rate-limit",
+        "idle-timeout",
+        "watch",
+        "shutdown-timeout",
+        "log-format",
+        "log-buffer",
+    ] {
+        assert_eq!(named(name).len(), 1, "{name} once:\n{json}");
+    }
+    let log_format = named("log-format")[0];
+    assert_eq!(log_format["value"], "json");
+    assert_eq!(log_format["source"], "flag");
+    let env_secret = named("jwt-hs256-secret")[0];
+    assert_eq!(env_secret["value"], "(redacted)");
+    assert_eq!(env_secret["source"], "env KVSERVE_JWT_HS256_SECRET");
+}
