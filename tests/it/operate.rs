@@ -1078,3 +1078,43 @@ fn start_up_logs_each_setting_on_its_own_and_no_secret() {
     assert_eq!(env_secret["value"], "(redacted)");
     assert_eq!(env_secret["source"], "env KVSERVE_JWT_HS256_SECRET");
 }
+
+/// The global flags' help is true for every subcommand: only `serve` has an access
+/// log; and `serve --help` lists every route of the admin listener.
+#[test]
+fn the_help_of_each_subcommand_speaks_of_what_it_does() {
+    let help = |args: &[&str]| {
+        let out = std::process::Command::new(binary())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for command in ["verify", "gen", "token", "openapi"] {
+        let text = help(&[command, "--help"]);
+        assert!(
+            !text.contains("access log") && !text.contains("kvserve::access"),
+            "{command} --help mentions the access log:\n{text}"
+        );
+    }
+    let verify = help(&["verify", "--help"]);
+    assert!(!verify.contains("421"), "verify serves nothing:\n{verify}");
+    assert!(verify.contains("--key-prefixes"));
+    let serve = help(&["serve", "--help"]);
+    let admin = &serve[serve.find("--admin-addr").unwrap()..serve.find("--storage").unwrap()];
+    for route in [
+        "/livez",
+        "/readyz",
+        "/metrics",
+        "/admin/dataset",
+        "/admin/reload",
+        "/admin/cache/purge",
+    ] {
+        assert!(admin.contains(route), "{route} missing from:\n{admin}");
+    }
+    assert!(
+        serve.contains("kvserve::access=off"),
+        "serve keeps it:\n{serve}"
+    );
+}
