@@ -1118,3 +1118,31 @@ fn the_help_of_each_subcommand_speaks_of_what_it_does() {
         "serve keeps it:\n{serve}"
     );
 }
+
+/// With the LRU off (`--cache-capacity 0`, the default of memory storage) nothing is
+/// counted as a cache miss: `kvserve_cache_capacity` says 0 instead. With it on, the
+/// gauge says how many entries it holds at most and lookups count as before.
+#[tokio::test]
+async fn a_cache_that_is_off_says_so_and_counts_no_misses() {
+    let (_dir, off) = TestServer::with_sample(&["--cache-capacity", "0"]).await;
+    for _ in 0..3 {
+        off.get(&format!("/v1/keys/{KEY}")).await;
+        off.get(&format!("/get_value/{KEY}")).await;
+    }
+    let text = metrics(&off).await;
+    assert_eq!(series(&text, "kvserve_cache_capacity"), Some(0.0), "{text}");
+    assert_eq!(series(&text, "kvserve_cache_misses_total"), Some(0.0));
+    assert_eq!(series(&text, "kvserve_cache_hits_total"), Some(0.0));
+    assert_eq!(series(&text, "kvserve_cache_entries"), Some(0.0));
+    off.stop().await.unwrap();
+
+    let (_dir, on) = TestServer::with_sample(&["--cache-capacity", "64"]).await;
+    on.get(&format!("/v1/keys/{KEY}")).await;
+    let text = metrics(&on).await;
+    assert!(
+        series(&text, "kvserve_cache_capacity").unwrap() >= 64.0,
+        "{text}"
+    );
+    assert_eq!(series(&text, "kvserve_cache_misses_total"), Some(1.0));
+    on.stop().await.unwrap();
+}
