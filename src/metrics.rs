@@ -1,5 +1,5 @@
 //! The Prometheus registry and the metrics of the core (dataset, cache, lookups,
-//! reloads, process); names in the README metrics table. The HTTP listener registers its
+//! reloads, process); names in the metrics table of docs/OPERATIONS.md. The HTTP listener registers its
 //! own request metrics in the same registry (`http::metrics`), so one scrape shows all.
 
 use std::time::UNIX_EPOCH;

@@ -1,4 +1,4 @@
-//! Operating kvserve (README, "Operating it"): metrics, the admin surface, hot reload,
+//! Operating kvserve (docs/OPERATIONS.md): metrics, the admin surface, hot reload,
 //! request ids and logs — through a real server on 127.0.0.1:0, and the real binary
 //! where a signal is involved.
 
