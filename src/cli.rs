@@ -10,10 +10,15 @@ use clap::{Args, Parser, Subcommand};
 use crate::dataset::{LoadOptions, OnDuplicate, Storage, MAX_VALUE_LEN};
 use crate::telemetry::LogFormat;
 
-/// Traces are configured by the standard OpenTelemetry variables, not flags: the
+/// What `serve --help` says after the flags. The access log is `serve`'s alone, so it
+/// is named here rather than in the global `--log-level` help, which every subcommand
+/// shows. Traces are configured by the standard OpenTelemetry variables, not flags: the
 /// names every SDK and collector guide uses, one name per setting. Listed in `--help`
 /// so they can be found where the flags are.
-const TRACES_HELP: &str = "\
+const SERVE_HELP: &str = "\
+Logs: every API request writes one access-log line (target kvserve::access);
+  `--log-level info,kvserve::access=off` silences the access log alone.
+
 Traces (OpenTelemetry, off unless an OTLP endpoint is set):
   OTEL_EXPORTER_OTLP_ENDPOINT   OTLP/HTTP collector, e.g. http://127.0.0.1:4318
   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT  or the full traces URL, used as is
@@ -27,6 +32,11 @@ Traces (OpenTelemetry, off unless an OTLP endpoint is set):
   OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_BSP_SCHEDULE_DELAY
                                 the export queue (spans beyond it are dropped and counted)";
 
+/// `--key-prefixes` as `verify` reads it: the same selection, but nothing is served.
+const VERIFY_KEY_PREFIXES_HELP: &str = "Check the file as a shard with these `--key-prefixes` \
+would load it (`0-7`, `8-f`, `0-3,a`): `keys` counts only the keys whose first hex digit \
+is listed, so the parts of a split file add up to the whole";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kvserve",
@@ -34,7 +44,7 @@ Traces (OpenTelemetry, off unless an OTLP endpoint is set):
     about = "Serve UUID → text pairs from one immutable data file over HTTP",
     long_about = "Serve UUID → text pairs from one immutable data file over HTTP.\n\n\
                   Without a subcommand, `kvserve` runs `serve`.",
-    after_long_help = TRACES_HELP,
+    after_long_help = SERVE_HELP,
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -44,8 +54,7 @@ pub struct Cli {
     #[command(flatten)]
     pub serve: ServeArgs,
 
-    /// Log filter in RUST_LOG syntax, e.g. `info` or `kvserve=debug,poem=warn`;
-    /// `kvserve::access=off` silences the per-request access log alone.
+    /// Log filter in RUST_LOG syntax, e.g. `info` or `kvserve=debug,poem=warn`.
     #[arg(long, global = true, env = "KVSERVE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
@@ -55,7 +64,7 @@ pub struct Cli {
 
     /// Bytes of log lines that may wait for stderr (e.g. `1MiB`). Logs are written by a
     /// background thread; when stderr cannot keep up and this fills, further lines are
-    /// dropped and counted in `kvserve_log_lines_dropped_total`, never waited for.
+    /// dropped, never waited for (`serve` counts them in `kvserve_log_lines_dropped_total`).
     #[arg(long, global = true, env = "KVSERVE_LOG_BUFFER", default_value = "1MiB", value_parser = parse_size)]
     pub log_buffer: usize,
 }
@@ -63,9 +72,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the data file and serve it (the default).
-    #[command(after_long_help = TRACES_HELP)]
+    #[command(after_long_help = SERVE_HELP)]
     Serve(Box<ServeArgs>),
     /// Check a data file offline (format, duplicates, checksum) and print a summary.
+    #[command(mut_arg("key_prefixes", |arg| arg.help(VERIFY_KEY_PREFIXES_HELP)))]
     Verify(VerifyArgs),
     /// Write a valid data file of random records.
     Gen(GenArgs),
@@ -85,7 +95,8 @@ pub struct ServeArgs {
     #[arg(long, env = "KVSERVE_ADDR", default_value = "127.0.0.1:8000")]
     pub addr: String,
 
-    /// Address of the admin listener (`/livez`, `/readyz`).
+    /// Address of the admin listener: `/livez`, `/readyz`, `/metrics`, `/admin/dataset`,
+    /// `POST /admin/reload`, `POST /admin/cache/purge`. Keep it off public networks.
     #[arg(long, env = "KVSERVE_ADMIN_ADDR", default_value = "127.0.0.1:9000")]
     pub admin_addr: String,
 

@@ -1,16 +1,17 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use kvserve::cli::{Cli, Command, GenArgs, ServeArgs, TokenArgs, VerifyArgs};
-use kvserve::{dataset, http, telemetry, App};
+use kvserve::{dataset, http, settings, telemetry, App};
 
 fn main() -> ExitCode {
     // jsonwebtoken 11 has no implicit crypto backend; without this the first token
     // check would panic.
     let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     let telemetry = match telemetry::init(&cli.log_level, cli.log_format, cli.log_buffer) {
         Ok(guard) => guard,
         Err(err) => {
@@ -19,8 +20,8 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        None => serve(cli.serve),
-        Some(Command::Serve(args)) => serve(*args),
+        None => serve(cli.serve, &matches),
+        Some(Command::Serve(args)) => serve(*args, &matches),
         Some(Command::Verify(args)) => verify(&args),
         Some(Command::Gen(args)) => generate(&args),
         Some(Command::Openapi) => {
@@ -40,15 +41,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        config = ?args,
         "starting kvserve with this configuration"
     );
+    // One event per setting, each value a field of its own: readable in a terminal,
+    // and a JSON log collector can filter on `name` without parsing a Debug dump.
+    for setting in settings::effective(matches, &args) {
+        tracing::info!(
+            target: "kvserve::config",
+            name = %setting.name,
+            value = %setting.value,
+            source = %setting.source,
+            "setting"
+        );
+    }
     runtime.block_on(async {
         // Registered before binding and loading, so a SIGTERM at any point from here
         // is a graceful shutdown, not the default action's abrupt end.

@@ -1,5 +1,5 @@
 //! The Prometheus registry and the metrics of the core (dataset, cache, lookups,
-//! reloads, process); names in the README metrics table. The HTTP listener registers its
+//! reloads, process); names in the metrics table of docs/OPERATIONS.md. The HTTP listener registers its
 //! own request metrics in the same registry (`http::metrics`), so one scrape shows all.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -133,6 +133,14 @@ impl Metrics {
             "kvserve_cache_entries",
             Box::new(metrics.cache_entries.clone()),
         )?;
+        // Fixed for the process: says "off" (0) where a dashboard would otherwise have
+        // to infer it from counters that stay at 0.
+        let cache_capacity = gauge(
+            "kvserve_cache_capacity",
+            "Entries the LRU of rendered answers can hold; 0 when it is off",
+        )?;
+        cache_capacity.set(i64::try_from(cache.capacity()).unwrap_or(i64::MAX));
+        reg("kvserve_cache_capacity", Box::new(cache_capacity))?;
         reg(
             "kvserve_dataset_keys",
             Box::new(metrics.dataset_keys.clone()),

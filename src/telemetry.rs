@@ -147,6 +147,8 @@ pub fn init(
     }
     if let (Some(endpoint), Some(provider)) = (endpoint, &provider) {
         let _ = TRACER.set(provider.tracer("kvserve"));
+        // Collectors' URLs may carry credentials (user info, a signed query).
+        let endpoint = crate::redact::redact_url(&endpoint);
         tracing::info!(%endpoint, "exporting traces over OTLP/HTTP");
         for setting in unsupported_trace_settings(|name| std::env::var(name).ok()) {
             tracing::warn!(%setting, "ignored: spans are sent over OTLP/HTTP with protobuf");

@@ -92,7 +92,7 @@ ENV_NAME = re.compile(r"\bKVSERVE_[A-Z0-9_]*[A-Z0-9]\b")
 HEX = "0123456789abcdef"
 # A key whose first hex digit is filled in: every probe of the routing varies only that.
 PROBE_KEY = "{}2cf48f7-d604-4423-b012-4e2329f5117b"
-# The forms of a key kvserve parses in a path (README, "The API"), as the client sends
+# The forms of a key kvserve parses in a path (docs/API.md), as the client sends
 # them; nginx matches the decoded path, so braces appear as `{` `}`.
 KEY_FORMS = {
     "hyphenated": lambda k: k,
@@ -104,7 +104,7 @@ KEY_FORMS = {
 # The per-key routes: (path template, what the answer holds).
 KEY_ROUTES = (("/v1/keys/{}", "json"), ("/v1/keys/{}/value", "text"), ("/get_value/{}", "json"))
 BATCH_PATH = "/v1/keys/batch"
-# The batch route of one shard through the Ingress (ingress.yaml, README "Scaling out").
+# The batch route of one shard through the Ingress (ingress.yaml, docs/KUBERNETES.md "Scaling out").
 SHARD_BATCH_PATH = "/shards/{}/v1/keys/batch"
 
 
@@ -669,7 +669,7 @@ def check_ingresses(docs: list[dict], where: str) -> None:
     expect(all(routed[n] == owned[n] for n in owned),
            f"{where}: digits routed {routed} differ from the key prefixes {owned}")
     # POST /v1/keys/batch cannot be split by the ingress: never routed as it is, one path
-    # per shard instead (README "Scaling out").
+    # per shard instead (docs/KUBERNETES.md "Scaling out").
     found = route(locations, BATCH_PATH)
     expect(not found, f"{where}: {BATCH_PATH} is routed ({'; '.join(str(loc) for loc, _ in found)}); "
                       f"a batch must go to a shard's own path")

@@ -9,7 +9,8 @@ series the dashboard's SLO panels read exist within seconds); then
   - N requests sent to the API listener raise sum(kvserve_http_requests_total) and
     sum(kvserve_http_request_duration_seconds_count) by exactly N, split by method, route
     template and status exactly as sent (the admin listener, scraped, is not counted),
-  - kvserve_lookups_total{result="found"|"missing"} and the cache counters have moved,
+  - kvserve_lookups_total{result="found"|"missing"} and the cache counters have moved
+    (kvserve runs with its LRU on: off, it counts no hits or misses),
   - every PromQL expression of grafana/kvserve.json (panels, panels in collapsed rows,
     annotations) is accepted by Prometheus, and every panel's returns data (at least one
     value that is not NaN),
@@ -305,8 +306,11 @@ def check(binary: str) -> None:
     kvserve = prometheus = None
     try:
         api_port, admin_port, prom_port = free_port(), free_port(), free_port()
+        # The LRU on (it is off by default with memory storage, and counts nothing then),
+        # so the cache panels have something to show.
         kvserve = Process("kvserve", [binary, "--data", str(DATA), "--addr", f"127.0.0.1:{api_port}",
-                                      "--admin-addr", f"127.0.0.1:{admin_port}"])
+                                      "--admin-addr", f"127.0.0.1:{admin_port}",
+                                      "--cache-capacity", "1000"])
         api, admin = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{admin_port}"
 
         def ready() -> bool:
@@ -402,6 +406,7 @@ def check(binary: str) -> None:
             'kvserve_lookups_total{result="missing"}': prom.scalar('sum(kvserve_lookups_total{result="missing"})'),
             "kvserve_cache_hits_total + kvserve_cache_misses_total":
                 prom.scalar("sum(kvserve_cache_hits_total) + sum(kvserve_cache_misses_total)"),
+            "kvserve_cache_capacity": prom.scalar("sum(kvserve_cache_capacity)"),
         }
         if not all(moved.values()):
             raise AssertionError("counters still 0 after found and missing lookups: "

@@ -312,7 +312,15 @@ def clients(binary: str) -> None:
             ["bash", str(examples / "curl.sh"), server.url],
             ["node", str(examples / "fetch.mjs"), server.url],
         ):
-            subprocess.run(command, check=True, timeout=120)
+            done = subprocess.run(command, timeout=120, capture_output=True, text=True)
+            sys.stdout.write(done.stdout)
+            sys.stderr.write(done.stderr)
+            if done.returncode != 0:
+                raise AssertionError(f"{command[-2]} exited {done.returncode}")
+            # Expected refusals (the 429s the examples wait out) are not errors: a passing
+            # client prints nothing on stderr, so a red line in the log means red.
+            if done.stderr.strip():
+                raise AssertionError(f"{command[-2]} wrote to stderr in a passing run")
 
 
 def promtool(binary: str) -> None:

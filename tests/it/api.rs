@@ -1,4 +1,4 @@
-//! The HTTP contract of the README's "The API" section, through a real server on 127.0.0.1:0.
+//! The HTTP contract of docs/API.md, through a real server on 127.0.0.1:0.
 
 use crate::common::*;
 use serde_json::{json, Value};

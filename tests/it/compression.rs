@@ -1,4 +1,4 @@
-//! Response compression (README "Compression"): zstd and gzip by `Accept-Encoding` for
+//! Response compression (docs/API.md, "Compression"): zstd and gzip by `Accept-Encoding` for
 //! the `/v1` answers above `--compress-min-bytes`, `Vary`, per-coding `ETag`s, 304s,
 //! HEAD, and the legacy route left identity.
 

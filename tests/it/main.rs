@@ -26,6 +26,7 @@ mod api;
 mod architecture;
 mod compression;
 mod differential;
+mod docs;
 mod fast_path;
 mod faults;
 mod fuzz_seeds;

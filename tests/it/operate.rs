@@ -1,4 +1,4 @@
-//! Operating kvserve (README, "Operating it"): metrics, the admin surface, hot reload,
+//! Operating kvserve (docs/OPERATIONS.md): metrics, the admin surface, hot reload,
 //! request ids and logs — through a real server on 127.0.0.1:0, and the real binary
 //! where a signal is involved.
 
@@ -1009,4 +1009,170 @@ fn the_help_lists_the_storage_and_duplicate_choices_and_refuses_others() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("[possible values: memory, mmap]"));
+}
+
+/// Start-up logs the effective settings one field each (text: one line per setting;
+/// JSON: one event per setting with `name`, `value`, `source`), where each came from,
+/// and no secret's content: an HS256 secret in a file or in the environment, a
+/// collector URL's credentials and query.
+#[test]
+fn start_up_logs_each_setting_on_its_own_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "s.data", sample_lines());
+    let secret = write_file(dir.path(), "hs.secret", "file-secret-content-7f3a");
+    let stop = |mut p: Process| {
+        sigterm(&p.child);
+        wait_exit(&mut p.child, Duration::from_secs(10));
+        p.log()
+    };
+
+    // Text: a secret file, a setting from the environment, a collector with credentials.
+    let text = stop(spawn_binary_with_env(
+        &data,
+        &[
+            "--jwt-hs256-secret-file",
+            secret.to_str().unwrap(),
+            "--max-batch",
+            "7",
+        ],
+        &[
+            ("KVSERVE_RATE_LIMIT", "50"),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://collector-user:collector-pw@127.0.0.1:9/?sig=query-token",
+            ),
+        ],
+    ));
+    for line in [
+        format!(
+            "setting name=jwt-hs256-secret-file value={} source=flag",
+            secret.display()
+        ),
+        "setting name=max-batch value=7 source=flag".to_owned(),
+        "setting name=rate-limit value=50 source=env KVSERVE_RATE_LIMIT".to_owned(),
+        "setting name=cache-capacity value=0 source=default for --storage".to_owned(),
+        "setting name=storage value=memory source=default".to_owned(),
+        "setting name=request-timeout value=unset source=default".to_owned(),
+        "setting name=log-level value=info source=default".to_owned(),
+    ] {
+        assert!(text.contains(&line), "{line:?} missing from:\n{text}");
+    }
+    assert!(!text.contains("ServeArgs"), "no Debug dump:\n{text}");
+    for secret in [
+        "file-secret-content",
+        "collector-pw",
+        "collector-user",
+        "query-token",
+    ] {
+        assert!(!text.contains(secret), "{secret} logged:\n{text}");
+    }
+
+    // JSON: one event per setting, every serve flag once; the secret from the env named.
+    let json = stop(spawn_binary_with_env(
+        &data,
+        &["--log-format", "json"],
+        &[("KVSERVE_JWT_HS256_SECRET", "env-secret-content-91c2")],
+    ));
+    assert!(
+        !json.contains("env-secret-content"),
+        "secret logged:\n{json}"
+    );
+    let settings: Vec<Value> = json
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|e| e["message"] == "setting" && e["target"] == "kvserve::config")
+        .collect();
+    let named =
+        |name: &str| -> Vec<&Value> { settings.iter().filter(|e| e["name"] == name).collect() };
+    for name in [
+        "data",
+        "addr",
+        "admin-addr",
+        "storage",
+        "cache-capacity",
+        "max-batch",
+        "jwt-leeway",
+        "rate-limit",
+        "idle-timeout",
+        "watch",
+        "shutdown-timeout",
+        "log-format",
+        "log-buffer",
+    ] {
+        assert_eq!(named(name).len(), 1, "{name} once:\n{json}");
+    }
+    let log_format = named("log-format")[0];
+    assert_eq!(log_format["value"], "json");
+    assert_eq!(log_format["source"], "flag");
+    let env_secret = named("jwt-hs256-secret")[0];
+    assert_eq!(env_secret["value"], "(redacted)");
+    assert_eq!(env_secret["source"], "env KVSERVE_JWT_HS256_SECRET");
+}
+
+/// The global flags' help is true for every subcommand: only `serve` has an access
+/// log; and `serve --help` lists every route of the admin listener.
+#[test]
+fn the_help_of_each_subcommand_speaks_of_what_it_does() {
+    let help = |args: &[&str]| {
+        let out = std::process::Command::new(binary())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for command in ["verify", "gen", "token", "openapi"] {
+        let text = help(&[command, "--help"]);
+        assert!(
+            !text.contains("access log") && !text.contains("kvserve::access"),
+            "{command} --help mentions the access log:\n{text}"
+        );
+    }
+    let verify = help(&["verify", "--help"]);
+    assert!(!verify.contains("421"), "verify serves nothing:\n{verify}");
+    assert!(verify.contains("--key-prefixes"));
+    let serve = help(&["serve", "--help"]);
+    let admin = &serve[serve.find("--admin-addr").unwrap()..serve.find("--storage").unwrap()];
+    for route in [
+        "/livez",
+        "/readyz",
+        "/metrics",
+        "/admin/dataset",
+        "/admin/reload",
+        "/admin/cache/purge",
+    ] {
+        assert!(admin.contains(route), "{route} missing from:\n{admin}");
+    }
+    assert!(
+        serve.contains("kvserve::access=off"),
+        "serve keeps it:\n{serve}"
+    );
+}
+
+/// With the LRU off (`--cache-capacity 0`, the default of memory storage) nothing is
+/// counted as a cache miss: `kvserve_cache_capacity` says 0 instead. With it on, the
+/// gauge says how many entries it holds at most and lookups count as before.
+#[tokio::test]
+async fn a_cache_that_is_off_says_so_and_counts_no_misses() {
+    let (_dir, off) = TestServer::with_sample(&["--cache-capacity", "0"]).await;
+    for _ in 0..3 {
+        off.get(&format!("/v1/keys/{KEY}")).await;
+        off.get(&format!("/get_value/{KEY}")).await;
+    }
+    let text = metrics(&off).await;
+    assert_eq!(series(&text, "kvserve_cache_capacity"), Some(0.0), "{text}");
+    assert_eq!(series(&text, "kvserve_cache_misses_total"), Some(0.0));
+    assert_eq!(series(&text, "kvserve_cache_hits_total"), Some(0.0));
+    assert_eq!(series(&text, "kvserve_cache_entries"), Some(0.0));
+    off.stop().await.unwrap();
+
+    let (_dir, on) = TestServer::with_sample(&["--cache-capacity", "64"]).await;
+    on.get(&format!("/v1/keys/{KEY}")).await;
+    let text = metrics(&on).await;
+    assert!(
+        series(&text, "kvserve_cache_capacity").unwrap() >= 64.0,
+        "{text}"
+    );
+    assert_eq!(series(&text, "kvserve_cache_misses_total"), Some(1.0));
+    on.stop().await.unwrap();
 }
