@@ -137,6 +137,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub protect: ProtectArgs,
 
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
     /// Reload by itself when the data file or its `.sha256` changes.
     #[arg(long, env = "KVSERVE_WATCH")]
     pub watch: bool,
@@ -282,6 +285,37 @@ pub struct ProtectArgs {
     /// Allow the admin listener on a non-loopback address without authentication.
     #[arg(long, env = "KVSERVE_ADMIN_INSECURE")]
     pub admin_insecure: bool,
+}
+
+/// TLS on the listeners, for direct exposure: without a mesh or an ingress that
+/// terminates TLS, bearer tokens and values would travel in clear. Off by default.
+/// SIGHUP (and `--watch`, when the files change) reloads the certificates without
+/// dropping connections; a bad new pair is refused and the old one keeps serving.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain of the API listener (leaf first); with `--tls-key`, the
+    /// API listener speaks HTTPS only.
+    #[arg(long, env = "KVSERVE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "KVSERVE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM certificate chain of the admin listener. Not inherited from `--tls-cert`:
+    /// probes and scrapers that speak plain HTTP keep working until this is set.
+    #[arg(long, env = "KVSERVE_ADMIN_TLS_CERT", value_name = "FILE")]
+    pub admin_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--admin-tls-cert`.
+    #[arg(long, env = "KVSERVE_ADMIN_TLS_KEY", value_name = "FILE")]
+    pub admin_tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): only clients presenting a certificate signed by one may
+    /// connect to the admin listener (others fail the handshake). Needs the admin
+    /// listener's TLS pair; read once at start-up.
+    #[arg(long, env = "KVSERVE_ADMIN_CLIENT_CA", value_name = "FILE")]
+    pub admin_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -5,7 +5,7 @@
 use std::time::UNIX_EPOCH;
 
 use prometheus::{
-    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 use crate::cache::Cache;
@@ -39,6 +39,11 @@ pub struct Metrics {
     dataset_loaded_timestamp: Gauge,
     reloads_success: IntCounter,
     reloads_failure: IntCounter,
+    /// notAfter of each TLS listener's certificate (`tls`), so an alert can fire
+    /// before it expires.
+    tls_expiry: GaugeVec,
+    /// TLS handshakes that failed or timed out, per listener.
+    tls_handshake_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -68,6 +73,22 @@ impl Metrics {
             &["result"],
         )
         .map_err(err("kvserve_dataset_reloads_total"))?;
+        let tls_expiry = GaugeVec::new(
+            Opts::new(
+                "kvserve_tls_certificate_expiry_seconds",
+                "Unix time of the notAfter of the certificate each TLS listener serves",
+            ),
+            &["listener"],
+        )
+        .map_err(err("kvserve_tls_certificate_expiry_seconds"))?;
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "kvserve_tls_handshake_failures_total",
+                "TLS handshakes that failed or did not finish within --header-read-timeout, per listener",
+            ),
+            &["listener"],
+        )
+        .map_err(err("kvserve_tls_handshake_failures_total"))?;
         let gauge = |name: &'static str, help: &str| IntGauge::new(name, help).map_err(err(name));
         let float_gauge =
             |name: &'static str, help: &str| Gauge::new(name, help).map_err(err(name));
@@ -110,6 +131,8 @@ impl Metrics {
             )?,
             reloads_success: reloads.with_label_values(&["success"]),
             reloads_failure: reloads.with_label_values(&["failure"]),
+            tls_expiry: tls_expiry.clone(),
+            tls_handshake_failures: tls_handshake_failures.clone(),
             registry: Registry::new(),
         };
         reg("kvserve_lookups_total", Box::new(lookups))?;
@@ -147,6 +170,14 @@ impl Metrics {
         )?;
         reg("kvserve_dataset_reloads_total", Box::new(reloads))?;
         reg("kvserve_build_info", Box::new(build_info))?;
+        reg(
+            "kvserve_tls_certificate_expiry_seconds",
+            Box::new(tls_expiry),
+        )?;
+        reg(
+            "kvserve_tls_handshake_failures_total",
+            Box::new(tls_handshake_failures),
+        )?;
         reg(
             "kvserve_log_lines_dropped_total",
             Box::new(crate::telemetry::writer::DROPPED.clone()),
@@ -190,6 +221,16 @@ impl Metrics {
         } else {
             self.reloads_failure.inc();
         }
+    }
+
+    /// The expiry gauge of a TLS listener (`tls`).
+    pub fn tls_certificate_expiry(&self, listener: &str) -> Gauge {
+        self.tls_expiry.with_label_values(&[listener])
+    }
+
+    /// The failed-handshake counter of a TLS listener (`http::server`).
+    pub fn tls_handshake_failures(&self, listener: &str) -> IntCounter {
+        self.tls_handshake_failures.with_label_values(&[listener])
     }
 
     /// The text exposition format, with the gauges that are read rather than pushed

@@ -37,4 +37,5 @@ mod operate;
 mod properties;
 mod protect;
 mod shard;
+mod tls;
 mod traces;
