@@ -140,7 +140,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub tls: TlsArgs,
 
-    /// Reload by itself when the data file or its `.sha256` changes.
+    /// Reload by itself when the data file or its `.sha256` changes, and the TLS
+    /// certificates when a file in their folders changes.
     #[arg(long, env = "KVSERVE_WATCH")]
     pub watch: bool,
 
@@ -282,7 +283,8 @@ pub struct ProtectArgs {
     #[arg(long, env = "KVSERVE_MAX_URI_BYTES", default_value = "16KiB", value_parser = parse_size)]
     pub max_uri_bytes: usize,
 
-    /// Allow the admin listener on a non-loopback address without authentication.
+    /// Allow the admin listener on a non-loopback address without authentication (a
+    /// JWT key or `--admin-client-ca`).
     #[arg(long, env = "KVSERVE_ADMIN_INSECURE")]
     pub admin_insecure: bool,
 }
@@ -313,7 +315,8 @@ pub struct TlsArgs {
 
     /// PEM CA certificate(s): only clients presenting a certificate signed by one may
     /// connect to the admin listener (others fail the handshake). Needs the admin
-    /// listener's TLS pair; read once at start-up.
+    /// listener's TLS pair; read once at start-up. Counts as authentication for an
+    /// admin listener on a non-loopback address (no `--admin-insecure` needed).
     #[arg(long, env = "KVSERVE_ADMIN_CLIENT_CA", value_name = "FILE")]
     pub admin_client_ca: Option<PathBuf>,
 }

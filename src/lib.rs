@@ -58,7 +58,7 @@ pub enum AppError {
     Tls(#[from] tls::TlsError),
     #[error("--subject-rate-limit limits per verified token subject, but no JWT key is configured (--jwt-hs256-secret-file, --jwt-public-key-file, --jwt-jwks-file or KVSERVE_JWT_HS256_SECRET); use --rate-limit to limit per client address")]
     SubjectLimitWithoutAuth,
-    #[error("refusing to serve the admin listener on {addr} without authentication: bind it to a loopback address, configure a JWT key, or pass --admin-insecure")]
+    #[error("refusing to serve the admin listener on {addr} without authentication: bind it to a loopback address, configure a JWT key or --admin-client-ca, or pass --admin-insecure")]
     InsecureAdmin { addr: SocketAddr },
     #[error("the {listener} listener failed: {source}")]
     Serve {
@@ -90,7 +90,9 @@ impl App {
         let (api, api_addr) = bind("api", &args.addr).await?;
         let (admin, admin_addr) = bind("admin", &args.admin_addr).await?;
         let protect = &args.protect;
-        if !admin_addr.ip().is_loopback() && auth.is_none() {
+        // A client certificate from --admin-client-ca authenticates too.
+        let admin_authenticated = auth.is_some() || args.tls.admin_client_ca.is_some();
+        if !admin_addr.ip().is_loopback() && !admin_authenticated {
             if !protect.admin_insecure {
                 return Err(AppError::InsecureAdmin { addr: admin_addr });
             }

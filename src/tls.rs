@@ -11,7 +11,9 @@
 //! [`CertResolver`] hands rustls the pair held in an `ArcSwap`, and a reload (SIGHUP,
 //! `--watch`) swaps a whole new pair in only once it has been read and checked; a bad
 //! new pair is logged and the old one keeps serving. Open connections keep the keys
-//! they negotiated; new handshakes use the new certificate. The client CA of the admin
+//! they negotiated; new full handshakes use the new certificate. (A client resuming a
+//! TLS session from before the swap skips the certificate, as TLS resumption does;
+//! rustls keeps at most 256 such sessions per listener.) The client CA of the admin
 //! listener is read once, at start-up.
 
 use std::fmt;
@@ -222,6 +224,20 @@ fn describe(cert: &CertificateDer<'_>) -> Result<(String, i64), String> {
     ))
 }
 
+/// Warns when the certificate being put in service has expired or expires within a
+/// week: clients will refuse it, and the log is the first place an operator looks.
+fn warn_if_expiring(listener: &str, subject: &str, not_after: i64) {
+    const WEEK: i64 = 7 * 24 * 3600;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    if not_after <= now {
+        tracing::warn!(listener, subject, not_after = %rfc3339(not_after), "the TLS certificate has expired: clients will refuse it");
+    } else if not_after - now < WEEK {
+        tracing::warn!(listener, subject, not_after = %rfc3339(not_after), "the TLS certificate expires within a week");
+    }
+}
+
 fn rfc3339(unix: i64) -> String {
     let at = u64::try_from(unix).unwrap_or(0);
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(at))
@@ -271,6 +287,7 @@ impl CertResolver {
             not_after = %rfc3339(pair.not_after),
             "TLS on"
         );
+        warn_if_expiring(listener, &pair.subject, pair.not_after);
         Ok(Self {
             listener,
             files,
@@ -326,6 +343,7 @@ impl CertResolver {
             not_after = %rfc3339(pair.not_after),
             "TLS certificate reloaded; new connections use it"
         );
+        warn_if_expiring(self.listener, &pair.subject, pair.not_after);
         *served = pair.bytes;
         Ok(true)
     }

@@ -221,6 +221,17 @@ fn a_client_trusting_the_ca_gets_the_value_over_https() {
     let (status, body) = get(p.api, &config, &format!("/v1/keys/{KEY}/value")).unwrap();
     assert_eq!((status, body.as_str()), (200, VALUE));
     assert_eq!(get(p.api, &config, "/openapi.json").unwrap().0, 200);
+    // What hyper cannot parse still gets problem+json: the deadlines and the
+    // replacement of hyper's bare answers sit above TLS, on the decrypted stream.
+    let mut tls = connect(p.api, &config);
+    tls.write_all(b"GET /v1/keys/\xff HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (status, body) = common::read_response(&mut tls).unwrap().unwrap();
+    assert_eq!(status, 400);
+    assert!(
+        String::from_utf8_lossy(&body).contains("urn:kvserve:problem:"),
+        "{body:?}"
+    );
 
     let log = p.log();
     assert!(
@@ -289,6 +300,13 @@ fn clients_refuse_expired_wrong_host_and_self_signed_certificates() {
             _ => matches!(refused, CertificateError::UnknownIssuer),
         };
         assert!(expected, "{name}: refused for {refused:?}");
+        if *name == "expired" {
+            assert!(
+                p.log().contains("the TLS certificate has expired"),
+                "{}",
+                p.log()
+            );
+        }
         let _ = p.child.kill();
     }
 }
@@ -328,17 +346,25 @@ fn the_admin_client_ca_admits_only_ca_signed_client_certificates() {
     let ca_file = pki.write("clients.crt", &clients.pem());
     let dir = tempfile::tempdir().unwrap();
     let data = common::write_file(dir.path(), "tls.data", common::sample_lines());
-    let mut p = common::spawn_binary(
-        &data,
-        &[
-            "--admin-tls-cert",
-            &cert,
-            "--admin-tls-key",
-            &key,
-            "--admin-client-ca",
-            &ca_file,
-        ],
-    );
+    // On every interface, without a JWT key or --admin-insecure: the client CA is the
+    // admin listener's authentication.
+    let mut command = Command::new(common::binary());
+    command.args([
+        "--data",
+        data.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "0.0.0.0:0",
+        "--admin-tls-cert",
+        &cert,
+        "--admin-tls-key",
+        &key,
+        "--admin-client-ca",
+        &ca_file,
+    ]);
+    let mut p = common::spawn_command(command);
+    p.admin = SocketAddr::from(([127, 0, 0, 1], p.admin.port()));
     let member = leaf(
         &clients,
         "prober",
