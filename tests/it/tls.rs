@@ -195,6 +195,14 @@ fn sighup(p: &Process) {
     assert!(status.success());
 }
 
+fn handshake_failures(p: &Process) -> f64 {
+    common::series(
+        &metrics(p),
+        "kvserve_tls_handshake_failures_total{listener=\"api\"}",
+    )
+    .unwrap_or(0.0)
+}
+
 fn metrics(p: &Process) -> String {
     let mut tcp = TcpStream::connect(p.admin).unwrap();
     write!(
@@ -328,12 +336,11 @@ fn plain_http_to_a_tls_port_fails_cleanly() {
         200
     );
     assert!(p.child.try_wait().unwrap().is_none());
-    let failures = common::series(
-        &metrics(&p),
-        "kvserve_tls_handshake_failures_total{listener=\"api\"}",
-    )
-    .unwrap();
-    assert!(failures >= 2.0, "{failures}");
+    // Counted once the server has dropped the connection, which the client may see
+    // first.
+    common::wait_until("the failed handshakes counted", || {
+        handshake_failures(&p) >= 2.0
+    });
     assert!(!p.log().contains("panicked"), "{}", p.log());
     let _ = p.child.kill();
 }
@@ -516,12 +523,11 @@ fn a_silent_connection_is_closed_at_the_header_deadline() {
         held >= Duration::from_millis(900) && held < Duration::from_secs(10),
         "{held:?}"
     );
-    let failures = common::series(
-        &metrics(&p),
-        "kvserve_tls_handshake_failures_total{listener=\"api\"}",
-    )
-    .unwrap();
-    assert!(failures >= 1.0, "{failures}");
+    // Counted once the server has dropped the connection, which the client may see
+    // first.
+    common::wait_until("the failed handshakes counted", || {
+        handshake_failures(&p) >= 1.0
+    });
     let _ = p.child.kill();
 }
 
