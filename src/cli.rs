@@ -321,6 +321,18 @@ pub struct TlsArgs {
     pub admin_client_ca: Option<PathBuf>,
 }
 
+impl TlsArgs {
+    pub fn config(&self) -> crate::tls::TlsConfig {
+        crate::tls::TlsConfig {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            admin_cert: self.admin_tls_cert.clone(),
+            admin_key: self.admin_tls_key.clone(),
+            admin_client_ca: self.admin_client_ca.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
     /// The HS256 secret file `serve --jwt-hs256-secret-file` uses.

@@ -126,7 +126,7 @@ impl App {
             protect.trust_forwarded_for,
         );
         let app = AppState::new(Cache::new(args.cache_capacity()), reloader)?;
-        let tls = tls::Listeners::from_args(&args.tls, &app.metrics)?;
+        let tls = tls::Listeners::new(&args.tls.config(), &app.metrics)?;
         let state = HttpState::new(Arc::new(app), settings, auth, rate_limit)?;
         Ok(Self {
             api,

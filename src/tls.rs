@@ -30,7 +30,6 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
-use crate::cli::TlsArgs;
 use crate::metrics::Metrics;
 
 /// Why a certificate, key or client CA cannot be used. Each names the flag and the
@@ -89,6 +88,16 @@ pub enum TlsError {
     },
     #[error("cannot set up TLS: {0}")]
     Config(rustls::Error),
+}
+
+/// The TLS files as given (`cli::TlsArgs::config`); each `None` when not set.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub admin_cert: Option<PathBuf>,
+    pub admin_key: Option<PathBuf>,
+    pub admin_client_ca: Option<PathBuf>,
 }
 
 /// Where one listener's pair comes from, with the flags that named the files.
@@ -418,15 +427,15 @@ impl Listeners {
     ///
     /// The admin listener does not inherit the API's pair: probes and scrapers
     /// configured for plain HTTP keep working when TLS is turned on for the API.
-    pub fn from_args(args: &TlsArgs, metrics: &Metrics) -> Result<Self, TlsError> {
-        let api = PairFiles::of(&args.tls_cert, &args.tls_key, "--tls-cert", "--tls-key")?;
+    pub fn new(config: &TlsConfig, metrics: &Metrics) -> Result<Self, TlsError> {
+        let api = PairFiles::of(&config.cert, &config.key, "--tls-cert", "--tls-key")?;
         let admin = PairFiles::of(
-            &args.admin_tls_cert,
-            &args.admin_tls_key,
+            &config.admin_cert,
+            &config.admin_key,
             "--admin-tls-cert",
             "--admin-tls-key",
         )?;
-        let client_ca = match (&args.admin_client_ca, &admin) {
+        let client_ca = match (&config.admin_client_ca, &admin) {
             (Some(_), None) => return Err(TlsError::ClientCaWithoutTls),
             (Some(path), Some(_)) => Some(client_roots(path)?),
             (None, _) => None,
