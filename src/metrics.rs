@@ -84,7 +84,7 @@ impl Metrics {
         let tls_handshake_failures = IntCounterVec::new(
             Opts::new(
                 "kvserve_tls_handshake_failures_total",
-                "TLS handshakes that failed or did not finish within --header-read-timeout, per listener",
+                "TLS handshakes refused (protocol error, alert, no or bad client certificate) or not finished within --header-read-timeout, per listener; a connection closed before its handshake ended is not counted",
             ),
             &["listener"],
         )

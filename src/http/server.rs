@@ -116,6 +116,12 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
                                 let stream = admission.guard(stream, progress);
                                 drive(stream, service, closing).await;
                             }
+                            // Closed before a ClientHello was complete: a load
+                            // balancer's TCP check, or a client gone; not a failure
+                            // worth an alert.
+                            Ok(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                                tracing::debug!(listener, remote = %peer, "connection closed before the TLS handshake ended");
+                            }
                             Ok(Err(err)) => {
                                 tls.handshake_failures.inc();
                                 tracing::debug!(listener, remote = %peer, error = %err, "TLS handshake failed");
