@@ -148,7 +148,11 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub protect: ProtectArgs,
 
-    /// Reload by itself when the data file or its `.sha256` changes.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    /// Reload by itself when the data file or its `.sha256` changes, and the TLS
+    /// certificates when a file in their folders changes.
     #[arg(long, env = "KVSERVE_WATCH")]
     pub watch: bool,
 
@@ -290,9 +294,54 @@ pub struct ProtectArgs {
     #[arg(long, env = "KVSERVE_MAX_URI_BYTES", default_value = "16KiB", value_parser = parse_size)]
     pub max_uri_bytes: usize,
 
-    /// Allow the admin listener on a non-loopback address without authentication.
+    /// Allow the admin listener on a non-loopback address without authentication (a
+    /// JWT key or `--admin-client-ca`).
     #[arg(long, env = "KVSERVE_ADMIN_INSECURE")]
     pub admin_insecure: bool,
+}
+
+/// TLS on the listeners, for direct exposure: without a mesh or an ingress that
+/// terminates TLS, bearer tokens and values would travel in clear. Off by default.
+/// SIGHUP (and `--watch`, when the files change) reloads the certificates without
+/// dropping connections; a bad new pair is refused and the old one keeps serving.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain of the API listener (leaf first); with `--tls-key`, the
+    /// API listener speaks HTTPS only.
+    #[arg(long, env = "KVSERVE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(long, env = "KVSERVE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM certificate chain of the admin listener. Not inherited from `--tls-cert`:
+    /// probes and scrapers that speak plain HTTP keep working until this is set.
+    #[arg(long, env = "KVSERVE_ADMIN_TLS_CERT", value_name = "FILE")]
+    pub admin_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--admin-tls-cert`.
+    #[arg(long, env = "KVSERVE_ADMIN_TLS_KEY", value_name = "FILE")]
+    pub admin_tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): only clients presenting a certificate signed by one may
+    /// connect to the admin listener (others fail the handshake). Needs the admin
+    /// listener's TLS pair; read once at start-up. Counts as authentication for an
+    /// admin listener on a non-loopback address (no `--admin-insecure` needed).
+    #[arg(long, env = "KVSERVE_ADMIN_CLIENT_CA", value_name = "FILE")]
+    pub admin_client_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    pub fn config(&self) -> crate::tls::TlsConfig {
+        crate::tls::TlsConfig {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            admin_cert: self.admin_tls_cert.clone(),
+            admin_key: self.admin_tls_key.clone(),
+            admin_client_ca: self.admin_client_ca.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -18,6 +18,7 @@ pub mod reload;
 pub mod settings;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod watch;
 
 use std::future::Future;
@@ -55,9 +56,11 @@ pub enum AppError {
     Watch(#[from] watch::WatchError),
     #[error(transparent)]
     Auth(#[from] http::auth::AuthConfigError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("--subject-rate-limit limits per verified token subject, but no JWT key is configured (--jwt-hs256-secret-file, --jwt-public-key-file, --jwt-jwks-file or KVSERVE_JWT_HS256_SECRET); use --rate-limit to limit per client address")]
     SubjectLimitWithoutAuth,
-    #[error("refusing to serve the admin listener on {addr} without authentication: bind it to a loopback address, configure a JWT key, or pass --admin-insecure")]
+    #[error("refusing to serve the admin listener on {addr} without authentication: bind it to a loopback address, configure a JWT key or --admin-client-ca, or pass --admin-insecure")]
     InsecureAdmin { addr: SocketAddr },
     #[error("the {listener} listener failed: {source}")]
     Serve {
@@ -77,6 +80,7 @@ pub struct App {
     shutdown_timeout: Duration,
     watch: Option<Duration>,
     connections: ConnectionLimits,
+    tls: tls::Listeners,
 }
 
 impl App {
@@ -88,7 +92,9 @@ impl App {
         let (api, api_addr) = bind("api", &args.addr).await?;
         let (admin, admin_addr) = bind("admin", &args.admin_addr).await?;
         let protect = &args.protect;
-        if !admin_addr.ip().is_loopback() && auth.is_none() {
+        // A client certificate from --admin-client-ca authenticates too.
+        let admin_authenticated = auth.is_some() || args.tls.admin_client_ca.is_some();
+        if !admin_addr.ip().is_loopback() && !admin_authenticated {
             if !protect.admin_insecure {
                 return Err(AppError::InsecureAdmin { addr: admin_addr });
             }
@@ -122,6 +128,7 @@ impl App {
             protect.trust_forwarded_for,
         );
         let app = AppState::new(Cache::new(args.cache_capacity()), reloader)?;
+        let tls = tls::Listeners::new(&args.tls.config(), &app.metrics)?;
         let state = HttpState::new(Arc::new(app), settings, auth, rate_limit)?;
         Ok(Self {
             api,
@@ -137,6 +144,7 @@ impl App {
                 idle_timeout: protect.idle_timeout,
                 body_read_timeout: protect.body_read_timeout,
             },
+            tls,
         })
     }
 
@@ -183,6 +191,7 @@ impl App {
                 ),
                 endpoint: http::api_endpoint(self.state.clone()),
                 fast: Some(self.state.clone()),
+                tls: self.tls.api.clone(),
             }
             .serve(stopped(stop_api), self.shutdown_timeout),
         );
@@ -197,14 +206,21 @@ impl App {
                 ),
                 endpoint: http::admin::admin_endpoint(self.state.clone()),
                 fast: None,
+                tls: self.tls.admin.clone(),
             }
             .serve(stopped(stop_admin), self.shutdown_timeout),
         );
 
+        let certs = self.tls.resolvers();
+        // Kept alive while serving: `--watch` reloads the certificates too.
+        let _cert_watcher = match self.watch {
+            Some(debounce) if !certs.is_empty() => Some(watch::spawn_tls(certs.clone(), debounce)?),
+            _ => None,
+        };
         let state = self.state.app.clone();
         let outcome = tokio::select! {
             () = shutdown => Ok(()),
-            failure = serve_dataset(state.clone(), self.watch, hangup) => Err(failure),
+            failure = serve_dataset(state.clone(), self.watch, hangup, &certs) => Err(failure),
         };
 
         tracing::info!("shutting down: readiness is now 503, draining in-flight requests");
@@ -218,7 +234,8 @@ impl App {
     }
 }
 
-/// Loads the data file, then keeps it current (SIGHUP, `--watch`) until cancelled.
+/// Loads the data file, then keeps it current (SIGHUP, `--watch`) until cancelled;
+/// SIGHUP also reloads the TLS certificates (`certs`), at once, even mid-load.
 /// Returns only if the service cannot go on: the first load or the watch set-up failed.
 ///
 /// A SIGHUP during the first load is logged and queued: one reload follows the load,
@@ -228,6 +245,7 @@ async fn serve_dataset(
     state: Arc<AppState>,
     watch_debounce: Option<Duration>,
     mut hangup: Option<Signal>,
+    certs: &[Arc<tls::CertResolver>],
 ) -> AppError {
     let first = state.reload(None, Trigger::Startup, true);
     tokio::pin!(first);
@@ -236,6 +254,7 @@ async fn serve_dataset(
         tokio::select! {
             loaded = &mut first => break loaded,
             Some(()) = recv(&mut hangup) => {
+                tls::reload_all(certs, "SIGHUP");
                 tracing::info!(
                     already_queued = queued,
                     "SIGHUP received during the first load; one reload follows it"
@@ -263,6 +282,7 @@ async fn serve_dataset(
         let _ = state.reload(None, Trigger::Signal, true).await;
     }
     while recv(&mut hangup).await.is_some() {
+        tls::reload_all(certs, "SIGHUP");
         let _ = state.reload(None, Trigger::Signal, true).await;
     }
     std::future::pending().await

@@ -1,11 +1,12 @@
 //! The Prometheus registry and the metrics of the core (dataset, cache, lookups,
-//! reloads, process); names in the metrics table of docs/OPERATIONS.md. The HTTP listener registers its
-//! own request metrics in the same registry (`http::metrics`), so one scrape shows all.
+//! reloads, process); names in the metrics table of docs/OPERATIONS.md. The HTTP
+//! listener registers its own request metrics in the same registry (`http::metrics`),
+//! so one scrape shows all.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 use crate::cache::Cache;
@@ -43,6 +44,11 @@ pub struct Metrics {
     /// `dataset_loaded_timestamp`, so it holds until a good reload, however long ago
     /// the failure was (the counter alone cannot tell "failed, then fixed").
     reload_failed_timestamp: Gauge,
+    /// notAfter of each TLS listener's certificate (`tls`), so an alert can fire
+    /// before it expires.
+    tls_expiry: GaugeVec,
+    /// TLS handshakes that failed or timed out, per listener.
+    tls_handshake_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -72,6 +78,22 @@ impl Metrics {
             &["result"],
         )
         .map_err(err("kvserve_dataset_reloads_total"))?;
+        let tls_expiry = GaugeVec::new(
+            Opts::new(
+                "kvserve_tls_certificate_expiry_seconds",
+                "Unix time of the notAfter of the certificate each TLS listener serves",
+            ),
+            &["listener"],
+        )
+        .map_err(err("kvserve_tls_certificate_expiry_seconds"))?;
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "kvserve_tls_handshake_failures_total",
+                "TLS handshakes refused (protocol error, alert, no or bad client certificate) or not finished within --header-read-timeout, per listener; a connection closed before its handshake ended is not counted",
+            ),
+            &["listener"],
+        )
+        .map_err(err("kvserve_tls_handshake_failures_total"))?;
         let gauge = |name: &'static str, help: &str| IntGauge::new(name, help).map_err(err(name));
         let float_gauge =
             |name: &'static str, help: &str| Gauge::new(name, help).map_err(err(name));
@@ -118,6 +140,8 @@ impl Metrics {
             )?,
             reloads_success: reloads.with_label_values(&["success"]),
             reloads_failure: reloads.with_label_values(&["failure"]),
+            tls_expiry: tls_expiry.clone(),
+            tls_handshake_failures: tls_handshake_failures.clone(),
             registry: Registry::new(),
         };
         reg("kvserve_lookups_total", Box::new(lookups))?;
@@ -168,6 +192,14 @@ impl Metrics {
         )?;
         reg("kvserve_build_info", Box::new(build_info))?;
         reg(
+            "kvserve_tls_certificate_expiry_seconds",
+            Box::new(tls_expiry),
+        )?;
+        reg(
+            "kvserve_tls_handshake_failures_total",
+            Box::new(tls_handshake_failures),
+        )?;
+        reg(
             "kvserve_log_lines_dropped_total",
             Box::new(crate::telemetry::writer::DROPPED.clone()),
         )?;
@@ -214,6 +246,16 @@ impl Metrics {
                 .unwrap_or_default();
             self.reload_failed_timestamp.set(now.as_secs_f64());
         }
+    }
+
+    /// The expiry gauge of a TLS listener (`tls`).
+    pub fn tls_certificate_expiry(&self, listener: &str) -> Gauge {
+        self.tls_expiry.with_label_values(&[listener])
+    }
+
+    /// The failed-handshake counter of a TLS listener (`http::server`).
+    pub fn tls_handshake_failures(&self, listener: &str) -> IntCounter {
+        self.tls_handshake_failures.with_label_values(&[listener])
     }
 
     /// The text exposition format, with the gauges that are read rather than pushed

@@ -106,3 +106,61 @@ fn concerns_data_file(state: &AppState, names: &[OsString]) -> bool {
         .iter()
         .any(|name| name == file || name == sidecar.as_os_str())
 }
+
+/// `--watch` for the TLS certificates: reloads every listener's pair once the folders
+/// holding the certificate and key files have been quiet for `debounce` after a
+/// change. The folders are watched, not the files, for the same reason as the data
+/// file's, and any change in them counts: a Kubernetes secret volume swaps a `..data`
+/// symlink rather than writing `tls.crt`. A reload of unchanged files does nothing
+/// (`tls::CertResolver::reload`), and a bad new pair keeps the old one.
+pub fn spawn_tls(
+    certs: Vec<Arc<crate::tls::CertResolver>>,
+    debounce: Duration,
+) -> Result<notify::RecommendedWatcher, WatchError> {
+    let mut folders: Vec<std::path::PathBuf> = Vec::new();
+    for resolver in &certs {
+        let files = resolver.files();
+        for file in [&files.cert, &files.key] {
+            let folder = match file.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+                _ => std::path::PathBuf::from("."),
+            };
+            if !folders.contains(&folder) {
+                folders.push(folder);
+            }
+        }
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|event| changes_content(&event.kind)) {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|source| WatchError {
+        folder: folders.first().cloned().unwrap_or_default(),
+        source,
+    })?;
+    for folder in &folders {
+        watcher
+            .watch(folder, RecursiveMode::NonRecursive)
+            .map_err(|source| WatchError {
+                folder: folder.clone(),
+                source,
+            })?;
+        tracing::info!(folder = %folder.display(), "watching the TLS certificate files");
+    }
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            let mut quiet_at = tokio::time::Instant::now() + debounce;
+            loop {
+                match tokio::time::timeout_at(quiet_at, rx.recv()).await {
+                    Ok(Some(())) => quiet_at = tokio::time::Instant::now() + debounce,
+                    Ok(None) => return,
+                    Err(_elapsed) => break,
+                }
+            }
+            crate::tls::reload_all(&certs, "file change (--watch)");
+        }
+    });
+    Ok(watcher)
+}

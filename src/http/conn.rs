@@ -36,7 +36,6 @@ use std::time::Duration;
 use poem::http::StatusCode;
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
@@ -80,15 +79,17 @@ impl ConnectionGate {
         }
     }
 
-    /// Wraps an accepted connection, or `None` if the limit is reached: the caller
-    /// closes it at once, which tells the client to go elsewhere; waiting would only
-    /// fill the kernel's backlog.
-    pub fn admit(&self, stream: TcpStream) -> Option<(GuardedStream, Arc<Progress>)> {
+    /// Takes a slot for an accepted connection, or `None` if the limit is reached: the
+    /// caller closes it at once, which tells the client to go elsewhere; waiting would
+    /// only fill the kernel's backlog. The first request head's deadline starts now,
+    /// before any TLS handshake, so the handshake counts against it.
+    pub fn admit(&self) -> Option<Admission> {
         let permit = self.open.clone().try_acquire_owned().ok()?;
-        let permit = Slot::new(permit, self.gauge.clone());
-        let progress = Arc::new(Progress::default());
-        let stream = GuardedStream::new(stream, permit, self.limits, progress.clone());
-        Some((stream, progress))
+        Some(Admission {
+            permit: Slot::new(permit, self.gauge.clone()),
+            limits: self.limits,
+            deadline: Instant::now() + self.limits.header_read_timeout,
+        })
     }
 
     pub fn limit(&self) -> usize {
@@ -97,6 +98,37 @@ impl ConnectionGate {
 
     pub fn body_read_timeout(&self) -> Duration {
         self.limits.body_read_timeout
+    }
+}
+
+/// A connection's slot, taken at accept, and the deadline of its first request head.
+pub struct Admission {
+    permit: Slot,
+    limits: ConnectionLimits,
+    deadline: Instant,
+}
+
+impl Admission {
+    /// When the first request head must be in; a TLS handshake must end before.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Wraps the connection's stream (TCP, or TLS over it) in the deadlines, which
+    /// `progress` (shared with the connection's service) drives; the slot is held
+    /// until the stream is dropped.
+    pub fn guard<S>(self, stream: S, progress: Arc<Progress>) -> GuardedStream<S> {
+        GuardedStream {
+            inner: stream,
+            _permit: self.permit,
+            limits: self.limits,
+            progress,
+            seen: 0,
+            phase: Phase::Head(self.deadline),
+            timer: Box::pin(tokio::time::sleep_until(self.deadline)),
+            unflushed: false,
+            replacement: None,
+        }
     }
 }
 
@@ -161,8 +193,10 @@ impl Drop for Slot {
     }
 }
 
-pub struct GuardedStream {
-    inner: TcpStream,
+/// A connection's stream under its deadlines: plain TCP, or TLS over it (generic, so
+/// plain TCP pays nothing for TLS being possible).
+pub struct GuardedStream<S> {
+    inner: S,
     _permit: Slot,
     limits: ConnectionLimits,
     progress: Arc<Progress>,
@@ -177,28 +211,7 @@ pub struct GuardedStream {
     replacement: Option<Replacement>,
 }
 
-impl GuardedStream {
-    fn new(
-        inner: TcpStream,
-        permit: Slot,
-        limits: ConnectionLimits,
-        progress: Arc<Progress>,
-    ) -> Self {
-        // A new connection must send its first head in time too.
-        let deadline = Instant::now() + limits.header_read_timeout;
-        Self {
-            inner,
-            _permit: permit,
-            limits,
-            progress,
-            seen: 0,
-            phase: Phase::Head(deadline),
-            timer: Box::pin(tokio::time::sleep_until(deadline)),
-            unflushed: false,
-            replacement: None,
-        }
-    }
-
+impl<S> GuardedStream<S> {
     /// Catches up with what the service reported since the last look.
     fn sync(&mut self) {
         let begun = self.progress.begun.load(Ordering::Relaxed);
@@ -289,7 +302,9 @@ impl GuardedStream {
             None => Poll::Pending,
         }
     }
+}
 
+impl<S: AsyncWrite + Unpin> GuardedStream<S> {
     /// Sends what is left of a replacement answer.
     fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some(replacement) = &mut self.replacement {
@@ -324,7 +339,7 @@ impl Expired {
     }
 }
 
-impl AsyncRead for GuardedStream {
+impl<S: AsyncRead + Unpin> AsyncRead for GuardedStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -347,7 +362,7 @@ impl AsyncRead for GuardedStream {
     }
 }
 
-impl AsyncWrite for GuardedStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -8,7 +8,8 @@
 //! It also lets the connection deadlines (`http::conn`) use one timer per connection.
 //!
 //! HTTP/1.1 only: kvserve sits behind a load balancer or ingress that speaks HTTP/1.1
-//! to its upstreams; cleartext HTTP/2 (h2c) is not offered.
+//! to its upstreams; cleartext HTTP/2 (h2c) is not offered. With TLS on (`crate::tls`)
+//! the same code serves the decrypted stream, and ALPN offers only `http/1.1`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,14 +26,16 @@ use hyper_util::rt::TokioIo;
 use poem::http::uri::Scheme;
 use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Endpoint, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::body::DeadlineBody;
-use super::conn::{ConnectionGate, Progress};
+use super::conn::{ConnectionGate, GuardedStream, Progress};
 use super::fast;
 use super::state::HttpState;
+use crate::tls::ListenerTls;
 
 type Body = BoxBody<Bytes, io::Error>;
 type HyperResponse = hyper::Response<Body>;
@@ -49,6 +52,8 @@ pub struct Listener<E> {
     pub gate: ConnectionGate,
     pub endpoint: E,
     pub fast: Option<Arc<HttpState>>,
+    /// TLS on this listener (`--tls-cert`, `--admin-tls-cert`), or plain TCP.
+    pub tls: Option<Arc<ListenerTls>>,
 }
 
 impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
@@ -75,40 +80,60 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
                     continue;
                 }
             };
-            let Some((stream, progress)) = self.gate.admit(stream) else {
+            let Some(admission) = self.gate.admit() else {
                 tracing::warn!(listener = self.name, remote = %peer, limit = self.gate.limit(), "connection refused: --max-connections reached");
                 continue;
             };
+            let progress = Arc::new(Progress::default());
             let service = ConnectionService {
                 endpoint: endpoint.clone(),
                 fast: self.fast.clone(),
                 local: local.clone(),
                 peer,
-                progress,
+                progress: progress.clone(),
                 body_read_timeout: self.gate.body_read_timeout(),
+                scheme: if self.tls.is_some() {
+                    Scheme::HTTPS
+                } else {
+                    Scheme::HTTP
+                },
             };
-            let mut closing = closing.clone();
-            connections.spawn(async move {
-                let mut http = hyper::server::conn::http1::Builder::new();
-                http.keep_alive(true).header_read_timeout(None);
-                let conn = http.serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                let done = tokio::select! {
-                    biased;
-                    finished = conn.as_mut() => Some(finished),
-                    _ = wait_closing(&mut closing) => None,
-                };
-                let finished = match done {
-                    Some(finished) => finished,
-                    None => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                };
-                if let Err(err) = finished {
-                    tracing::debug!(remote = %peer, error = %err, "connection ended with an error");
+            let closing = closing.clone();
+            match &self.tls {
+                None => {
+                    let stream = admission.guard(stream, progress);
+                    connections.spawn(drive(stream, service, closing));
                 }
-            });
+                Some(tls) => {
+                    let tls = tls.clone();
+                    let listener = self.name;
+                    connections.spawn(async move {
+                        // Under the first request head's deadline: a client that never
+                        // finishes the handshake does not hold its slot for longer.
+                        let handshake = tls.acceptor.accept(stream);
+                        match tokio::time::timeout_at(admission.deadline(), handshake).await {
+                            Ok(Ok(stream)) => {
+                                let stream = admission.guard(stream, progress);
+                                drive(stream, service, closing).await;
+                            }
+                            // Closed before a ClientHello was complete: a load
+                            // balancer's TCP check, or a client gone; not a failure
+                            // worth an alert.
+                            Ok(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                                tracing::debug!(listener, remote = %peer, "connection closed before the TLS handshake ended");
+                            }
+                            Ok(Err(err)) => {
+                                tls.handshake_failures.inc();
+                                tracing::debug!(listener, remote = %peer, error = %err, "TLS handshake failed");
+                            }
+                            Err(_) => {
+                                tls.handshake_failures.inc();
+                                tracing::debug!(listener, remote = %peer, "TLS handshake not finished within --header-read-timeout");
+                            }
+                        }
+                    });
+                }
+            }
         }
         drop(self.socket);
         let _ = closing_tx.send(true);
@@ -128,6 +153,38 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
     }
 }
 
+/// Serves one connection's requests until it ends, or finishes the current one and
+/// closes once the listener is closing.
+async fn drive<S, E>(
+    stream: GuardedStream<S>,
+    service: ConnectionService<E>,
+    mut closing: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    E: Endpoint<Output = Response> + 'static,
+{
+    let peer = service.peer;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.keep_alive(true).header_read_timeout(None);
+    let conn = http.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let done = tokio::select! {
+        biased;
+        finished = conn.as_mut() => Some(finished),
+        _ = wait_closing(&mut closing) => None,
+    };
+    let finished = match done {
+        Some(finished) => finished,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = finished {
+        tracing::debug!(remote = %peer, error = %err, "connection ended with an error");
+    }
+}
+
 async fn wait_closing(closing: &mut watch::Receiver<bool>) {
     let _ = closing.wait_for(|closing| *closing).await;
 }
@@ -141,6 +198,8 @@ struct ConnectionService<E> {
     /// Tells the connection's deadlines where each request begins and ends.
     progress: Arc<Progress>,
     body_read_timeout: Duration,
+    /// `https` on a TLS listener, as the framework's requests say.
+    scheme: Scheme,
 }
 
 impl<E: Endpoint<Output = Response> + 'static> hyper::service::Service<hyper::Request<Incoming>>
@@ -163,7 +222,7 @@ impl<E: Endpoint<Output = Response> + 'static> hyper::service::Service<hyper::Re
             req,
             self.local.clone(),
             RemoteAddr(self.peer.into()),
-            Scheme::HTTP,
+            self.scheme.clone(),
         ));
         if has_body {
             let body = DeadlineBody::new(req.take_body().into(), self.body_read_timeout);

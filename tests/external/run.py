@@ -43,6 +43,10 @@
   prometheus      a real Prometheus scrapes kvserve, counts what was sent, and every
                   PromQL expression of grafana/kvserve.json returns data
                   (tests/external/prometheus_check.py)
+  tls             curl and Python's ssl/urllib against TLS listeners: 200 with the CA
+                  trusted; expired, wrong-host and self-signed server certificates
+                  refused; plain HTTP to the TLS port fails cleanly; --admin-client-ca
+                  admits only CA-signed client certificates (tests/external/tls_check.py)
 
 Usage: run.py [--jobs N] KVSERVE_BINARY [CHECK ...]   (all checks by default)
 Each check runs in its own process, N at a time (1 by default); a check's output is
@@ -68,6 +72,7 @@ from generated_clients import check as generated_clients_check
 import alerts_check
 import prometheus_check
 import rules_check
+import tls_check
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -372,6 +377,7 @@ CHECKS = {
     "jwt-interop": jwt_interop,
     "promtool": promtool,
     "rules": rules_check.check,
+    "tls": tls_check.check,
     "openapi-lint": openapi_lint,
 }
 

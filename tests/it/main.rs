@@ -38,4 +38,5 @@ mod operate;
 mod properties;
 mod protect;
 mod shard;
+mod tls;
 mod traces;

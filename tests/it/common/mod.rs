@@ -388,7 +388,7 @@ pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 /// Reads one HTTP/1.1 response (head and `Content-Length` body) from a raw stream:
 /// `Ok(None)` if the server closed the connection before sending a byte of it, an
 /// error if it closed half-way.
-pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Option<(u16, Vec<u8>)>> {
+pub fn read_response(stream: &mut impl Read) -> std::io::Result<Option<(u16, Vec<u8>)>> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
