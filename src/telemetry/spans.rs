@@ -3,16 +3,18 @@
 //! The SDK's batch processor also drops spans when its queue is full, but it counts
 //! them only in a private field and says so once; an operator needs to see, as it
 //! happens, that traces are being lost (a collector down or too slow). So the spans
-//! of sampled requests go into a bounded channel (`OTEL_BSP_MAX_QUEUE_SIZE`, default
+//! of sampled requests go into a bounded queue (`OTEL_BSP_MAX_QUEUE_SIZE`, default
 //! 2048) that a request never waits on: when it is full the span is dropped and counted
-//! in `kvserve_trace_spans_dropped_total`. One thread sends them in batches of up to
-//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512), at least every `OTEL_BSP_SCHEDULE_DELAY`
-//! (5 s). A batch the collector did not take is counted there too, and a warning is
+//! in `kvserve_trace_spans_dropped_total`. Queuing a span is a lock and a push; the
+//! export thread is woken only when a batch is full (a channel woke it for every span:
+//! a system call per sampled request, measured in BENCHMARKS.md). One thread sends
+//! them in batches of up to `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512), at least every
+//! `OTEL_BSP_SCHEDULE_DELAY` (5 s). A batch the collector did not take is counted there too, and a warning is
 //! logged at most once a minute.
 
 use std::fmt;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -66,18 +68,37 @@ impl Limits {
     }
 }
 
-enum Message {
-    Span(Box<SpanData>),
-    /// Send what is queued now, then answer.
-    Flush(SyncSender<()>),
+/// What the request threads and the export thread share.
+#[derive(Default)]
+struct Shared {
+    state: Mutex<Pending>,
+    /// Rung when a batch is full, a flush is asked for, or the queue closes: not for
+    /// every span, so a sampled request costs a lock and a push, no wake-up.
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    spans: Vec<SpanData>,
+    /// Callers of `force_flush` waiting for what was queued before them to be sent.
+    flushes: Vec<SyncSender<()>>,
+    closed: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A `SpanProcessor` that queues the spans of sampled requests for one export thread.
 pub struct QueuedExport<E> {
     exporter: Arc<Mutex<E>>,
     limits: Limits,
-    /// Set once the thread runs (the first span); `None` again after shutdown.
-    queue: Mutex<Option<(SyncSender<Message>, JoinHandle<()>)>>,
+    shared: Arc<Shared>,
+    /// Started with the first span (the SDK hands the processor its resource after
+    /// construction, before any span); `None` inside if it could not be started.
+    thread: OnceLock<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl<E> fmt::Debug for QueuedExport<E> {
@@ -93,25 +114,22 @@ impl<E: SpanExporter + 'static> QueuedExport<E> {
         QueuedExport {
             exporter: Arc::new(Mutex::new(exporter)),
             limits,
-            queue: Mutex::new(None),
+            shared: Arc::default(),
+            thread: OnceLock::new(),
         }
     }
 
-    /// The sending end of the queue, starting the export thread on first use (the
-    /// SDK hands the processor its resource after construction, before any span).
-    fn sender(&self) -> Option<SyncSender<Message>> {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.is_none() {
-            let (tx, rx) = mpsc::sync_channel(self.limits.queue);
-            let exporter = self.exporter.clone();
-            let limits = self.limits;
+    /// Starts the export thread once; whether it runs.
+    fn started(&self) -> bool {
+        let thread = self.thread.get_or_init(|| {
+            let (exporter, shared, limits) =
+                (self.exporter.clone(), self.shared.clone(), self.limits);
             let thread = std::thread::Builder::new()
                 .name("kvserve-spans".to_owned())
-                .spawn(move || export_loop(&exporter, &rx, limits))
-                .ok()?;
-            *queue = Some((tx, thread));
-        }
-        queue.as_ref().map(|(tx, _)| tx.clone())
+                .spawn(move || export_loop(&exporter, &shared, limits));
+            Mutex::new(thread.ok())
+        });
+        thread.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 }
 
@@ -122,38 +140,49 @@ impl<E: SpanExporter + 'static> SpanProcessor for QueuedExport<E> {
         if !span.span_context.is_sampled() {
             return;
         }
-        let Some(tx) = self.sender() else {
+        if !self.started() {
             DROPPED.inc();
             return;
-        };
-        match tx.try_send(Message::Span(Box::new(span))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => DROPPED.inc(),
+        }
+        let mut pending = self.shared.lock();
+        if pending.closed || pending.spans.len() >= self.limits.queue {
+            DROPPED.inc();
+            return;
+        }
+        pending.spans.push(span);
+        let full = pending.spans.len() == self.limits.batch;
+        drop(pending);
+        if full {
+            self.shared.ready.notify_one();
         }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        let Some(tx) = self
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|(tx, _)| tx.clone())
-        else {
+        if self.thread.get().is_none() {
             return Ok(());
-        };
+        }
         let (done_tx, done) = mpsc::sync_channel(1);
-        tx.send(Message::Flush(done_tx))
-            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
+        {
+            let mut pending = self.shared.lock();
+            if pending.closed {
+                return Err(OTelSdkError::AlreadyShutdown);
+            }
+            pending.flushes.push(done_tx);
+        }
+        self.shared.ready.notify_one();
         done.recv_timeout(Duration::from_secs(30))
             .map_err(|_| OTelSdkError::Timeout(Duration::from_secs(30)))
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        let taken = self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some((tx, thread)) = taken {
-            // Closing the channel ends the loop once it has sent what is queued.
-            drop(tx);
+        self.shared.lock().closed = true;
+        self.shared.ready.notify_one();
+        let taken = self
+            .thread
+            .get()
+            .and_then(|thread| thread.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(thread) = taken {
+            // The loop ends once it has sent what is queued.
             let deadline = Instant::now() + timeout;
             while !thread.is_finished() {
                 if Instant::now() >= deadline {
@@ -179,29 +208,39 @@ impl<E: SpanExporter + 'static> SpanProcessor for QueuedExport<E> {
     }
 }
 
-/// The export thread: batches of up to `limits.batch` spans, sent when full, when
-/// `limits.delay` has passed since the last send, on a flush, and at the end.
-fn export_loop<E: SpanExporter>(exporter: &Mutex<E>, rx: &Receiver<Message>, limits: Limits) {
-    let mut batch = Vec::with_capacity(limits.batch);
+/// The export thread: batches of up to `limits.batch` spans, sent when one is full,
+/// when `limits.delay` has passed since the last send, on a flush, and at the end.
+fn export_loop<E: SpanExporter>(exporter: &Mutex<E>, shared: &Shared, limits: Limits) {
     let mut last_warning: Option<Instant> = None;
     let mut due = Instant::now() + limits.delay;
     loop {
-        let wait = due.saturating_duration_since(Instant::now());
-        let (flush, closed) = match rx.recv_timeout(wait) {
-            Ok(Message::Span(span)) => {
-                batch.push(*span);
-                (None, false)
+        let (spans, flushes, closed) = {
+            let pending = shared.lock();
+            let wait = due.saturating_duration_since(Instant::now());
+            let (mut pending, _) = shared
+                .ready
+                .wait_timeout_while(pending, wait, |p| {
+                    p.spans.len() < limits.batch && p.flushes.is_empty() && !p.closed
+                })
+                .unwrap_or_else(|e| e.into_inner());
+            let timed_out = Instant::now() >= due;
+            let full = pending.spans.len() >= limits.batch;
+            if !(full || timed_out || pending.closed || !pending.flushes.is_empty()) {
+                continue;
             }
-            Ok(Message::Flush(done)) => (Some(done), false),
-            Err(RecvTimeoutError::Timeout) => (None, false),
-            Err(RecvTimeoutError::Disconnected) => (None, true),
+            (
+                std::mem::take(&mut pending.spans),
+                std::mem::take(&mut pending.flushes),
+                pending.closed,
+            )
         };
-        let timed_out = Instant::now() >= due;
-        if batch.len() >= limits.batch || flush.is_some() || closed || timed_out {
+        let mut spans = spans.into_iter().peekable();
+        while spans.peek().is_some() {
+            let mut batch: Vec<SpanData> = spans.by_ref().take(limits.batch).collect();
             send(exporter, &mut batch, &mut last_warning);
-            due = Instant::now() + limits.delay;
         }
-        if let Some(done) = flush {
+        due = Instant::now() + limits.delay;
+        for done in flushes {
             let _ = done.send(());
         }
         if closed {
@@ -245,6 +284,7 @@ mod tests {
         SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
     };
     use opentelemetry::InstrumentationScope;
+    use std::sync::mpsc::Receiver;
     use std::time::SystemTime;
 
     /// An exporter that holds every batch until the test lets it go, as a collector
