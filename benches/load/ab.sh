@@ -15,6 +15,9 @@
 #   benches/load/ab.sh "" "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:18200"
 # An OTLP endpoint on 127.0.0.1:18200 is served by benches/load/otlp-sink.py, started
 # here (it takes every export and answers 200, as a collector would).
+# A configuration with --tls-cert is measured over HTTPS; $WORK/tls/{cert,key}.pem (a
+# P-256 self-signed pair for 127.0.0.1) are made with openssl if missing:
+#   benches/load/ab.sh "" "--tls-cert target/bench/tls/cert.pem --tls-key target/bench/tls/key.pem"
 # Knobs: ROUNDS (5), DURATION (8), DIST (uniform|zipf), KEYS_PATH (/v1/keys/%s),
 # LOG_LEVEL (unset: the server's default, access log on, as operators run it; e.g.
 # "info,kvserve::access=off" to measure without it), and those of benches/load/common.sh.
@@ -48,20 +51,26 @@ OUT="$WORK/ab.tsv"
 PID=
 SINK=
 trap '[ -n "$PID" ] && kill $PID 2>/dev/null; [ -n "$SINK" ] && kill $SINK 2>/dev/null || true' EXIT
+if [[ "$*" == *"$WORK/tls/"* && ! -f "$WORK/tls/key.pem" ]]; then
+  mkdir -p "$WORK/tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" 2>/dev/null
+fi
 if [[ "$*" == *127.0.0.1:18200* ]]; then
   python3 benches/load/otlp-sink.py 18200 &
   SINK=$!
 fi
 
-# measure TARGET PATH_TEMPLATE: one warm-up and one measured wrk run; prints the server
+# measure URL PATH_TEMPLATE: one warm-up and one measured wrk run; prints the server
 # CPU per request (µs), the rate (req/s) and wrk's p99 latency (µs).
 measure() {
   KEYS_FILE="$SAMPLE" KEYS_PATH="$2" KEYS_DIST="$DIST" KEYS_BATCH="$BATCH" \
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s benches/load/keys.lua "http://$1" >/dev/null 2>&1 || true
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s benches/load/keys.lua "$1" >/dev/null 2>&1 || true
   local before after out requests
   before=$(awk '{ print $14 + $15 }' "/proc/$PID/stat")
   out=$(KEYS_FILE="$SAMPLE" KEYS_PATH="$2" KEYS_DIST="$DIST" KEYS_BATCH="$BATCH" \
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" -s benches/load/keys.lua "http://$1" | tail -n 1)
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" -s benches/load/keys.lua "$1" | tail -n 1)
   after=$(awk '{ print $14 + $15 }' "/proc/$PID/stat")
   # A refused request is cheap: a run with errors would flatter the server.
   if ! echo "$out" | grep -q '"errors": 0,'; then
@@ -77,7 +86,7 @@ for round in $(seq 1 "$ROUNDS"); do
   target/release/examples/baseline "$BASE" > "$WORK/baseline.log" 2>&1 &
   PID=$!
   wait_ready "http://$BASE/" "$PID" "$WORK/baseline.log"
-  printf '%s\tbaseline\t%s\n' "$round" "$(measure "$BASE" "$BASE_PATH")" | tee -a "$OUT" >&2
+  printf '%s\tbaseline\t%s\n' "$round" "$(measure "http://$BASE" "$BASE_PATH")" | tee -a "$OUT" >&2
   kill "$PID"; wait "$PID" 2>/dev/null || true
   for config in "$@"; do
     bin=$KV flags=$config
@@ -94,7 +103,9 @@ for round in $(seq 1 "$ROUNDS"); do
     PID=$!
     wait_ready "http://$ADMIN/readyz" "$PID" "$WORK/ab-kvserve.log"
     wait_settled "$WORK/ab-kvserve.log"
-    printf '%s\tkvserve %s\t%s\n' "$round" "$config" "$(measure "$API" "$KEYS_PATH")" | tee -a "$OUT" >&2
+    scheme=http
+    [[ $flags == *--tls-cert* ]] && scheme=https
+    printf '%s\tkvserve %s\t%s\n' "$round" "$config" "$(measure "$scheme://$API" "$KEYS_PATH")" | tee -a "$OUT" >&2
     if [[ " ${envs[*]}" == *" OTEL_"* ]]; then
       # Spans lost to a full export queue: the price of sampling more than it can send.
       echo "  spans dropped: $(curl -s "http://$ADMIN/metrics" | awk '$1 == "kvserve_trace_spans_dropped_total" { print $2 }')" >&2
