@@ -5,6 +5,11 @@
 #   ./runner.sh test       install what the tests need (if missing), then run every test
 #   ./runner.sh serve      build in release mode and serve (extra args go to kvserve)
 #   ./runner.sh setup      only install the test tools
+#   ./runner.sh image      build the container image from Dockerfile with buildah and check
+#                          it (serves as uid 65532 from the /data volume, read-only root,
+#                          refuses to start without its data); tests/image/check.sh says how.
+#                          Needs root (sudo otherwise); its cache is target/image-cache/.
+#                          `test` runs it too, in the background beside `cargo test`.
 #
 # Everything it installs comes from the package registries: Rust crates (cargo),
 # Debian packages (apt-get), Python packages (pip, into target/pyenv) and npm packages
@@ -37,12 +42,19 @@ setup_system() {
   command -v cargo >/dev/null || { echo "cargo is required: install Rust from rustup.rs" >&2; exit 1; }
   rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
   need_apt util-linux chromium prometheus
+  setup_image
   command -v kubectl >/dev/null || need_apt kubernetes-client
   command -v npm >/dev/null || need_apt nodejs npm
   if [ ! -x "$PYENV/bin/python" ]; then
     log "creating $PYENV"
     python3 -m venv "$PYENV" || { need_apt python3-venv; python3 -m venv "$PYENV"; }
   fi
+}
+
+# The image check (tests/image/check.sh): buildah builds and runs the Dockerfile without
+# a daemon, mmdebstrap makes its Debian base images; curl and ss talk to the container.
+setup_image() {
+  need_apt buildah mmdebstrap curl iproute2
 }
 
 # The Python and npm test tools: user space only, so `test` runs it beside clippy.
@@ -114,6 +126,9 @@ run_tests() {
   PATH="$PWD/$PYENV/bin:$PATH" "$PYENV/bin/python" tests/external/run.py --jobs 4 target/debug/kvserve \
     > target/external.log 2>&1 &
   local external=$! tests=0 external_status=0
+  log "container image build and check (tests/image), in the background (log: target/image.log)"
+  tests/image/check.sh > target/image.log 2>&1 &
+  local image=$! image_status=0
   # Four test threads on two cores: the slowest tests wait on deadlines and idle
   # timers (keep-alive, slow readers), not on the CPU, so more of them overlap.
   log "cargo test (RUST_TEST_THREADS=${RUST_TEST_THREADS:-4})"
@@ -121,8 +136,12 @@ run_tests() {
   log "cargo test done (exit $tests); waiting for the external checks"
   wait "$external" || external_status=$?
   report "external checks" "$external_status" target/external.log || true
-  if ((tests || external_status)); then
-    echo "tests failed: cargo test exit $tests, external checks exit $external_status" >&2
+  log "waiting for the image check"
+  wait "$image" || image_status=$?
+  report "image check" "$image_status" target/image.log || true
+  if ((tests || external_status || image_status)); then
+    echo "tests failed: cargo test exit $tests, external checks exit $external_status," \
+      "image check exit $image_status" >&2
     exit 1
   fi
   log "all tests passed"
@@ -136,7 +155,8 @@ serve() {
 case "${1:-all}" in
   setup) setup ;;
   test) run_tests ;;
+  image) setup_image; tests/image/check.sh ;;
   serve) shift; serve "$@" ;;
   all) run_tests; serve ;;
-  *) echo "usage: $0 [test|serve|setup]" >&2; exit 2 ;;
+  *) echo "usage: $0 [test|serve|setup|image]" >&2; exit 2 ;;
 esac

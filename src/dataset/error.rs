@@ -1,6 +1,6 @@
 //! Why a load failed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::format::LineError;
 use super::index::MAX_FILE_LEN;
@@ -9,10 +9,13 @@ use super::index::MAX_FILE_LEN;
 /// number and an excerpt, so a publisher can fix the file without guessing.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot open data file {}: {source}", path.display())]
+    #[error("cannot open data file {}: {source}{hint}", path.display())]
     Open {
         path: PathBuf,
         source: std::io::Error,
+        /// Empty, or the likely cause when the OS error alone does not say it (see
+        /// [`LoadError::open`]).
+        hint: String,
     },
     #[error("{} is not a regular file but {kind}; refused without reading it", path.display())]
     NotAFile { path: PathBuf, kind: &'static str },
@@ -94,4 +97,28 @@ pub enum LoadError {
     },
     #[error("data file {} holds no records (--allow-empty serves an empty dataset)", path.display())]
     Empty { path: PathBuf },
+}
+
+impl LoadError {
+    /// The data file (or its sidecar) at `path` could not be opened. When the file's
+    /// folder is missing too, the usual cause is a data volume that is not mounted (the
+    /// Kubernetes manifests mount one at /data; the image has no such folder), which
+    /// "No such file or directory" alone does not say, so the message adds it.
+    pub fn open(path: PathBuf, source: std::io::Error) -> Self {
+        let hint = match path.parent() {
+            Some(folder)
+                if source.kind() == std::io::ErrorKind::NotFound
+                    && !folder.as_os_str().is_empty()
+                    && !Path::exists(folder) =>
+            {
+                format!(
+                    "; the folder {} does not exist either: is the data volume mounted? \
+                     (--data, KVSERVE_DATA name the file)",
+                    folder.display()
+                )
+            }
+            _ => String::new(),
+        };
+        LoadError::Open { path, source, hint }
+    }
 }

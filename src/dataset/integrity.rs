@@ -335,7 +335,7 @@ impl OpenRefusal {
     pub fn into_load_error(self, path: &Path, confine_to: Option<&Path>) -> LoadError {
         let path = path.to_path_buf();
         match self {
-            OpenRefusal::Io(source) => LoadError::Open { path, source },
+            OpenRefusal::Io(source) => LoadError::open(path, source),
             OpenRefusal::NotRegular(kind) => LoadError::NotAFile { path, kind },
             OpenRefusal::Outside => LoadError::OutsideFolder {
                 path,

@@ -71,6 +71,42 @@ fn missing_file_and_directory_are_refused() {
     refused(dir.path(), &[], &["is not a regular file"]);
 }
 
+/// A container started without its data volume (k8s mounts it at /data) finds neither
+/// the file nor its folder: `serve` exits non-zero and says to check the mount.
+#[test]
+fn serve_without_the_data_folder_points_at_the_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |data: &Path| {
+        let data = data.display().to_string();
+        let out = run(&[
+            "serve",
+            "--data",
+            &data,
+            "--addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ]);
+        assert!(!out.status.success(), "serve should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let missing_folder = dir.path().join("data");
+    let text = serve(&missing_folder.join("kvserve.data"));
+    let folder = missing_folder.display().to_string();
+    for needle in [
+        "cannot open data file",
+        "kvserve.data: No such file",
+        &format!("the folder {folder} does not exist either"),
+        "is the data volume mounted?",
+    ] {
+        assert!(text.contains(needle), "expected `{needle}` in:\n{text}");
+    }
+    // The folder is there (the volume is mounted) but the file is not: no such guess.
+    let text = serve(&dir.path().join("kvserve.data"));
+    assert!(text.contains("No such file"), "{text}");
+    assert!(!text.contains("volume"), "{text}");
+}
+
 #[test]
 fn unreadable_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
