@@ -18,7 +18,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 
-use poem::http::{HeaderMap, Method, Uri};
+use poem::http::Method;
 use poem::{IntoResponse, Response};
 
 use super::api;
@@ -31,7 +31,13 @@ use super::state::HttpState;
 
 /// The answer to `req` if it is a hot route, through the whole pipeline; `None` for any
 /// other request, which then goes to poem.
-pub fn serve<B>(state: &HttpState, req: &hyper::Request<B>, peer: SocketAddr) -> Option<Response> {
+/// `secure`: the connection is TLS.
+pub fn serve<B>(
+    state: &HttpState,
+    req: &hyper::Request<B>,
+    peer: SocketAddr,
+    secure: bool,
+) -> Option<Response> {
     let method = req.method();
     if !state.settings.fast_path || (method != Method::GET && method != Method::HEAD) {
         return None;
@@ -43,13 +49,14 @@ pub fn serve<B>(state: &HttpState, req: &hyper::Request<B>, peer: SocketAddr) ->
         version: req.version(),
         headers: req.headers(),
         peer: Some(peer),
+        secure,
     };
     let exchange = pipeline::begin(state, &head);
     let resp = exchange
         .span
         .in_scope(|| match pipeline::admit(state, &head, pipeline::API) {
             Ok(admission) => {
-                let mut resp = answer(state, head.uri, head.headers, route);
+                let mut resp = answer(state, &head, route);
                 admission.stamp(state, &mut resp);
                 resp
             }
@@ -68,9 +75,10 @@ pub fn serve<B>(state: &HttpState, req: &hyper::Request<B>, peer: SocketAddr) ->
 /// What the route's operation answers, from the raw key segment decoded as poem's
 /// `Path` extractor decodes it; the legacy route's paths as Starlette matched them
 /// (`legacy::route`).
-fn answer(state: &HttpState, uri: &Uri, headers: &HeaderMap, route: HotRoute<'_>) -> Response {
+fn answer(state: &HttpState, head: &Head<'_>, route: HotRoute<'_>) -> Response {
+    let (uri, headers) = (head.uri, head.headers);
     if let HotRoute::Legacy(_) = route {
-        if let Some(answer) = legacy::route(state, uri, headers) {
+        if let Some(answer) = legacy::route(state, uri, headers, head.secure) {
             return answer.into_response();
         }
     }

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use poem::http::uri::Scheme;
 use poem::http::{HeaderMap, Method, Uri, Version};
 use poem::Request;
 
@@ -14,6 +15,8 @@ pub struct Head<'a> {
     pub version: Version,
     pub headers: &'a HeaderMap,
     pub peer: Option<SocketAddr>,
+    /// Whether the request came over TLS (`https`).
+    pub secure: bool,
 }
 
 impl<'a> Head<'a> {
@@ -24,6 +27,7 @@ impl<'a> Head<'a> {
             version: req.version(),
             headers: req.headers(),
             peer: req.remote_addr().as_socket_addr().copied(),
+            secure: req.scheme() == &Scheme::HTTPS,
         }
     }
 }

@@ -239,11 +239,18 @@ fn head(text: Cow<'_, str>, to: usize) -> Cow<'_, str> {
 /// The old service's answer to any `GET` of a path under `/get_value` (`None` for
 /// other paths): the fast path's answer, and the framework path's for the paths
 /// poem does not route to the operation as the same key.
-pub fn route(state: &HttpState, uri: &Uri, headers: &HeaderMap) -> Option<Guarded<LegacyResponse>> {
+/// `secure`: the request came over TLS (the redirect keeps the scheme, as Starlette's
+/// did).
+pub fn route(
+    state: &HttpState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    secure: bool,
+) -> Option<Guarded<LegacyResponse>> {
     Some(match target(uri.path())? {
         Target::Key(key) => answer(state, &key),
         Target::Redirect(path) => Guarded::Route(LegacyResponse::Redirect(
-            location(&path, uri.query(), headers),
+            location(&path, uri.query(), headers, secure),
             deprecation(),
         )),
         Target::NotFound => Guarded::Route(LegacyResponse::NotFound(
@@ -268,7 +275,8 @@ pub fn before_router<E: Endpoint + 'static>(
             let method = req.method();
             if (method == Method::GET || method == Method::HEAD) && !routed_as_is(req.uri().path())
             {
-                if let Some(answer) = route(&state, req.uri(), req.headers()) {
+                let secure = req.scheme() == &poem::http::uri::Scheme::HTTPS;
+                if let Some(answer) = route(&state, req.uri(), req.headers(), secure) {
                     return Ok(answer.into_response());
                 }
             }
@@ -291,7 +299,7 @@ fn routed_as_is(raw_path: &str) -> bool {
 /// escaped, the authority of a valid `Host` header, the raw query) quoted by
 /// `RedirectResponse`. Without a valid `Host` Starlette fell back to the address it
 /// listened on; this answer gives the path alone.
-fn location(path: &str, query: Option<&str>, headers: &HeaderMap) -> String {
+fn location(path: &str, query: Option<&str>, headers: &HeaderMap, secure: bool) -> String {
     let path = path
         .replace('?', "%3F")
         .replace('#', "%23")
@@ -301,7 +309,10 @@ fn location(path: &str, query: Option<&str>, headers: &HeaderMap) -> String {
         .and_then(|host| host.to_str().ok())
         .filter(|host| valid_host(host));
     let mut url = match host {
-        Some(host) => format!("http://{host}{path}"),
+        Some(host) => {
+            let scheme = if secure { "https" } else { "http" };
+            format!("{scheme}://{host}{path}")
+        }
         None => match path.strip_prefix("//") {
             Some(rest) => format!("/%2F{rest}"),
             None => path,

@@ -213,7 +213,7 @@ impl<E: Endpoint<Output = Response> + 'static> hyper::service::Service<hyper::Re
         self.progress.begin();
         let progress = self.progress.clone();
         if let Some(state) = &self.fast {
-            if let Some(resp) = fast::serve(state, &req, self.peer) {
+            if let Some(resp) = fast::serve(state, &req, self.peer, self.scheme == Scheme::HTTPS) {
                 return Answer::Ready(Some(answered(resp.into(), progress)));
             }
         }

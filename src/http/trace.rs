@@ -124,7 +124,10 @@ fn request_attributes(head: &Head<'_>, method: Option<&str>, request_id: &str) -
             ));
         }
     }
-    attributes.push(KeyValue::new("url.scheme", "http"));
+    attributes.push(KeyValue::new(
+        "url.scheme",
+        if head.secure { "https" } else { "http" },
+    ));
     attributes.push(KeyValue::new("url.path", head.uri.path().to_owned()));
     if let Some(query) = head.uri.query() {
         attributes.push(KeyValue::new("url.query", query.to_owned()));

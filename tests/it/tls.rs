@@ -241,6 +241,26 @@ fn a_client_trusting_the_ca_gets_the_value_over_https() {
         "{body:?}"
     );
 
+    // The legacy route's trailing-slash redirect keeps the scheme, as Starlette's did,
+    // through poem (`/`) and on the fast path (`%2F`).
+    for target in [format!("/get_value/{KEY}/"), format!("/get_value/{KEY}%2F")] {
+        let mut tls = connect(p.api, &config);
+        write!(tls, "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        tls.flush().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tls.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let location = format!("location: https://127.0.0.1/get_value/{KEY}\r\n");
+        assert!(
+            head.starts_with("http/1.1 307") && head.contains(&location),
+            "{target}: {head}"
+        );
+    }
+
     let log = p.log();
     assert!(
         log.contains("TLS on") && log.contains("CN=kvserve api") && log.contains("not_after"),
