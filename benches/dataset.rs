@@ -67,12 +67,15 @@ fn state(f: &Fixture, cache_capacity: usize) -> Arc<HttpState> {
         max_body_bytes: 1 << 20,
         limits: LimitSettings {
             max_uri_bytes: 16384,
+            max_header_bytes: 32768,
             max_body_bytes: 1 << 20,
             max_in_flight: None,
             request_timeout: None,
         },
         fast_path: true,
         compression: kvserve::http::encoding::Compression::OFF,
+        max_answer_bytes: 16 << 20,
+        max_unsent_bytes: 256 << 20,
     };
     let reloader = Reloader::new(f.path.clone(), LoadOptions::default());
     let app = AppState::new(Cache::new(cache_capacity), reloader).expect("state");

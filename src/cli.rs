@@ -294,6 +294,23 @@ pub struct ProtectArgs {
     #[arg(long, env = "KVSERVE_MAX_URI_BYTES", default_value = "16KiB", value_parser = parse_size)]
     pub max_uri_bytes: usize,
 
+    /// Longest header block accepted (every field line together); longer gets 431.
+    /// With `--max-uri-bytes` it sizes each connection's read buffer, so a head that
+    /// never ends holds at most their sum.
+    #[arg(long, env = "KVSERVE_MAX_HEADER_BYTES", default_value = "32KiB", value_parser = parse_size)]
+    pub max_header_bytes: usize,
+
+    /// Largest batch answer made; a batch whose answer would be larger gets 413 (ask
+    /// for fewer keys at once). Bounds what one connection can make kvserve hold.
+    #[arg(long, env = "KVSERVE_MAX_ANSWER_BYTES", default_value = "16MiB", value_parser = parse_size)]
+    pub max_answer_bytes: usize,
+
+    /// Bytes of API answers over 16 KiB that may wait for their clients at once, all
+    /// connections together (a slow reader holds its answer until it has read it);
+    /// an answer that does not fit gets 503 with `Retry-After`.
+    #[arg(long, env = "KVSERVE_MAX_UNSENT_BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub max_unsent_bytes: usize,
+
     /// Allow the admin listener on a non-loopback address without authentication (a
     /// JWT key or `--admin-client-ca`).
     #[arg(long, env = "KVSERVE_ADMIN_INSECURE")]

@@ -106,6 +106,7 @@ impl App {
             max_body_bytes: args.max_body_bytes,
             limits: http::limits::LimitSettings {
                 max_uri_bytes: protect.max_uri_bytes,
+                max_header_bytes: protect.max_header_bytes,
                 max_body_bytes: args.max_body_bytes,
                 max_in_flight: protect.max_in_flight,
                 request_timeout: protect.request_timeout,
@@ -115,6 +116,8 @@ impl App {
                 enabled: args.compression,
                 min_bytes: args.compress_min_bytes,
             },
+            max_answer_bytes: protect.max_answer_bytes,
+            max_unsent_bytes: protect.max_unsent_bytes,
         };
         let reloader = Reloader::new(args.data.clone(), args.load.options());
         let spec = |per_second, burst| http::ratelimit::LimitSpec { per_second, burst };
@@ -143,6 +146,9 @@ impl App {
                 header_read_timeout: protect.header_read_timeout,
                 idle_timeout: protect.idle_timeout,
                 body_read_timeout: protect.body_read_timeout,
+                max_head_bytes: protect
+                    .max_uri_bytes
+                    .saturating_add(protect.max_header_bytes),
             },
             tls,
         })

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::auth::BearerAuth;
 use super::batch::{self, BatchBody, BatchResult};
+use super::budget::AnswerRefusal;
 use super::encoding::{self, Accept};
 use super::key::{render_key_value, KeyParam, EXAMPLE_KEY};
 use super::payload::{HeaderText, ProblemJson, RawJson, TextValue};
@@ -98,7 +99,7 @@ pub enum BatchResponse {
     #[oai(status = 408)]
     #[allow(dead_code)]
     BodyTimeout(ProblemJson),
-    /// The body is larger than the limit (1 MiB by default).
+    /// The body is over 1 MiB (`--max-body-bytes`), or the answer over `--max-answer-bytes`.
     #[oai(status = 413)]
     TooLarge(ProblemJson),
     /// The body is not declared `application/json` (no `Content-Type` included).
@@ -206,9 +207,14 @@ impl KeysApi {
         let Some(dataset) = guard.as_ref() else {
             return Problem::not_loaded().into();
         };
-        Guarded::Route(BatchResponse::Ok(RawJson::new(batch::render(
-            app, dataset, &keys,
-        ))))
+        let max_answer = self.state.settings.max_answer_bytes;
+        match batch::render(app, dataset, &keys, max_answer) {
+            Ok(answer) => Guarded::Route(BatchResponse::Ok(RawJson::new(answer))),
+            Err(problem) => {
+                self.state.budget.count(AnswerRefusal::TooLarge);
+                Guarded::Route(BatchResponse::TooLarge(problem.into()))
+            }
+        }
     }
 }
 

@@ -321,7 +321,18 @@ const PREFETCH_AHEAD: usize = 8;
 /// prefetched at once (`Dataset::prefetch_value`), and only after the last probe is
 /// each value escaped straight from the dataset's bytes (`key::escape_json`). The
 /// lookups are counted once per batch.
-pub fn render(state: &AppState, dataset: &Dataset, keys: &[Uuid]) -> Vec<u8> {
+///
+/// `Err` if the answer would be over `max_answer` bytes (`--max-answer-bytes`): a
+/// client's few-kilobyte request must not make a gigabyte answer (each value may be
+/// up to `--max-line-bytes`, and escaping a control character makes six bytes of one).
+/// The values' plain length refuses at once; escaping is checked as the answer grows,
+/// so the buffer never grows far past the limit.
+pub fn render(
+    state: &AppState,
+    dataset: &Dataset,
+    keys: &[Uuid],
+    max_answer: usize,
+) -> Result<Vec<u8>, Problem> {
     for key in keys.iter().take(PREFETCH_AHEAD) {
         dataset.prefetch(key.as_u128());
     }
@@ -345,13 +356,28 @@ pub fn render(state: &AppState, dataset: &Dataset, keys: &[Uuid]) -> Vec<u8> {
         .collect();
     let found = values.iter().flatten().count();
     state.count_lookups(found as u64, (values.len() - found) as u64);
-    write_answer(keys, &values)
+    write_answer(keys, &values, max_answer).ok_or_else(|| {
+        Problem::new(
+            ProblemKind::AnswerTooLarge,
+            format!(
+                "the answer to these {} keys would be larger than {max_answer} bytes \
+                 (--max-answer-bytes); ask for fewer keys at once",
+                keys.len()
+            ),
+        )
+    })
 }
 
-/// The answer for `keys` and their values (`None`: missing), in one pre-sized buffer.
-fn write_answer(keys: &[Uuid], values: &[Option<&[u8]>]) -> Vec<u8> {
-    let size: usize = values.iter().flatten().map(|value| value.len() + 44).sum();
-    let mut out = Vec::with_capacity(32 + size + keys.len() * 40);
+/// The answer for `keys` and their values (`None`: missing), in one pre-sized buffer;
+/// `None` once it would be over `max` bytes.
+fn write_answer(keys: &[Uuid], values: &[Option<&[u8]>], max: usize) -> Option<Vec<u8>> {
+    // At least `{"values":{},"missing":[]}` and `"<key>":"<value>"` per value found,
+    // so an answer this length already over `max` is refused before any allocation.
+    let least: usize = 26 + values.iter().flatten().map(|v| v.len() + 41).sum::<usize>();
+    if least > max {
+        return None;
+    }
+    let mut out = Vec::with_capacity((least + keys.len() * 40).min(max));
     out.extend_from_slice(b"{\"values\":{");
     let mut first = true;
     for (key, value) in keys.iter().zip(values) {
@@ -366,6 +392,9 @@ fn write_answer(keys: &[Uuid], values: &[Option<&[u8]>]) -> Vec<u8> {
         out.extend_from_slice(b":\"");
         escape_json(&mut out, value);
         out.push(b'"');
+        if out.len() > max {
+            return None;
+        }
     }
     out.extend_from_slice(b"},\"missing\":[");
     first = true;
@@ -383,7 +412,7 @@ fn write_answer(keys: &[Uuid], values: &[Option<&[u8]>]) -> Vec<u8> {
         push_key(&mut out, key);
     }
     out.extend_from_slice(b"]}");
-    out
+    (out.len() <= max).then_some(out)
 }
 
 /// `"<lowercase hyphenated>"`: hex digits and hyphens, nothing to escape.
@@ -544,7 +573,7 @@ mod tests {
             let values: Vec<Option<String>> = entries.iter().map(|(_, v)| v.clone()).collect();
             let borrowed: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref().map(str::as_bytes)).collect();
             proptest::prop_assert_eq!(
-                String::from_utf8(write_answer(&keys, &borrowed)).unwrap(),
+                String::from_utf8(write_answer(&keys, &borrowed, usize::MAX).unwrap()).unwrap(),
                 String::from_utf8(serde_answer(&keys, &values)).unwrap()
             );
         }

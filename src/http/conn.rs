@@ -49,6 +49,9 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     /// Applied to request bodies by the server (`http::body`), not by the stream.
     pub body_read_timeout: Duration,
+    /// `--max-uri-bytes` + `--max-header-bytes`: the most of a request head kvserve
+    /// reads; sizes hyper's buffers (`http::server`).
+    pub max_head_bytes: usize,
 }
 
 /// Admits connections while fewer than `--max-connections` are open. Each listener has
@@ -98,6 +101,10 @@ impl ConnectionGate {
 
     pub fn body_read_timeout(&self) -> Duration {
         self.limits.body_read_timeout
+    }
+
+    pub fn max_head_bytes(&self) -> usize {
+        self.limits.max_head_bytes
     }
 }
 

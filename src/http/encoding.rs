@@ -8,7 +8,8 @@
 //! one synchronous call.
 //!
 //! - Routes: `/v1/keys/{key}`, `/v1/keys/{key}/value`, `/v1/keys/batch`,
-//!   `/openapi.json`. Every answer of these carries `Vary: Accept-Encoding` (also the
+//!   `/openapi.json`, `/docs` (the last two compressed once and kept,
+//!   `http::documents`, and left alone here). Every answer of these carries `Vary: Accept-Encoding` (also the
 //!   identity ones, the 304s and the refusals, for caches). The legacy route
 //!   `/get_value/{key}` stays identity and unchanged: the old service never compressed.
 //! - Only 200s with `application/json` or `text/plain` bodies of at least the
@@ -34,7 +35,7 @@ use poem::http::{HeaderMap, HeaderValue, StatusCode};
 use poem::{Body, Response};
 
 /// poem's body inside.
-type BoxBody = Boxed<Bytes, std::io::Error>;
+pub(super) type BoxBody = Boxed<Bytes, std::io::Error>;
 
 /// zstd level 1: measured on 8 KiB text values and 100-key batches, level 3 costs
 /// 1.3–2.3× the CPU for under 1 % smaller answers (BENCHMARKS.md).
@@ -70,7 +71,7 @@ pub enum Coding {
 }
 
 impl Coding {
-    fn token(self) -> Option<&'static str> {
+    pub fn token(self) -> Option<&'static str> {
         match self {
             Coding::Identity => None,
             Coding::Gzip => Some("gzip"),
@@ -196,7 +197,7 @@ fn parse_qvalue(text: &str) -> Option<u16> {
 pub fn compressible_route(route: &str) -> bool {
     matches!(
         route,
-        "/v1/keys/{key}" | "/v1/keys/{key}/value" | "/v1/keys/batch" | "/openapi.json"
+        "/v1/keys/{key}" | "/v1/keys/{key}/value" | "/v1/keys/batch" | "/openapi.json" | "/docs"
     )
 }
 
@@ -293,7 +294,7 @@ thread_local! {
 /// The gzip member header (RFC 1952): deflate, no name, no time, unknown OS.
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
-fn compress(coding: Coding, body: &[u8]) -> std::io::Result<Bytes> {
+pub(super) fn compress(coding: Coding, body: &[u8]) -> std::io::Result<Bytes> {
     match coding {
         Coding::Identity => Ok(Bytes::copy_from_slice(body)),
         Coding::Gzip => DEFLATE.with(|slot| {
@@ -343,7 +344,7 @@ fn gzip(deflate: &mut flate2::Compress, body: &[u8]) -> std::io::Result<Bytes> {
 /// The whole body of `resp`, taken out, if it is already in memory (an exact size and
 /// its data ready on the first poll, as every body the compressible routes make). A
 /// body that is not is put back as it was and `None` returned.
-fn in_memory(resp: &mut Response) -> Option<Bytes> {
+pub(super) fn in_memory(resp: &mut Response) -> Option<Bytes> {
     let mut body = BoxBody::from(resp.take_body());
     let hint = body.size_hint();
     let exact = hint.exact();

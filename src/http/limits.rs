@@ -1,5 +1,5 @@
 //! Load shedding and request limits, checked before any parsing or routing: URI
-//! length, declared body size, concurrent requests (`--max-in-flight`) and time per
+//! length, header block size, declared body size, concurrent requests (`--max-in-flight`) and time per
 //! request (`--request-timeout`). Each refusal is problem+json, so a client under
 //! load sees why and when to retry.
 
@@ -16,6 +16,8 @@ use super::problem::{Problem, ProblemKind};
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
     pub max_uri_bytes: usize,
+    /// `--max-header-bytes`: every field line's name and value together.
+    pub max_header_bytes: usize,
     pub max_body_bytes: usize,
     pub max_in_flight: Option<usize>,
     pub request_timeout: Option<Duration>,
@@ -52,6 +54,26 @@ impl RequestLimits {
                     format!(
                         "the request target is {uri_len} bytes; at most {} are accepted",
                         self.settings.max_uri_bytes
+                    ),
+                )
+                .into_response(),
+            ));
+        }
+        // As an HTTP/1.1 head spells them: `name: value` and CRLF per field line. The
+        // head buffer (`http::server`) already bounds what a head can hold; this makes
+        // the flag exact, whatever the target's length.
+        let header_bytes: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        if header_bytes > self.settings.max_header_bytes {
+            return Err(Box::new(
+                Problem::new(
+                    ProblemKind::HeadersTooLarge,
+                    format!(
+                        "the request's header fields are {header_bytes} bytes; at most {} are \
+                         accepted (--max-header-bytes)",
+                        self.settings.max_header_bytes
                     ),
                 )
                 .into_response(),

@@ -7,7 +7,9 @@ pub mod api;
 pub mod auth;
 mod batch;
 pub mod body;
+pub mod budget;
 pub mod conn;
+pub mod documents;
 pub mod encoding;
 pub mod fast;
 pub mod head;
@@ -35,6 +37,7 @@ use crate::cache::Cache;
 use crate::dataset::LoadOptions;
 use crate::reload::Reloader;
 use crate::state::AppState;
+use documents::Document;
 pub use state::{cache_control, HttpSettings, HttpState};
 
 pub type ApiService = OpenApiService<(api::KeysApi, legacy::LegacyApi), ()>;
@@ -78,12 +81,15 @@ pub fn openapi_json() -> String {
         max_body_bytes: 0,
         limits: limits::LimitSettings {
             max_uri_bytes: 0,
+            max_header_bytes: 0,
             max_body_bytes: 0,
             max_in_flight: None,
             request_timeout: None,
         },
         fast_path: false,
         compression: encoding::Compression::OFF,
+        max_answer_bytes: 0,
+        max_unsent_bytes: 0,
     };
     let reloader = Reloader::new(Default::default(), LoadOptions::default());
     let state = AppState::new(Cache::new(0), reloader)
@@ -101,7 +107,7 @@ pub fn openapi_json() -> String {
 /// pipeline.
 pub fn api_endpoint(state: Arc<HttpState>) -> impl Endpoint<Output = Response> {
     let service = api_service(state.clone());
-    let (docs, spec) = served_spec(&service, state.auth.is_some());
+    let (docs, spec) = served_spec(&service, state.auth.is_some(), state.settings.compression);
     let routes = problem::with_problems(legacy::before_router(
         Route::new()
             .at("/docs", docs)
@@ -116,10 +122,12 @@ pub fn api_endpoint(state: Arc<HttpState>) -> impl Endpoint<Output = Response> {
 /// Swagger UI and the spec as this server runs: with auth on, the document as checked
 /// in (every data route requires the bearer scheme); with auth off, the same without
 /// the security requirements, so neither clients nor Swagger UI ask for a token that
-/// nothing checks (schemathesis holds the server to whichever it serves).
+/// nothing checks (schemathesis holds the server to whichever it serves). Both are
+/// made once and shared by every answer (`documents`).
 fn served_spec(
     service: &ApiService,
     auth_on: bool,
+    compression: encoding::Compression,
 ) -> (
     impl Endpoint<Output = Response>,
     impl Endpoint<Output = Response>,
@@ -134,13 +142,11 @@ fn served_spec(
         html = html.replacen(&checked_in, &open, 1);
         open
     };
-    let docs = poem::endpoint::make_sync(move |_| poem::web::Html(html.clone()));
-    let spec = poem::endpoint::make_sync(move |_| {
-        Response::builder()
-            .content_type("application/json")
-            .body(spec.clone())
-    });
-    (docs.map_to_response(), spec)
+    let html = Arc::new(Document::new("text/html; charset=utf-8", html, compression));
+    let spec = Arc::new(Document::new("application/json", spec, compression));
+    let docs = poem::endpoint::make_sync(move |req| html.answer(&req));
+    let spec = poem::endpoint::make_sync(move |req| spec.answer(&req));
+    (docs, spec)
 }
 
 /// The OpenAPI document with every `security` requirement and scheme removed.

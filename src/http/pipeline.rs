@@ -6,8 +6,8 @@
 //!    per-subject rate limit, each a refusal that ends the request;
 //! 3. the route answers (the OpenAPI operations, or the fast path for hot routes);
 //! 4. `Admission::stamp`: the rate-limit fields on the answer;
-//! 5. `finish`: request metrics, trace span, access-log event, request id and `nosniff`
-//!    headers.
+//! 5. `finish`: compression, the unsent-answer budget, request metrics, trace span,
+//!    access-log event, request id and `nosniff` headers.
 //!
 //! Both paths call exactly these: `http::fast::serve` from hyper's request, and
 //! `through_framework` (the poem side, one `around` layer) for everything else. A new
@@ -159,8 +159,9 @@ impl Admission {
     }
 }
 
-/// Step 5: compress where it pays (`encoding::encode`), count, end the trace span, log
-/// and tag the answer.
+/// Step 5: compress where it pays (`encoding::encode`), charge a large answer to the
+/// unsent-answer budget or refuse it (`budget::AnswerBudget::charge`), count, end the
+/// trace span, log and tag the answer.
 /// `accept` is the request's `Accept-Encoding`.
 pub fn finish(
     state: &HttpState,
@@ -171,6 +172,7 @@ pub fn finish(
     mut resp: Response,
 ) -> Response {
     encoding::encode(state.settings.compression, accept, route, &mut resp);
+    state.budget.charge(&mut resp);
     state
         .metrics
         .observe(method, route, resp.status(), exchange.started);

@@ -99,10 +99,11 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
                 },
             };
             let closing = closing.clone();
+            let buffer = buffer_size(self.gate.max_head_bytes());
             match &self.tls {
                 None => {
                     let stream = admission.guard(stream, progress);
-                    connections.spawn(drive(stream, service, closing));
+                    connections.spawn(drive(stream, service, closing, buffer));
                 }
                 Some(tls) => {
                     let tls = tls.clone();
@@ -114,7 +115,7 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
                         match tokio::time::timeout_at(admission.deadline(), handshake).await {
                             Ok(Ok(stream)) => {
                                 let stream = admission.guard(stream, progress);
-                                drive(stream, service, closing).await;
+                                drive(stream, service, closing, buffer).await;
                             }
                             // Closed before a ClientHello was complete: a load
                             // balancer's TCP check, or a client gone; not a failure
@@ -159,13 +160,16 @@ async fn drive<S, E>(
     stream: GuardedStream<S>,
     service: ConnectionService<E>,
     mut closing: watch::Receiver<bool>,
+    buffer: usize,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     E: Endpoint<Output = Response> + 'static,
 {
     let peer = service.peer;
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.keep_alive(true).header_read_timeout(None);
+    http.keep_alive(true)
+        .header_read_timeout(None)
+        .max_buf_size(buffer);
     let conn = http.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let done = tokio::select! {
@@ -183,6 +187,18 @@ async fn drive<S, E>(
     if let Err(err) = finished {
         tracing::debug!(remote = %peer, error = %err, "connection ended with an error");
     }
+}
+
+/// hyper's read buffer for a connection whose request heads may be `max_head_bytes`
+/// long: hyper refuses a head that fills it (431), so an unfinished head holds at most
+/// this much (its default, about 400 KiB, was what a head could hold before). A little
+/// over the limit, so a head of exactly the limit fits with its request line and the
+/// blank line that ends it; never under hyper's minimum of 8 KiB. The same bound caps
+/// what hyper buffers of an answer before the socket takes it.
+fn buffer_size(max_head_bytes: usize) -> usize {
+    const MINIMUM: usize = 8 * 1024;
+    const SLACK: usize = 1024;
+    max_head_bytes.saturating_add(SLACK).max(MINIMUM)
 }
 
 async fn wait_closing(closing: &mut watch::Receiver<bool>) {

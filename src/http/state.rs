@@ -7,6 +7,7 @@ use std::sync::Arc;
 use poem::http::HeaderValue;
 
 use super::auth::Authenticator;
+use super::budget::AnswerBudget;
 use super::encoding::Compression;
 use super::limits::{LimitSettings, RequestLimits};
 use super::metrics::HttpMetrics;
@@ -27,6 +28,10 @@ pub struct HttpSettings {
     pub fast_path: bool,
     /// `--compression`, `--compress-min-bytes`.
     pub compression: Compression,
+    /// `--max-answer-bytes`: the largest batch answer made.
+    pub max_answer_bytes: usize,
+    /// `--max-unsent-bytes`: the budget of `http::budget`.
+    pub max_unsent_bytes: usize,
 }
 
 /// The `Cache-Control` value of a lookup's 200 and 304, from `--cache-max-age`.
@@ -55,6 +60,8 @@ pub struct HttpState {
     pub rate_limit: Option<Arc<RateLimits>>,
     /// The API listener's request limits (`--max-uri-bytes`, `--max-in-flight`, ...).
     pub limits: RequestLimits,
+    /// The bytes unsent answers may hold (`--max-unsent-bytes`).
+    pub budget: AnswerBudget,
 }
 
 impl HttpState {
@@ -66,6 +73,7 @@ impl HttpState {
     ) -> Result<Self, MetricsError> {
         Ok(Self {
             metrics: HttpMetrics::new(app.metrics.registry())?,
+            budget: AnswerBudget::new(settings.max_unsent_bytes, app.metrics.registry())?,
             limits: RequestLimits::new(settings.limits.clone()),
             app,
             settings,
