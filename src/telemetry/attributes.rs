@@ -1,10 +1,10 @@
 //! How long a span attribute's text may be. Much of what a request span records is
 //! the client's to choose (`User-Agent`, the path and query, `Host`), and a request
 //! head may be tens of KiB (more with larger head limits): kept whole, each queued
-//! span would hold all of it.
-//! So every text value is cut to a limit, the standard way: the OpenTelemetry
-//! variables `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT` (spans only) or, if that is not
-//! set, `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT` (all signals), in bytes.
+//! span would hold all of it. So every text value is cut to a limit, the standard
+//! way: the OpenTelemetry variables `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT` (spans
+//! only) or, if that is not set, `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT` (all signals),
+//! in bytes.
 
 use std::sync::LazyLock;
 
