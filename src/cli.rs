@@ -30,7 +30,10 @@ Traces (OpenTelemetry, off unless an OTLP endpoint is set):
   OTEL_SERVICE_NAME             service.name (default kvserve)
   OTEL_RESOURCE_ATTRIBUTES      more resource attributes, key=value,key=value
   OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_BSP_SCHEDULE_DELAY
-                                the export queue (spans beyond it are dropped and counted)";
+                                the export queue (spans beyond it, or beyond
+                                --trace-buffer bytes, are dropped and counted)
+  OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT, or OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT
+                                bytes of an attribute's text kept (default 1024)";
 
 /// `--key-prefixes` as `verify` reads it: the same selection, but nothing is served.
 const VERIFY_KEY_PREFIXES_HELP: &str = "Check the file as a shard with these `--key-prefixes` \
@@ -67,6 +70,14 @@ pub struct Cli {
     /// dropped, never waited for (`serve` counts them in `kvserve_log_lines_dropped_total`).
     #[arg(long, global = true, env = "KVSERVE_LOG_BUFFER", default_value = "1MiB", value_parser = parse_size)]
     pub log_buffer: usize,
+
+    /// Bytes of finished spans that may wait for the trace collector (e.g. `8MiB`),
+    /// when traces are exported: a request's span holds about 2 KiB, up to about 7 KiB
+    /// when the client fills every text it chooses to the attribute value limit. Beyond
+    /// it, or beyond `OTEL_BSP_MAX_QUEUE_SIZE` spans, spans are dropped, never waited
+    /// for (`serve` counts them in `kvserve_trace_spans_dropped_total`).
+    #[arg(long, global = true, env = "KVSERVE_TRACE_BUFFER", default_value = "8MiB", value_parser = parse_size)]
+    pub trace_buffer: usize,
 }
 
 #[derive(Debug, Subcommand)]

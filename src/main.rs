@@ -12,7 +12,12 @@ fn main() -> ExitCode {
     let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
-    let telemetry = match telemetry::init(&cli.log_level, cli.log_format, cli.log_buffer) {
+    let telemetry = match telemetry::init(
+        &cli.log_level,
+        cli.log_format,
+        cli.log_buffer,
+        cli.trace_buffer,
+    ) {
         Ok(guard) => guard,
         Err(err) => {
             eprintln!("error: {err}");

@@ -20,6 +20,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 pub mod access;
+pub mod attributes;
 pub mod escape;
 pub mod spans;
 pub mod writer;
@@ -83,11 +84,13 @@ impl Drop for Telemetry {
 }
 
 /// Sets up logging (and traces, if configured); `log_buffer` bounds the bytes of log
-/// lines waiting for stderr, beyond which lines are dropped.
+/// lines waiting for stderr, `trace_buffer` those of spans waiting for the collector:
+/// beyond them, lines and spans are dropped.
 pub fn init(
     filter: &str,
     format: LogFormat,
     log_buffer: usize,
+    trace_buffer: usize,
 ) -> Result<Telemetry, TelemetryError> {
     let env_filter = EnvFilter::try_new(filter).map_err(|source| TelemetryError::Filter {
         filter: filter.to_owned(),
@@ -119,7 +122,7 @@ pub fn init(
     };
     let endpoint = traces_endpoint(|name| std::env::var(name).ok());
     let provider = match &endpoint {
-        Some(endpoint) => Some(tracer_provider(endpoint)?),
+        Some(endpoint) => Some(tracer_provider(endpoint, trace_buffer)?),
         None => None,
     };
     // Spans of `tracing` (loads, reloads) are exported through this layer. The
@@ -164,8 +167,11 @@ pub fn init(
 /// headers, timeout), the provider `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`,
 /// the resource `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`; the service name
 /// is `kvserve` unless those name one. Spans go through `spans::QueuedExport`, whose
-/// losses are counted.
-fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> {
+/// losses are counted, their text values cut to `attributes::value_limit`.
+fn tracer_provider(
+    endpoint: &str,
+    trace_buffer: usize,
+) -> Result<SdkTracerProvider, TelemetryError> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
@@ -184,7 +190,7 @@ fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> 
     Ok(SdkTracerProvider::builder()
         .with_span_processor(spans::QueuedExport::new(
             exporter,
-            spans::Limits::from_env(),
+            spans::Limits::from_env(trace_buffer),
         ))
         .with_resource(resource.build())
         .build())

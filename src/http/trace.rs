@@ -24,6 +24,7 @@ use super::head::Head;
 use super::routes;
 use super::state::HttpState;
 use crate::telemetry;
+use crate::telemetry::attributes::{cut, cut_lossy, value_limit};
 
 /// W3C Trace Context Level 2: tells the caller which trace and span its request got.
 pub const TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
@@ -111,8 +112,12 @@ fn known_method(method: &Method) -> Option<&'static str> {
 }
 
 /// What is known of a request before it is answered, as the HTTP server conventions
-/// name it.
+/// name it. What the client chose is cut to the attribute value limit as it is
+/// copied, so a long head is not copied whole (the export queue cuts every span's
+/// values again, for spans made elsewhere).
 fn request_attributes(head: &Head<'_>, method: Option<&str>, request_id: &str) -> Vec<KeyValue> {
+    let limit = value_limit();
+    let text = |value: &str| cut(value, limit).to_owned();
     let mut attributes = Vec::with_capacity(12);
     match method {
         Some(method) => attributes.push(KeyValue::new("http.request.method", method.to_owned())),
@@ -120,7 +125,7 @@ fn request_attributes(head: &Head<'_>, method: Option<&str>, request_id: &str) -
             attributes.push(KeyValue::new("http.request.method", "_OTHER"));
             attributes.push(KeyValue::new(
                 "http.request.method_original",
-                head.method.as_str().to_owned(),
+                text(head.method.as_str()),
             ));
         }
     }
@@ -128,12 +133,12 @@ fn request_attributes(head: &Head<'_>, method: Option<&str>, request_id: &str) -
         "url.scheme",
         if head.secure { "https" } else { "http" },
     ));
-    attributes.push(KeyValue::new("url.path", head.uri.path().to_owned()));
+    attributes.push(KeyValue::new("url.path", text(head.uri.path())));
     if let Some(query) = head.uri.query() {
-        attributes.push(KeyValue::new("url.query", query.to_owned()));
+        attributes.push(KeyValue::new("url.query", text(query)));
     }
     if let Some((host, port)) = head.headers.get(header::HOST).and_then(host_and_port) {
-        attributes.push(KeyValue::new("server.address", host));
+        attributes.push(KeyValue::new("server.address", text(&host)));
         attributes.push(KeyValue::new("server.port", port));
     }
     if let Some(peer) = head.peer {
@@ -141,13 +146,13 @@ fn request_attributes(head: &Head<'_>, method: Option<&str>, request_id: &str) -
         attributes.push(KeyValue::new("client.port", i64::from(peer.port())));
     }
     if let Some(agent) = head.headers.get(header::USER_AGENT) {
-        let agent = String::from_utf8_lossy(agent.as_bytes()).into_owned();
+        let agent = cut_lossy(agent.as_bytes(), limit);
         attributes.push(KeyValue::new("user_agent.original", agent));
     }
     if let Some(version) = protocol_version(head.version) {
         attributes.push(KeyValue::new("network.protocol.version", version));
     }
-    attributes.push(KeyValue::new("kvserve.request_id", request_id.to_owned()));
+    attributes.push(KeyValue::new("kvserve.request_id", text(request_id)));
     attributes
 }
 
