@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::body::DeadlineBody;
-use super::conn::{ConnectionGate, GuardedStream, Progress};
+use super::conn::{ConnectionGate, GuardedStream, Progress, Unsent};
 use super::fast;
 use super::state::HttpState;
 use crate::tls::ListenerTls;
@@ -101,7 +101,7 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
             let closing = closing.clone();
             match &self.tls {
                 None => {
-                    let stream = admission.guard(stream, progress);
+                    let stream = admission.guard(stream, progress, peer);
                     connections.spawn(drive(stream, service, closing));
                 }
                 Some(tls) => {
@@ -113,7 +113,7 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
                         let handshake = tls.acceptor.accept(stream);
                         match tokio::time::timeout_at(admission.deadline(), handshake).await {
                             Ok(Ok(stream)) => {
-                                let stream = admission.guard(stream, progress);
+                                let stream = admission.guard(stream, progress, peer);
                                 drive(stream, service, closing).await;
                             }
                             // Closed before a ClientHello was complete: a load
@@ -160,7 +160,7 @@ async fn drive<S, E>(
     service: ConnectionService<E>,
     mut closing: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unsent + Unpin + Send + 'static,
     E: Endpoint<Output = Response> + 'static,
 {
     let peer = service.peer;
