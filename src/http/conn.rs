@@ -663,6 +663,173 @@ fn parse_error_problem(status: StatusCode) -> Option<Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// A socket as hyper's stream sees it: writes are taken (or refused while `full`),
+    /// reads hand out `incoming`.
+    #[derive(Default)]
+    struct Socket {
+        written: Vec<u8>,
+        full: bool,
+        incoming: Vec<u8>,
+    }
+
+    impl AsyncRead for Socket {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if self.incoming.is_empty() {
+                return Poll::Pending;
+            }
+            let incoming = std::mem::take(&mut self.incoming);
+            buf.put_slice(&incoming);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Socket {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.full {
+                return Poll::Pending;
+            }
+            self.written.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Unsent for Socket {
+        fn unsent(&self) -> Option<usize> {
+            None
+        }
+    }
+
+    #[derive(Default)]
+    struct Refusals(Mutex<Vec<StatusCode>>);
+
+    impl RefusalLog for Refusals {
+        fn refused(&self, status: StatusCode, _: std::time::Instant, _: SocketAddr) -> HeaderValue {
+            self.0.lock().unwrap().push(status);
+            HeaderValue::from_static("id-1")
+        }
+    }
+
+    fn guarded(refusals: Arc<Refusals>) -> (GuardedStream<Socket>, Arc<Progress>) {
+        let limits = ConnectionLimits {
+            max_connections: 1,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+        };
+        let progress = Arc::new(Progress::default());
+        let admission = ConnectionGate::new(limits)
+            .logging_refusals(refusals)
+            .admit()
+            .unwrap();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 9));
+        (
+            admission.guard(Socket::default(), progress.clone(), peer),
+            progress,
+        )
+    }
+
+    fn write(stream: &mut GuardedStream<Socket>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(stream).poll_write(&mut cx, bytes)
+    }
+
+    fn flush(stream: &mut GuardedStream<Socket>) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(
+            Pin::new(stream).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+    }
+
+    fn read(stream: &mut GuardedStream<Socket>, bytes: &[u8]) {
+        stream.inner.incoming = bytes.to_vec();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut buf = [0u8; 256];
+        let mut buf = ReadBuf::new(&mut buf);
+        assert!(matches!(
+            Pin::new(stream).poll_read(&mut cx, &mut buf),
+            Poll::Ready(Ok(()))
+        ));
+    }
+
+    const LEGIT_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\ncontent-length: 2\r\n\r\n{}";
+    const HYPER_400: &[u8] =
+        b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+    /// The case the old byte-level guess got wrong: a legitimate 400 whose first write
+    /// found the socket full, and pipelined bytes of the next request read before it
+    /// went out. It goes out as it is, and so does everything after it.
+    #[tokio::test]
+    async fn a_legitimate_400_written_after_a_read_is_not_replaced() {
+        let refusals = Arc::new(Refusals::default());
+        let (mut stream, progress) = guarded(refusals.clone());
+        read(&mut stream, b"GET /v1/keys/not-a-key HTTP/1.1\r\n\r\n");
+        progress.begin();
+        progress.end();
+        stream.inner.full = true;
+        assert!(write(&mut stream, LEGIT_400).is_pending());
+        read(&mut stream, b"GET /v1/keys/not-a-key HT");
+        stream.inner.full = false;
+        assert!(
+            matches!(write(&mut stream, LEGIT_400), Poll::Ready(Ok(n)) if n == LEGIT_400.len())
+        );
+        flush(&mut stream);
+        read(&mut stream, b"TP/1.1\r\n\r\n");
+        progress.begin();
+        progress.end();
+        assert!(matches!(write(&mut stream, LEGIT_400), Poll::Ready(Ok(_))));
+        assert_eq!(stream.inner.written, [LEGIT_400, LEGIT_400].concat());
+        assert!(refusals.0.lock().unwrap().is_empty());
+    }
+
+    /// hyper's own answer: written when every answer is settled (here after one
+    /// legitimate answer and its flush), replaced, reported once, and nothing after it
+    /// reaches the socket.
+    #[tokio::test]
+    async fn hyper_own_answer_after_settled_answers_is_replaced_and_reported_once() {
+        let refusals = Arc::new(Refusals::default());
+        let (mut stream, progress) = guarded(refusals.clone());
+        progress.begin();
+        progress.end();
+        // A write split in two: the second half still belongs to the legit answer.
+        assert!(write(&mut stream, &LEGIT_400[..10]).is_ready());
+        assert!(write(&mut stream, &LEGIT_400[10..]).is_ready());
+        flush(&mut stream);
+        read(&mut stream, b"\x01garbage\r\n\r\n");
+        assert!(
+            matches!(write(&mut stream, HYPER_400), Poll::Ready(Ok(n)) if n == HYPER_400.len())
+        );
+        assert!(write(&mut stream, b"more").is_ready());
+        flush(&mut stream);
+        let written = String::from_utf8(stream.inner.written.clone()).unwrap();
+        let (legit, replaced) = written.split_at(LEGIT_400.len());
+        assert_eq!(legit.as_bytes(), LEGIT_400);
+        assert!(
+            replaced.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{replaced}"
+        );
+        assert!(replaced.contains("x-request-id: id-1\r\n"), "{replaced}");
+        assert!(replaced.ends_with('}'), "{replaced}");
+        assert_eq!(*refusals.0.lock().unwrap(), [StatusCode::BAD_REQUEST]);
+    }
 
     #[test]
     fn hyper_statuses_keep_their_problem() {
