@@ -2039,3 +2039,51 @@ fn a_garbage_flood_is_counted_and_logged() {
         assert!(line["client"].as_str().unwrap().starts_with("127.0.0.1:"));
     }
 }
+
+/// A steady slow reader of a multi-MiB answer with the kernel's buffers at their
+/// default (large, autotuned) sizes: kvserve hands the kernel the answer's last byte
+/// long before the client has read it, and the socket drains for seconds after the
+/// last write. Bytes still move, so `--idle-timeout 1s` does not cut it (it did: the
+/// deadline followed kvserve's writes only). A reader that stops is still cut
+/// (`a_slow_reader_gets_the_whole_answer_and_a_stalled_one_is_cut`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_slow_reader_draining_the_kernel_buffer_is_not_idle() {
+    const VALUE: usize = 6 << 20;
+    let (_dir, s) = big_value_server(VALUE, &["--idle-timeout", "1s"]).await;
+    let api = s.api;
+    let (received, elapsed) = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(api).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "GET /v1/keys/{KEY}/value HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let started = Instant::now();
+        let mut received = 0usize;
+        let mut buf = vec![0u8; 32 << 10];
+        // About 1 MB/s, steadily: several seconds for the whole answer.
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => received += n,
+                Err(err) => panic!("after {received} bytes: {err}"),
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        (received, started.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(
+        received > VALUE,
+        "got {received} of more than {VALUE} bytes in {elapsed:?}"
+    );
+    assert!(
+        elapsed > Duration::from_secs(3),
+        "not slow enough to test: {elapsed:?}"
+    );
+    s.stop().await.unwrap();
+}
