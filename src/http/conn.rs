@@ -55,6 +55,11 @@
 //! that settles it, so it is never taken for one, however its bytes are split into
 //! writes or pipelined behind others. Only the status hyper chose is read from its
 //! bytes, to pick the problem.
+//!
+//! hyper leaves its writing state without a flush in one case: a request body it
+//! drains after the answer was queued, while the socket is full. Should it then write
+//! an answer of its own, the write is passed on as hyper made it (its bare 400): the
+//! rule errs towards hyper's bytes, never towards swallowing a legitimate answer.
 
 use std::future::Future;
 use std::io;
