@@ -190,11 +190,13 @@ impl App {
             http::server::Listener {
                 name: "api",
                 socket: self.api,
-                gate: ConnectionGate::new(limits).counted(
-                    self.state
-                        .metrics
-                        .connections("api", limits.max_connections),
-                ),
+                gate: ConnectionGate::new(limits)
+                    .counted(
+                        self.state
+                            .metrics
+                            .connections("api", limits.max_connections),
+                    )
+                    .logging_refusals(self.state.clone()),
                 endpoint: http::api_endpoint(self.state.clone()),
                 fast: Some(self.state.clone()),
                 tls: self.tls.api.clone(),

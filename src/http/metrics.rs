@@ -187,7 +187,23 @@ impl HttpMetrics {
         status: StatusCode,
         started: Instant,
     ) {
-        let key = (self.id, method_label(method), route, status.as_u16());
+        self.observe_labelled(method_label(method), route, status, started);
+    }
+
+    /// Counts a request hyper refused to parse (`routes::UNPARSED`): it has no method
+    /// kvserve knows by name, so `other`.
+    pub fn observe_unparsed(&self, status: StatusCode, started: Instant) {
+        self.observe_labelled("other", super::routes::UNPARSED, status, started);
+    }
+
+    fn observe_labelled(
+        &self,
+        method: &'static str,
+        route: &'static str,
+        status: StatusCode,
+        started: Instant,
+    ) {
+        let key = (self.id, method, route, status.as_u16());
         let elapsed = started.elapsed().as_secs_f64();
         SERIES.with(|series| {
             let mut series = series.borrow_mut();

@@ -13,10 +13,11 @@
 //! `through_framework` (the poem side, one `around` layer) for everything else. A new
 //! check goes into `admit`, nowhere else.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use poem::http::{header, HeaderValue, Method};
+use poem::http::{header, HeaderValue, Method, StatusCode};
 use poem::{Endpoint, Request, Response};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, Span};
@@ -24,10 +25,11 @@ use tracing::{Instrument, Span};
 pub use super::head::Head;
 
 use super::auth::{AuthFailure, Principal, SCOPE_READ};
+use super::conn::RefusalLog;
 use super::encoding::{self, Accept};
 use super::metrics::InFlight;
 use super::ratelimit::{Refused, Standings};
-use super::request_log::Access;
+use super::request_log::{self, Access};
 use super::routes;
 use super::state::HttpState;
 use super::trace::RequestTrace;
@@ -180,6 +182,15 @@ pub fn finish(
     exchange.access.finish(&exchange.span, route, &mut resp);
     nosniff(&mut resp);
     resp
+}
+
+/// Requests hyper could not parse, answered by the connection (`http::conn`): counted
+/// and logged like every other answer, under the route `unparsed`.
+impl RefusalLog for HttpState {
+    fn refused(&self, status: StatusCode, began: Instant, peer: SocketAddr) -> HeaderValue {
+        self.metrics.observe_unparsed(status, began);
+        request_log::unparsed(status.as_u16(), began, peer)
+    }
 }
 
 /// `X-Content-Type-Options: nosniff` on every answer of both listeners.

@@ -75,31 +75,51 @@ impl Access {
 
     /// Logs the answer and tags it with the request id.
     pub fn finish(self, span: &Span, route: &'static str, resp: &mut Response) {
-        let id = self.id();
-        let method = &self.method;
         let line = AccessLine {
-            method: method.as_str(),
+            method: self.method.as_str(),
             route,
             status: resp.status().as_u16(),
             duration_us: self.started.elapsed().as_micros() as u64,
-            request_id: id,
+            request_id: self.id(),
             client: self.client.0,
         };
-        // Written by hand when plain; through tracing when a span or colours go with it.
-        if !access::write(&line, !span.is_disabled()) {
-            tracing::info!(
-                target: access::TARGET,
-                parent: span,
-                method = %method,
-                route,
-                status = line.status,
-                duration_us = line.duration_us,
-                request_id = %id,
-                client = %self.client,
-                "request"
-            );
-        }
+        log(&line, span);
         resp.headers_mut().insert(REQUEST_ID, self.id);
+    }
+}
+
+/// The access-log entry of a request hyper could not parse (`http::conn` answers it):
+/// method `-`, route `unparsed`, a new request id, which the answer carries and which
+/// is returned. `began`: when its head began to arrive.
+pub fn unparsed(status: u16, began: Instant, client: SocketAddr) -> HeaderValue {
+    let id = new_request_id();
+    let line = AccessLine {
+        method: "-",
+        route: super::routes::UNPARSED,
+        status,
+        duration_us: began.elapsed().as_micros() as u64,
+        request_id: id.to_str().unwrap_or_default(),
+        client: Some(client),
+    };
+    log(&line, &Span::none());
+    id
+}
+
+/// Writes one access line: by hand when plain, through tracing when a span (`span`,
+/// if enabled) or colours go with it.
+fn log(line: &AccessLine<'_>, span: &Span) {
+    if !access::write(line, !span.is_disabled()) {
+        tracing::info!(
+            target: access::TARGET,
+            parent: span,
+            method = %line.method,
+            route = line.route,
+            status = line.status,
+            duration_us = line.duration_us,
+            request_id = %line.request_id,
+            client = %Client(line.client),
+            "request"
+        );
     }
 }
 

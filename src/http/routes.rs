@@ -43,6 +43,10 @@ impl<'a> HotRoute<'a> {
     }
 }
 
+/// The route label of a request hyper could not parse (400, 414, 431 from the
+/// connection, `http::conn`): it never reached a router.
+pub const UNPARSED: &str = "unparsed";
+
 /// The route template of an answered request: the pattern poem's router matched, else
 /// `before_routing` (`path_label` of its path: the answer was given before routing, a
 /// refusal by the limits, a rate limit or authentication). One of a fixed set of

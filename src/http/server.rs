@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::body::DeadlineBody;
-use super::conn::{ConnectionGate, GuardedStream, Progress};
+use super::conn::{ConnectionGate, GuardedStream, Progress, Unsent};
 use super::fast;
 use super::state::HttpState;
 use crate::tls::ListenerTls;
@@ -102,7 +102,7 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
             let buffer = buffer_size(self.gate.max_head_bytes());
             match &self.tls {
                 None => {
-                    let stream = admission.guard(stream, progress);
+                    let stream = admission.guard(stream, progress, peer);
                     connections.spawn(drive(stream, service, closing, buffer));
                 }
                 Some(tls) => {
@@ -114,7 +114,7 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
                         let handshake = tls.acceptor.accept(stream);
                         match tokio::time::timeout_at(admission.deadline(), handshake).await {
                             Ok(Ok(stream)) => {
-                                let stream = admission.guard(stream, progress);
+                                let stream = admission.guard(stream, progress, peer);
                                 drive(stream, service, closing, buffer).await;
                             }
                             // Closed before a ClientHello was complete: a load
@@ -162,7 +162,7 @@ async fn drive<S, E>(
     mut closing: watch::Receiver<bool>,
     buffer: usize,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unsent + Unpin + Send + 'static,
     E: Endpoint<Output = Response> + 'static,
 {
     let peer = service.peer;
