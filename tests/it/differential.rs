@@ -20,11 +20,11 @@
 //! `%2F`, `%00`, lone `%`, escapes that are not UTF-8 among other characters; UUIDs of
 //! other versions than 4, nil and max; random strings; a key whose 2 KiB value is compressed),
 //! `If-None-Match` (absent, current, `W/`, `*`, a list, stale, garbage, two lines, the
-//! `-zst` and `-gz` tags), `Accept-Encoding` (absent, gzip, zstd, both, by q, identity
+//! `-zst` and `-gz` tags; `If-Match` stale, and `*` with a current `If-None-Match`), `Accept-Encoding` (absent, gzip, zstd, both, by q, identity
 //! refused, unsupported only, `*;q=0`, garbage, two lines), `Authorization` (absent, good, bad
 //! signature, expired, wrong scope, not Bearer, lowercase scheme, empty, two headers)
 //! and `X-Request-Id` (absent, usable, unusable). The statuses compared are printed at
-//! the end (`--nocapture`): a run of 256 reaches 200, 304, 400, 401, 403, 404, 405, 421,
+//! the end (`--nocapture`): a run of 256 reaches 200, 304, 400, 401, 403, 404, 405, 412, 421,
 //! 422, 307 (the legacy trailing slashes) and 429 from each limit (the subject one a few times).
 //!
 //! The rate limits are made exact, not tolerated: the servers trust
@@ -126,6 +126,10 @@ enum Etag {
     /// The current tag of the zstd and of the gzip representation.
     CurrentZstd,
     CurrentGzip,
+    /// `If-Match` with a stale tag (412), and `*` beside a current `If-None-Match`
+    /// (304).
+    IfMatchStale,
+    IfMatchStar,
 }
 
 /// `Accept-Encoding` as clients send it, and odd forms.
@@ -293,6 +297,8 @@ impl Req {
                 let stem = quoted.trim_end_matches('"');
                 head += &format!("If-None-Match: {stem}{suffix}\"\r\n")
             }
+            Etag::IfMatchStale => head += "If-Match: \"0000000000000000\"\r\n",
+            Etag::IfMatchStar => head += &format!("If-Match: *\r\nIf-None-Match: {quoted}\r\n"),
         }
         head += self.accept_encoding.header();
         match self.auth {
@@ -435,6 +441,8 @@ fn req_strategy() -> impl Strategy<Value = Req> {
             Etag::TwoLines,
             Etag::CurrentZstd,
             Etag::CurrentGzip,
+            Etag::IfMatchStale,
+            Etag::IfMatchStar,
         ]),
     ];
     let accept_encoding = prop_oneof![
