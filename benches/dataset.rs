@@ -10,7 +10,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use kvserve::cache::Cache;
 use kvserve::dataset::{self, gen, LoadOptions, Storage};
-use kvserve::http::api::{lookup, IfNoneMatch, Shape};
+use kvserve::http::api::{lookup, Preconditions, Shape};
 use kvserve::http::{limits::LimitSettings, HttpSettings, HttpState};
 use kvserve::reload::Reloader;
 use kvserve::state::AppState;
@@ -155,7 +155,7 @@ fn lookups(c: &mut Criterion, f: &Fixture) {
                     black_box(lookup(
                         &state,
                         &texts[i],
-                        IfNoneMatch::absent(),
+                        Preconditions::absent(),
                         Shape::Json,
                     ))
                 },

@@ -9,6 +9,7 @@ use poem::web::{Data, Json};
 use poem::{get, handler, post, Body, Endpoint, EndpointExt, IntoResponse, Response, Route};
 
 use super::auth::SCOPE_ADMIN;
+use super::host;
 use super::pipeline::{self, Head, Policy};
 use super::problem::{self, Problem, ProblemKind};
 use super::state::HttpState;
@@ -132,6 +133,15 @@ const ADMIN: Policy = Policy {
     is_open: |path| !path.starts_with("/admin"),
 };
 
+/// The methods of each admin route, for a 405's `Allow`: the two operations are POST,
+/// every other route GET (and HEAD). Kept beside the routes it describes.
+fn allow(path: &str) -> &'static str {
+    match path {
+        "/admin/reload" | "/admin/cache/purge" => "POST",
+        _ => "GET, HEAD",
+    }
+}
+
 pub fn admin_endpoint(state: Arc<HttpState>) -> impl Endpoint<Output = Response> {
     let routes = problem::with_problems(
         Route::new()
@@ -142,11 +152,16 @@ pub fn admin_endpoint(state: Arc<HttpState>) -> impl Endpoint<Output = Response>
             .at("/admin/reload", post(reload_dataset))
             .at("/admin/cache/purge", post(purge_cache))
             .data(state.app.clone()),
+        allow,
     );
     routes.around(move |routes, req| {
         let state = state.clone();
         async move {
-            let mut resp = match pipeline::authenticate(&state, &Head::of(&req), ADMIN) {
+            let head = Head::of(&req);
+            let checked = host::check(head.version, head.headers)
+                .map_err(|problem| Box::new(problem.into_response()))
+                .and_then(|()| pipeline::authenticate(&state, &head, ADMIN));
+            let mut resp = match checked {
                 Ok(_) => routes.call(req).await?,
                 Err(refusal) => *refusal,
             };

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use poem::http::header::IF_NONE_MATCH;
+use poem::http::header::{HeaderName, IF_MATCH, IF_NONE_MATCH};
 use poem::http::{HeaderMap, HeaderValue};
 use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Payload;
@@ -17,7 +17,7 @@ use super::budget::AnswerRefusal;
 use super::encoding::{self, Accept};
 use super::key::{render_key_value, KeyParam, EXAMPLE_KEY};
 use super::payload::{HeaderText, ProblemJson, RawJson, TextValue};
-use super::problem::Problem;
+use super::problem::{Problem, ProblemKind};
 use super::responses::{Bodiless, Guarded};
 use super::state::HttpState;
 use crate::dataset::Dataset;
@@ -82,6 +82,12 @@ pub enum KeyResponse<T: Payload + poem::IntoResponse + Send> {
     /// No value for this key.
     #[oai(status = 404)]
     NotFound(ProblemJson),
+    /// `If-Match` is sent and names no current entity tag of the key (RFC 9110
+    /// §13.1.1, strong comparison: a `W/` tag never matches; `*` matches any key that
+    /// exists). Evaluated before `If-None-Match`; a key that does not exist is a 404
+    /// whatever the conditions.
+    #[oai(status = 412)]
+    PreconditionFailed(ProblemJson),
 }
 
 /// The answers of a batch lookup.
@@ -111,8 +117,8 @@ pub struct KeysApi {
     state: Arc<HttpState>,
 }
 
-// The `If-None-Match` parameters document the header; the operations read every line
-// of it from `headers` (`IfNoneMatch`), since the extractor sees only the first. These
+// The `If-Match` and `If-None-Match` parameters document the headers; the operations
+// read every line of them from `headers` (`Preconditions`), since the extractor sees only the first. These
 // operations are the reference implementation: the fast path (`http::fast`) answers the
 // hot routes by calling the same `key_answer` / `value_answer`, and
 // `tests/it/differential.rs` holds the two byte-identical.
@@ -131,6 +137,9 @@ impl KeysApi {
         /// An `ETag` from an earlier answer; a match gives 304.
         #[oai(name = "If-None-Match")]
         _if_none_match: Header<Option<String>>,
+        /// `ETag`s (or `*`); when none is current the answer is 412.
+        #[oai(name = "If-Match")]
+        _if_match: Header<Option<String>>,
         headers: &HeaderMap,
     ) -> Guarded<KeyResponse<RawJson<KeyValue>>> {
         key_answer(&self.state, &key.0 .0, headers)
@@ -148,9 +157,12 @@ impl KeysApi {
         /// An `ETag` from an earlier answer; a match gives 304.
         #[oai(name = "If-None-Match")]
         _if_none_match: Header<Option<String>>,
+        /// `ETag`s (or `*`); when none is current the answer is 412.
+        #[oai(name = "If-Match")]
+        _if_match: Header<Option<String>>,
         headers: &HeaderMap,
     ) -> Bodiless<Guarded<KeyResponse<RawJson<KeyValue>>>> {
-        Bodiless(self.get_key(key, _auth, _if_none_match, headers).await)
+        Bodiless(key_answer(&self.state, &key.0 .0, headers))
     }
 
     /// Get one raw value
@@ -165,6 +177,9 @@ impl KeysApi {
         /// An `ETag` from an earlier answer; a match gives 304.
         #[oai(name = "If-None-Match")]
         _if_none_match: Header<Option<String>>,
+        /// `ETag`s (or `*`); when none is current the answer is 412.
+        #[oai(name = "If-Match")]
+        _if_match: Header<Option<String>>,
         headers: &HeaderMap,
     ) -> Guarded<KeyResponse<TextValue>> {
         value_answer(&self.state, &key.0 .0, headers)
@@ -182,6 +197,9 @@ impl KeysApi {
         /// An `ETag` from an earlier answer; a match gives 304.
         #[oai(name = "If-None-Match")]
         _if_none_match: Header<Option<String>>,
+        /// `ETag`s (or `*`); when none is current the answer is 412.
+        #[oai(name = "If-Match")]
+        _if_match: Header<Option<String>>,
         headers: &HeaderMap,
     ) -> Bodiless<Guarded<KeyResponse<TextValue>>> {
         Bodiless(value_answer(&self.state, &key.0 .0, headers))
@@ -242,50 +260,90 @@ pub enum Lookup {
     Failed(Problem),
 }
 
-/// The `If-None-Match` field lines of a request, read as the one comma-separated list
-/// they make together (RFC 9110 §5.3: a client or proxy may send the list over several
+/// The conditional header fields of a request (RFC 9110 §13.1): `If-Match` and
+/// `If-None-Match`, each read over all its field lines as the one comma-separated
+/// list they make together (§5.3: a client or proxy may send the list over several
 /// lines), straight from the header map: no line is copied or joined.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct IfNoneMatch<'a>(Option<&'a HeaderMap>);
+pub struct Preconditions<'a> {
+    headers: Option<&'a HeaderMap>,
+    /// Whether the answer carries an `ETag` a member can name; without one (the
+    /// legacy route) only `*` can match.
+    tagged: bool,
+}
 
-impl<'a> IfNoneMatch<'a> {
-    /// Every `If-None-Match` line of `headers`.
+impl<'a> Preconditions<'a> {
+    /// Every `If-Match` and `If-None-Match` line of `headers`, for an answer with an
+    /// `ETag`.
     pub fn of(headers: &'a HeaderMap) -> Self {
-        Self(Some(headers))
+        Self {
+            headers: Some(headers),
+            tagged: true,
+        }
     }
 
-    /// No condition: the lookup never answers 304.
+    /// As `of`, for an answer without an `ETag`: only `*` matches.
+    pub fn untagged(headers: &'a HeaderMap) -> Self {
+        Self {
+            headers: Some(headers),
+            tagged: false,
+        }
+    }
+
+    /// No condition: the lookup never answers 304 or 412.
     pub const fn absent() -> Self {
-        Self(None)
+        Self {
+            headers: None,
+            tagged: false,
+        }
     }
 
     /// The request's `Accept-Encoding`: a 304 names the `ETag` of the coding the
     /// request would get (read only when a 304 is answered).
     fn accept(self) -> Accept {
-        self.0.map(Accept::of).unwrap_or_default()
+        self.headers.map(Accept::of).unwrap_or_default()
     }
 
-    /// Whether any member of any line matches `etag` in any of its codings (a line
-    /// that is not text cannot hold one of kvserve's ETags and matches nothing).
-    fn matches(self, etag: &str) -> bool {
-        self.0.is_some_and(|headers| {
-            headers
-                .get_all(IF_NONE_MATCH)
-                .iter()
-                .any(|line| line.to_str().is_ok_and(|line| etag_matches(line, etag)))
+    /// Whether any member of any `name` line matches the current `etag`: `*` always
+    /// (the key exists when this is asked), a tag when the answer has tags and
+    /// `matches(member, etag)` says so. A line that is not text cannot hold one of
+    /// kvserve's ETags and matches nothing.
+    fn any(self, name: HeaderName, etag: &str, matches: fn(&str, &str) -> bool) -> bool {
+        self.headers.is_some_and(|headers| {
+            headers.get_all(name).iter().any(|line| {
+                line.to_str().is_ok_and(|line| {
+                    line.split(',')
+                        .map(str::trim)
+                        .any(|member| member == "*" || (self.tagged && matches(member, etag)))
+                })
+            })
         })
+    }
+
+    /// `If-Match` is sent and no member matches (§13.1.1): the answer is 412.
+    fn if_match_fails(self, etag: &str) -> bool {
+        let sent = self
+            .headers
+            .is_some_and(|headers| headers.contains_key(IF_MATCH));
+        sent && !self.any(IF_MATCH, etag, strong_match)
+    }
+
+    /// A member of `If-None-Match` matches (§13.1.2): the answer is 304.
+    fn if_none_match_matches(self, etag: &str) -> bool {
+        self.any(IF_NONE_MATCH, etag, weak_match)
     }
 }
 
-/// Parses `raw_key`, finds the value, and answers 304 when the client's copy is current.
+/// Parses `raw_key`, finds the value, and evaluates the preconditions: 412 when
+/// `If-Match` names no current tag, else 304 when the client's copy is current.
 pub fn lookup(
     state: &HttpState,
     raw_key: &str,
-    if_none_match: IfNoneMatch<'_>,
+    conditions: Preconditions<'_>,
     shape: Shape,
 ) -> Lookup {
     match Uuid::parse_str(raw_key) {
-        Ok(key) => lookup_key(state, key, if_none_match, shape),
+        Ok(key) => lookup_key(state, key, conditions, shape),
         Err(err) => Lookup::Failed(Problem::invalid_key("key", &err)),
     }
 }
@@ -294,7 +352,7 @@ pub fn lookup(
 pub fn lookup_key(
     state: &HttpState,
     key: Uuid,
-    if_none_match: IfNoneMatch<'_>,
+    conditions: Preconditions<'_>,
     shape: Shape,
 ) -> Lookup {
     let state_http = state;
@@ -309,11 +367,21 @@ pub fn lookup_key(
         return Lookup::Failed(Problem::not_loaded());
     };
     let etag = &etag_header(dataset);
-    // The 304 for a body of `len` bytes: the ETag of the coding its 200 would have.
+    // RFC 9110 §13.2.2, for a key that exists (every refusal above, and a missing
+    // key, is answered as if no condition were sent: §13.2.1): `If-Match` first, a
+    // 412 when it fails; then `If-None-Match`, a 304 for a body of `len` bytes with
+    // the ETag of the coding its 200 would have.
     let not_modified = |len: usize| {
-        if_none_match.matches(dataset.etag()).then(|| {
+        if conditions.if_match_fails(dataset.etag()) {
+            return Some(Lookup::Failed(Problem::new(
+                ProblemKind::PreconditionFailed,
+                "`If-Match` names no current entity tag of this key: the data changed \
+                 since the copy it names",
+            )));
+        }
+        conditions.if_none_match_matches(dataset.etag()).then(|| {
             let settings = state_http.settings.compression;
-            let coding = if_none_match.accept().choose(settings, len);
+            let coding = conditions.accept().choose(settings, len);
             Lookup::NotModified {
                 etag: encoding::coded_etag(etag, coding),
             }
@@ -357,7 +425,7 @@ pub fn key_answer(
     raw_key: &str,
     headers: &HeaderMap,
 ) -> Guarded<KeyResponse<RawJson<KeyValue>>> {
-    let found = lookup(state, raw_key, IfNoneMatch::of(headers), Shape::Json);
+    let found = lookup(state, raw_key, Preconditions::of(headers), Shape::Json);
     KeyResponse::from_lookup(found, state, RawJson::new)
 }
 
@@ -368,7 +436,7 @@ pub fn value_answer(
     raw_key: &str,
     headers: &HeaderMap,
 ) -> Guarded<KeyResponse<TextValue>> {
-    let found = lookup(state, raw_key, IfNoneMatch::of(headers), Shape::Value);
+    let found = lookup(state, raw_key, Preconditions::of(headers), Shape::Value);
     KeyResponse::from_lookup(found, state, TextValue)
 }
 
@@ -397,26 +465,46 @@ impl<T: Payload + poem::IntoResponse + Send> KeyResponse<T> {
             Lookup::Failed(problem) => match problem.status {
                 400 => KeyResponse::BadRequest(problem.into()),
                 404 => KeyResponse::NotFound(problem.into()),
+                412 => KeyResponse::PreconditionFailed(problem.into()),
                 _ => return problem.into(),
             },
         })
     }
 }
 
-/// `If-None-Match` uses the weak comparison (RFC 9110 §13.1.2): `W/` prefixes are
-/// ignored, a list matches if any member does, and `*` matches any existing value. A
-/// member matches the entity in any of its codings (`"<hex>-zst"`, `"<hex>-gz"`):
-/// the client may hold whichever representation it was sent.
-fn etag_matches(header: &str, etag: &str) -> bool {
-    header.split(',').map(str::trim).any(|candidate| {
-        candidate == "*"
-            || encoding::entity_matches(candidate.strip_prefix("W/").unwrap_or(candidate), etag)
-    })
+/// `If-None-Match` uses the weak comparison (RFC 9110 §13.1.2): a `W/` prefix is
+/// ignored. A member matches the entity in any of its codings (`"<hex>-zst"`,
+/// `"<hex>-gz"`): the client may hold whichever representation it was sent.
+fn weak_match(member: &str, etag: &str) -> bool {
+    encoding::entity_matches(member.strip_prefix("W/").unwrap_or(member), etag)
+}
+
+/// `If-Match` uses the strong comparison (§13.1.1): a weak tag never matches; a
+/// strong one names the entity in any of its codings, as for `If-None-Match`.
+fn strong_match(member: &str, etag: &str) -> bool {
+    !member.starts_with("W/") && encoding::entity_matches(member, etag)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::etag_matches;
+    use super::{strong_match, weak_match, Preconditions};
+    use poem::http::{HeaderMap, HeaderValue};
+
+    /// One `If-None-Match` line against the current tag.
+    fn etag_matches(line: &str, etag: &str) -> bool {
+        let mut headers = HeaderMap::new();
+        headers.insert("if-none-match", HeaderValue::from_str(line).unwrap());
+        Preconditions::of(&headers).if_none_match_matches(etag)
+    }
+
+    #[test]
+    fn if_match_is_strong() {
+        let etag = "\"abc\"";
+        assert!(strong_match("\"abc\"", etag));
+        assert!(strong_match("\"abc-gz\"", etag));
+        assert!(!strong_match("W/\"abc\"", etag));
+        assert!(weak_match("W/\"abc\"", etag));
+    }
 
     #[test]
     fn if_none_match_forms() {

@@ -10,6 +10,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,21 +23,50 @@ use tokio::time::Sleep;
 
 use super::problem::{Problem, ProblemKind};
 
-/// A request body that fails with `TimedOut` once its deadline has passed.
+/// A request body that fails with `TimedOut` once its deadline has passed, and tells
+/// its `ReadToEnd` when it was read to its end.
 pub struct DeadlineBody {
     inner: BoxBody<Bytes, io::Error>,
     deadline: Pin<Box<Sleep>>,
     limit: Duration,
+    read: ReadToEnd,
 }
 
 impl DeadlineBody {
-    pub fn new(inner: BoxBody<Bytes, io::Error>, limit: Duration) -> Self {
-        Self {
+    pub fn new(inner: BoxBody<Bytes, io::Error>, limit: Duration) -> (Self, ReadToEnd) {
+        let read = ReadToEnd::default();
+        let body = Self {
             inner,
             deadline: Box::pin(tokio::time::sleep(limit)),
             limit,
-        }
+            read: read.clone(),
+        };
+        (body, read)
     }
+}
+
+/// Whether a request's body was read to its end by the time its answer is made. One
+/// that was not (a `GET` with a body, a refusal before the body was read) leaves the
+/// connection where the next request cannot be found; hyper then closes it after the
+/// answer, so the answer says so (`close_connection`).
+#[derive(Debug, Clone, Default)]
+pub struct ReadToEnd(Arc<AtomicBool>);
+
+impl ReadToEnd {
+    pub fn is_read(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Adds `Connection: close` to the answer of a request whose body was not read (RFC
+/// 9112 §9.6: a server that closes after an answer says so in it), on both paths and
+/// whatever the body's framing, so a client knows not to send its next request on
+/// this connection. hyper closes the connection after writing it.
+pub fn close_connection(resp: &mut poem::Response) {
+    resp.headers_mut().insert(
+        poem::http::header::CONNECTION,
+        poem::http::HeaderValue::from_static("close"),
+    );
 }
 
 impl Body for DeadlineBody {
@@ -49,7 +80,12 @@ impl Body for DeadlineBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => {}
-            ready => return ready,
+            ready => {
+                if matches!(ready, Poll::Ready(None)) || this.inner.is_end_stream() {
+                    this.read.0.store(true, Ordering::Relaxed);
+                }
+                return ready;
+            }
         }
         if this.deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(Err(io::Error::new(

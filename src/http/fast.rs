@@ -26,7 +26,7 @@ use super::encoding::Accept;
 use super::legacy;
 use super::pipeline::{self, Head};
 use super::problem::Problem;
-use super::routes::HotRoute;
+use super::routes::{self, HotRoute};
 use super::state::HttpState;
 
 /// The answer to `req` if it is a hot route, through the whole pipeline; `None` for any
@@ -43,6 +43,12 @@ pub fn serve<B>(
         return None;
     }
     let route = HotRoute::of(req.uri().path())?;
+    // The legacy route's paths are labelled as Starlette matched them, as on the
+    // framework path (`routes::path_label`).
+    let label = match route {
+        HotRoute::Legacy(_) => routes::path_label(req.uri().path()),
+        _ => route.label(),
+    };
     let head = Head {
         method,
         uri: req.uri(),
@@ -66,7 +72,7 @@ pub fn serve<B>(
         state,
         exchange,
         method,
-        route.label(),
+        label,
         Accept::of(head.headers),
         resp,
     ))
@@ -95,6 +101,6 @@ fn answer(state: &HttpState, head: &Head<'_>, route: HotRoute<'_>) -> Response {
     match route {
         HotRoute::Key(_) => api::key_answer(state, &key, headers).into_response(),
         HotRoute::Value(_) => api::value_answer(state, &key, headers).into_response(),
-        HotRoute::Legacy(_) => legacy::answer(state, &key).into_response(),
+        HotRoute::Legacy(_) => legacy::answer(state, &key, headers).into_response(),
     }
 }

@@ -15,22 +15,22 @@
 //! answers the paths poem routes to it with the same key; `before_router` answers the
 //! rest on the framework path, `http::fast` all of them on the fast path.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use poem::http::{header, HeaderMap, Method, Uri};
 use poem::{Endpoint, EndpointExt, IntoResponse, Response};
-use poem_openapi::param::Path;
+use poem_openapi::param::{Header, Path};
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
-use super::api::{lookup_key, IfNoneMatch, Lookup, Shape};
+use super::api::{lookup_key, Lookup, Preconditions, Shape};
 use super::api::{ApiTags, KeyValue};
 use super::auth::BearerAuth;
+use super::host::ipv6_literal;
 use super::key::{KeyParam, Version4};
 use super::payload::{ProblemJson, RawJson};
-use super::problem::Problem;
 use super::responses::{Bodiless, Guarded};
+pub use super::routes::{target, Target};
 use super::state::HttpState;
 
 /// FastAPI's 404 body.
@@ -95,7 +95,10 @@ pub enum LegacyResponse {
     #[oai(status = 200)]
     Ok(
         RawJson<KeyValue>,
-        #[oai(header = "Deprecation")] String,
+        /// RFC 9745: `@1795651200`, the date the route was deprecated (2026-11-26, the
+        /// first release of `/v1`).
+        #[oai(header = "Deprecation")]
+        String,
         #[oai(header = "Link")] String,
     ),
     /// `{"detail":"Key not found"}`; `{"detail":"Not Found"}` (and no `Link`) for a
@@ -103,22 +106,45 @@ pub enum LegacyResponse {
     #[oai(status = 404)]
     NotFound(
         RawJson<LegacyNotFound>,
-        #[oai(header = "Deprecation")] String,
+        /// RFC 9745: `@1795651200`, the date the route was deprecated (2026-11-26, the
+        /// first release of `/v1`).
+        #[oai(header = "Deprecation")]
+        String,
         #[oai(header = "Link")] Option<String>,
     ),
+    /// The key exists and `If-None-Match` is `*` (RFC 9110 §13.1.2; the route sends no
+    /// `ETag`, so no other member can match).
+    #[oai(status = 304)]
+    NotModified(
+        /// RFC 9745: `@1795651200`, the date the route was deprecated (2026-11-26, the
+        /// first release of `/v1`).
+        #[oai(header = "Deprecation")]
+        String,
+        #[oai(header = "Link")] String,
+    ),
+    /// `If-Match` is sent and the key exists, but it names an entity tag (the route
+    /// sends none, so only `*` matches): RFC 9110 §13.1.1.
+    #[oai(status = 412)]
+    PreconditionFailed(ProblemJson),
     /// The path has trailing slashes (`/get_value/{key}/`): Starlette's redirect to the
     /// path without them, an absolute URL on the request's `Host`, the query kept.
     #[oai(status = 307)]
     Redirect(
         #[oai(header = "Location")] String,
-        #[oai(header = "Deprecation")] String,
+        /// RFC 9745: `@1795651200`, the date the route was deprecated (2026-11-26, the
+        /// first release of `/v1`).
+        #[oai(header = "Deprecation")]
+        String,
     ),
     /// The key is not a UUID (`uuid_parsing`), or not one of version 4
     /// (`uuid_version`): FastAPI's validation error.
     #[oai(status = 422)]
     Unprocessable(
         RawJson<LegacyValidationError>,
-        #[oai(header = "Deprecation")] String,
+        /// RFC 9745: `@1795651200`, the date the route was deprecated (2026-11-26, the
+        /// first release of `/v1`).
+        #[oai(header = "Deprecation")]
+        String,
     ),
     /// The `Authorization` header is sent more than once (when the server runs with a
     /// JWT key).
@@ -156,8 +182,15 @@ impl LegacyApi {
         /// The key to look up.
         key: Path<KeyParam<Version4>>,
         _auth: BearerAuth,
+        /// `*`: 304 when the key exists (the route sends no `ETag`, so no tag matches).
+        #[oai(name = "If-None-Match")]
+        _if_none_match: Header<Option<String>>,
+        /// `*`, or the request is 412 when the key exists (no tag matches).
+        #[oai(name = "If-Match")]
+        _if_match: Header<Option<String>>,
+        headers: &HeaderMap,
     ) -> Guarded<LegacyResponse> {
-        answer(&self.state, &key.0 .0)
+        answer(&self.state, &key.0 .0, headers)
     }
 
     /// The legacy route's status and headers, without a body.
@@ -172,67 +205,15 @@ impl LegacyApi {
         /// The key to look up.
         key: Path<KeyParam<Version4>>,
         _auth: BearerAuth,
+        /// `*`: 304 when the key exists (the route sends no `ETag`, so no tag matches).
+        #[oai(name = "If-None-Match")]
+        _if_none_match: Header<Option<String>>,
+        /// `*`, or the request is 412 when the key exists (no tag matches).
+        #[oai(name = "If-Match")]
+        _if_match: Header<Option<String>>,
+        headers: &HeaderMap,
     ) -> Bodiless<Guarded<LegacyResponse>> {
-        Bodiless(answer(&self.state, &key.0 .0))
-    }
-}
-
-/// Where the old service's router sent a path under `/get_value`.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Target<'a> {
-    /// `/get_value/{key}`: the key as FastAPI received it, percent-decoded.
-    Key(Cow<'a, str>),
-    /// Trailing slashes: redirect to this decoded path without them.
-    Redirect(Cow<'a, str>),
-    /// Under `/get_value`, but no key.
-    NotFound,
-}
-
-/// Which `Target` `raw_path` (still percent-encoded) is, matched as Starlette matched
-/// uvicorn's decoded path (`urllib.parse.unquote`: invalid escapes kept as they are,
-/// bytes that are not UTF-8 as U+FFFD); `None` for a path outside `/get_value`.
-pub fn target(raw_path: &str) -> Option<Target<'_>> {
-    let path: Cow<'_, str> = if raw_path.contains('%') {
-        let bytes: Cow<'_, [u8]> = percent_encoding::percent_decode_str(raw_path).into();
-        Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
-    } else {
-        Cow::Borrowed(raw_path)
-    };
-    if path != "/get_value" && !path.starts_with("/get_value/") {
-        return None;
-    }
-    const PREFIX: &str = "/get_value/";
-    // Starlette's `{key}` is `[^/]+`.
-    let is_key_path = |path: &str| {
-        path.strip_prefix(PREFIX)
-            .is_some_and(|key| !key.is_empty() && !key.contains('/'))
-    };
-    if is_key_path(&path) {
-        return Some(Target::Key(tail(path, PREFIX.len())));
-    }
-    let stripped = path.trim_end_matches('/').len();
-    if stripped < path.len() && is_key_path(&path[..stripped]) {
-        return Some(Target::Redirect(head(path, stripped)));
-    }
-    Some(Target::NotFound)
-}
-
-/// `text[from..]`, borrowed or owned as `text` is.
-fn tail(text: Cow<'_, str>, from: usize) -> Cow<'_, str> {
-    match text {
-        Cow::Borrowed(text) => Cow::Borrowed(&text[from..]),
-        Cow::Owned(mut text) => Cow::Owned(text.split_off(from)),
-    }
-}
-
-/// `text[..to]`, borrowed or owned as `text` is.
-fn head(text: Cow<'_, str>, to: usize) -> Cow<'_, str> {
-    match text {
-        Cow::Borrowed(text) => Cow::Borrowed(&text[..to]),
-        Cow::Owned(mut text) => {
-            text.truncate(to);
-            Cow::Owned(text)
-        }
+        Bodiless(answer(&self.state, &key.0 .0, headers))
     }
 }
 
@@ -248,9 +229,9 @@ pub fn route(
     secure: bool,
 ) -> Option<Guarded<LegacyResponse>> {
     Some(match target(uri.path())? {
-        Target::Key(key) => answer(state, &key),
+        Target::Key(key) => answer(state, &key, headers),
         Target::Redirect(path) => Guarded::Route(LegacyResponse::Redirect(
-            location(&path, uri.query(), headers, secure),
+            location(&path, uri, headers, secure),
             deprecation(),
         )),
         Target::NotFound => Guarded::Route(LegacyResponse::NotFound(
@@ -298,27 +279,34 @@ fn routed_as_is(raw_path: &str) -> bool {
 /// Starlette's redirect URL: `URL(scope=...)` (the decoded path with `?`, `#` and `\`
 /// escaped, the authority of a valid `Host` header, the raw query) quoted by
 /// `RedirectResponse`. Without a valid `Host` Starlette fell back to the address it
-/// listened on; this answer gives the path alone.
-fn location(path: &str, query: Option<&str>, headers: &HeaderMap, secure: bool) -> String {
+/// listened on; this answer gives the path alone. With an absolute-form target
+/// (`GET http://host/get_value/…/`), the target's scheme and authority are the URL's,
+/// whatever `Host` says (RFC 9112 §3.2.2, §3.3).
+fn location(path: &str, uri: &Uri, headers: &HeaderMap, secure: bool) -> String {
     let path = path
         .replace('?', "%3F")
         .replace('#', "%23")
         .replace('\\', "%5C");
-    let host = headers
-        .get(header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .filter(|host| valid_host(host));
+    let scheme = match uri.scheme_str() {
+        Some(scheme @ ("http" | "https")) => scheme,
+        _ if secure => "https",
+        _ => "http",
+    };
+    let host = match uri.authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => headers
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok()),
+    }
+    .filter(|host| valid_host(host));
     let mut url = match host {
-        Some(host) => {
-            let scheme = if secure { "https" } else { "http" };
-            format!("{scheme}://{host}{path}")
-        }
+        Some(host) => format!("{scheme}://{host}{path}"),
         None => match path.strip_prefix("//") {
             Some(rest) => format!("/%2F{rest}"),
             None => path,
         },
     };
-    if let Some(query) = query.filter(|q| !q.is_empty()) {
+    if let Some(query) = uri.query().filter(|q| !q.is_empty()) {
         url.push('?');
         url.push_str(query);
     }
@@ -365,15 +353,6 @@ fn valid_host(host: &str) -> bool {
     port_ok && name_ok
 }
 
-fn ipv6_literal(literal: &str) -> bool {
-    // `[a-f0-9]*:[a-f0-9.:]+`, then Python's `IPv6Address`.
-    literal.contains(':')
-        && literal
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        && literal.parse::<std::net::Ipv6Addr>().is_ok()
-}
-
 fn ipv_future(literal: &str) -> bool {
     // `v[a-f0-9]+\.[a-z0-9._~!$&'()*+,;=:-]+`, the `v` lowercase.
     let Some((version, rest)) = literal.strip_prefix('v').and_then(|l| l.split_once('.')) else {
@@ -389,7 +368,9 @@ fn ipv_future(literal: &str) -> bool {
 
 /// The old service's answer for `raw_key`; the operation above and the fast path
 /// (`http::fast`) both return it.
-pub fn answer(state: &HttpState, raw_key: &str) -> Guarded<LegacyResponse> {
+/// Its preconditions as RFC 9110 §13.2 has them (`*` is the only member that can match:
+/// the route sends no `ETag`); the old service ignored them.
+pub fn answer(state: &HttpState, raw_key: &str, headers: &HeaderMap) -> Guarded<LegacyResponse> {
     let key = match uuid::Uuid::parse_str(raw_key) {
         Ok(key) if version4(key) => key,
         Ok(_) => return unprocessable(version_error(raw_key)),
@@ -397,14 +378,16 @@ pub fn answer(state: &HttpState, raw_key: &str) -> Guarded<LegacyResponse> {
     };
     let link = format!("</v1/keys/{}>; rel=\"successor-version\"", key.hyphenated());
     Guarded::Route(
-        match lookup_key(state, key, IfNoneMatch::absent(), Shape::Json) {
+        match lookup_key(state, key, Preconditions::untagged(headers), Shape::Json) {
             Lookup::Hit { body, .. } => LegacyResponse::Ok(RawJson::new(body), deprecation(), link),
+            Lookup::NotModified { .. } => LegacyResponse::NotModified(deprecation(), link),
+            Lookup::Failed(problem) if problem.status == 412 => {
+                LegacyResponse::PreconditionFailed(problem.into())
+            }
             Lookup::Failed(problem) if problem.status == 404 => {
                 LegacyResponse::NotFound(RawJson::new(NOT_FOUND_BODY), deprecation(), Some(link))
             }
             Lookup::Failed(problem) => return problem.into(),
-            // No If-None-Match is passed, so there is no 304.
-            Lookup::NotModified { .. } => return Problem::not_loaded().into(),
         },
     )
 }
@@ -423,8 +406,13 @@ fn version4(key: uuid::Uuid) -> bool {
     key.get_version_num() == 4 && key.get_variant() == uuid::Variant::RFC4122
 }
 
+/// RFC 9745's `Deprecation` value: `@` and the epoch seconds of the moment the route
+/// was deprecated, 2026-11-26 00:00 UTC, the day of the first release of `/v1`, its
+/// successor.
+pub const DEPRECATION: &str = "@1795651200";
+
 fn deprecation() -> String {
-    "true".to_owned()
+    DEPRECATION.to_owned()
 }
 
 pub const NOT_FOUND_BODY: &[u8] = br#"{"detail":"Key not found"}"#;

@@ -13,6 +13,7 @@ pub mod documents;
 pub mod encoding;
 pub mod fast;
 pub mod head;
+pub mod host;
 pub mod key;
 pub mod legacy;
 pub mod limits;
@@ -108,15 +109,31 @@ pub fn openapi_json() -> String {
 pub fn api_endpoint(state: Arc<HttpState>) -> impl Endpoint<Output = Response> {
     let service = api_service(state.clone());
     let (docs, spec) = served_spec(&service, state.auth.is_some(), state.settings.compression);
-    let routes = problem::with_problems(legacy::before_router(
-        Route::new()
-            .at("/docs", docs)
-            .at("/openapi.json", spec)
-            .nest("/", service)
-            .data(state.clone()),
-        state.clone(),
-    ));
+    let routes = problem::with_problems(
+        legacy::before_router(
+            Route::new()
+                .at("/docs", read_only(docs))
+                .at("/openapi.json", read_only(spec))
+                .nest("/", service)
+                .data(state.clone()),
+            state.clone(),
+        ),
+        routes::api_allow,
+    );
     routes.around(move |routes, req| pipeline::through_framework(state.clone(), routes, req))
+}
+
+/// `ep` for `GET` and `HEAD` only; any other method is the 405 problem. Not poem's
+/// `get()`, which answers `HEAD` with an empty body and so loses the
+/// `Content-Length` that `GET` sends.
+fn read_only(ep: impl Endpoint<Output = Response>) -> impl Endpoint<Output = Response> {
+    ep.before(|req| async move {
+        if req.method() == poem::http::Method::GET || req.method() == poem::http::Method::HEAD {
+            Ok(req)
+        } else {
+            Err(poem::error::MethodNotAllowedError.into())
+        }
+    })
 }
 
 /// Swagger UI and the spec as this server runs: with auth on, the document as checked

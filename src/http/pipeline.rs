@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use poem::http::{header, HeaderValue, Method, StatusCode};
-use poem::{Endpoint, Request, Response};
+use poem::{Endpoint, IntoResponse, Request, Response};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, Span};
 
@@ -27,6 +27,7 @@ pub use super::head::Head;
 use super::auth::{AuthFailure, Principal, SCOPE_READ};
 use super::conn::RefusalLog;
 use super::encoding::{self, Accept};
+use super::host;
 use super::metrics::InFlight;
 use super::ratelimit::{Refused, Standings};
 use super::request_log::{self, Access};
@@ -89,6 +90,7 @@ pub struct Admission {
 
 /// Step 2: the checks, cheapest and least trusting first. `Err` is the refusal to send.
 pub fn admit(state: &HttpState, head: &Head<'_>, policy: Policy) -> Result<Admission, Refusal> {
+    host::check(head.version, head.headers).map_err(|problem| Box::new(problem.into_response()))?;
     let permit = state.limits.admit(head.uri, head.headers)?;
     let peer = head.peer.map(|addr| addr.ip());
     let Some(limits) = &state.rate_limit else {
@@ -181,6 +183,7 @@ pub fn finish(
     exchange.trace.finish(state, route, &mut resp);
     exchange.access.finish(&exchange.span, route, &mut resp);
     nosniff(&mut resp);
+    head_length(method, &mut resp);
     resp
 }
 
@@ -191,6 +194,26 @@ impl RefusalLog for HttpState {
         self.metrics.observe_unparsed(status, began);
         request_log::unparsed(status.as_u16(), began, peer)
     }
+}
+
+/// A `HEAD` answer carries the `Content-Length: 0` its `GET` sends (RFC 9110 §9.3.2:
+/// the same header fields). hyper writes that header itself for a `GET` answer with an
+/// empty body, but not for a `HEAD` one, whose body it never sends.
+fn head_length(method: &Method, resp: &mut Response) {
+    let status = resp.status();
+    let has_length = !(status.is_informational()
+        || status == poem::http::StatusCode::NO_CONTENT
+        || status == poem::http::StatusCode::NOT_MODIFIED);
+    if method != Method::HEAD || !has_length || resp.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        return;
+    }
+    let body = resp.take_body();
+    if body.is_empty() {
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
+    resp.set_body(body);
 }
 
 /// `X-Content-Type-Options: nosniff` on every answer of both listeners.

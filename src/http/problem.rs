@@ -34,6 +34,7 @@ pub enum ProblemKind {
     ShuttingDown,
     RouteNotFound,
     MethodNotAllowed,
+    PreconditionFailed,
     ReloadInProgress,
     InvalidReloadPath,
     ReloadFailed,
@@ -65,6 +66,7 @@ impl ProblemKind {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotLoaded | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Self::ReloadInProgress => StatusCode::CONFLICT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
@@ -97,6 +99,7 @@ impl ProblemKind {
             Self::ShuttingDown => "shutting-down",
             Self::RouteNotFound => "route-not-found",
             Self::MethodNotAllowed => "method-not-allowed",
+            Self::PreconditionFailed => "precondition-failed",
             Self::ReloadInProgress => "reload-in-progress",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
@@ -130,6 +133,7 @@ impl ProblemKind {
             Self::ShuttingDown => "Shutting down",
             Self::RouteNotFound => "No such route",
             Self::MethodNotAllowed => "Method not allowed",
+            Self::PreconditionFailed => "Precondition failed",
             Self::ReloadInProgress => "A reload is already running",
             Self::Unauthorized => "Authentication required",
             Self::Forbidden => "Not allowed",
@@ -254,8 +258,14 @@ impl ResponseError for ProblemError {
 }
 
 /// Turns any error poem or poem-openapi raised into a problem response, with a detail
-/// written for clients rather than the framework's own message.
-pub fn into_problem_response(err: poem::Error, method: &str, path: &str) -> Response {
+/// written for clients rather than the framework's own message. `allow` gives a 405's
+/// `Allow` header: the methods the listener answers on a path.
+pub fn into_problem_response(
+    err: poem::Error,
+    method: &str,
+    path: &str,
+    allow: fn(&str) -> &'static str,
+) -> Response {
     if let Some(ProblemError(problem)) = err.downcast_ref::<ProblemError>() {
         return problem.clone().into_response();
     }
@@ -315,15 +325,9 @@ pub fn into_problem_response(err: poem::Error, method: &str, path: &str) -> Resp
     };
     let mut resp = problem.into_response();
     if err.is::<MethodNotAllowedError>() {
-        // RFC 9110 wants an Allow header on 405. The batch lookup is the only POST
-        // route; every other route is read-only.
-        let allow = if path.ends_with("/batch") {
-            "POST"
-        } else {
-            "GET, HEAD"
-        };
+        // RFC 9110 §15.5.6: a 405 lists the methods the path has.
         resp.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(allow));
+            .insert(header::ALLOW, HeaderValue::from_static(allow(path)));
     }
     resp
 }
@@ -344,9 +348,13 @@ fn sanitize(reason: &str) -> Cow<'_, str> {
     }
 }
 
-/// Wraps a listener's endpoint so that every error leaves it as problem+json.
-pub fn with_problems(ep: impl Endpoint + 'static) -> impl Endpoint<Output = Response> {
-    ep.around(|ep, req| async move {
+/// Wraps a listener's endpoint so that every error leaves it as problem+json; `allow`
+/// names the methods of each of its paths (for 405's `Allow`).
+pub fn with_problems(
+    ep: impl Endpoint + 'static,
+    allow: fn(&str) -> &'static str,
+) -> impl Endpoint<Output = Response> {
+    ep.around(move |ep, req| async move {
         let method = req.method().clone();
         let uri = req.uri().clone();
         Ok(match ep.call(req).await {
@@ -354,7 +362,7 @@ pub fn with_problems(ep: impl Endpoint + 'static) -> impl Endpoint<Output = Resp
             Err(err) => {
                 // Keep the matched route for the metrics and access log outside.
                 let pattern = err.data::<poem::PathPattern>().cloned();
-                let mut resp = into_problem_response(err, method.as_str(), uri.path());
+                let mut resp = into_problem_response(err, method.as_str(), uri.path(), allow);
                 if let Some(pattern) = pattern {
                     resp.set_data(pattern);
                 }

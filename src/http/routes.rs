@@ -3,6 +3,8 @@
 //! a token. Pure functions of the path, so every layer asks the same question the same
 //! way.
 
+use std::borrow::Cow;
+
 use poem::Response;
 
 /// A hot route (answered by the fast path when it is on) with its raw key segment,
@@ -69,8 +71,18 @@ pub fn route_label(resp: &Response, before_routing: &'static str) -> &'static st
 }
 
 /// The route template `path` would be routed to, by its shape alone; `unmatched` for
-/// a path no route takes.
+/// a path no route takes. A path under `/get_value` is labelled by what the legacy
+/// route makes of it as Starlette matched it (`target`), whichever path
+/// answers it: a key or a redirect to one (`/get_value/K/`, `/get_value/K%2F`) is
+/// `/get_value/{key}`, Starlette's "Not Found" (`/get_value/`, `/get_value/a%2Fb`)
+/// `unmatched`.
 pub fn path_label(path: &str) -> &'static str {
+    if let Some(target) = target(path) {
+        return match target {
+            Target::NotFound => "unmatched",
+            Target::Key(_) | Target::Redirect(_) => HotRoute::Legacy("").label(),
+        };
+    }
     if let Some(route) = HotRoute::of(path) {
         return route.label();
     }
@@ -79,6 +91,20 @@ pub fn path_label(path: &str) -> &'static str {
         "/openapi.json" => "/openapi.json",
         p if is_open_path(p) => "/docs",
         _ => "unmatched",
+    }
+}
+
+/// The methods the API listener answers on `path`, as a 405's `Allow` lists them: the
+/// batch is the only POST route, every other route is read-only (`GET`, and `HEAD`
+/// with the same headers). The routes registered in `http::mod` and `http::api` are
+/// exactly these; `tests/it/api.rs` (`allow_lists_the_methods_answered`) sends every
+/// method to every route and holds each 405's `Allow` to the methods that were not
+/// refused.
+pub fn api_allow(path: &str) -> &'static str {
+    if path == "/v1/keys/batch" {
+        "POST"
+    } else {
+        "GET, HEAD"
     }
 }
 
@@ -93,6 +119,65 @@ pub fn is_single_key(label: &str) -> bool {
 /// The API paths anyone may read without a token: the spec and its viewer.
 pub fn is_open_path(path: &str) -> bool {
     path == "/openapi.json" || path == "/docs" || path.starts_with("/docs/")
+}
+
+/// Where the old service's router sent a path under `/get_value`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// `/get_value/{key}`: the key as FastAPI received it, percent-decoded.
+    Key(Cow<'a, str>),
+    /// Trailing slashes: redirect to this decoded path without them.
+    Redirect(Cow<'a, str>),
+    /// Under `/get_value`, but no key.
+    NotFound,
+}
+
+/// Which `Target` `raw_path` (still percent-encoded) is, matched as Starlette matched
+/// uvicorn's decoded path (`urllib.parse.unquote`: invalid escapes kept as they are,
+/// bytes that are not UTF-8 as U+FFFD); `None` for a path outside `/get_value`.
+pub fn target(raw_path: &str) -> Option<Target<'_>> {
+    let path: Cow<'_, str> = if raw_path.contains('%') {
+        let bytes: Cow<'_, [u8]> = percent_encoding::percent_decode_str(raw_path).into();
+        Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
+    } else {
+        Cow::Borrowed(raw_path)
+    };
+    if path != "/get_value" && !path.starts_with("/get_value/") {
+        return None;
+    }
+    const PREFIX: &str = "/get_value/";
+    // Starlette's `{key}` is `[^/]+`.
+    let is_key_path = |path: &str| {
+        path.strip_prefix(PREFIX)
+            .is_some_and(|key| !key.is_empty() && !key.contains('/'))
+    };
+    if is_key_path(&path) {
+        return Some(Target::Key(tail(path, PREFIX.len())));
+    }
+    let stripped = path.trim_end_matches('/').len();
+    if stripped < path.len() && is_key_path(&path[..stripped]) {
+        return Some(Target::Redirect(head(path, stripped)));
+    }
+    Some(Target::NotFound)
+}
+
+/// `text[from..]`, borrowed or owned as `text` is.
+fn tail(text: Cow<'_, str>, from: usize) -> Cow<'_, str> {
+    match text {
+        Cow::Borrowed(text) => Cow::Borrowed(&text[from..]),
+        Cow::Owned(mut text) => Cow::Owned(text.split_off(from)),
+    }
+}
+
+/// `text[..to]`, borrowed or owned as `text` is.
+fn head(text: Cow<'_, str>, to: usize) -> Cow<'_, str> {
+    match text {
+        Cow::Borrowed(text) => Cow::Borrowed(&text[..to]),
+        Cow::Owned(mut text) => {
+            text.truncate(to);
+            Cow::Owned(text)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -131,5 +216,8 @@ mod tests {
         assert_eq!(path_label("/docs/x.js"), "/docs");
         assert_eq!(path_label("/openapi.json/x"), "unmatched");
         assert_eq!(path_label("/nope"), "unmatched");
+        assert_eq!(path_label("/get_value/k/"), "/get_value/{key}");
+        assert_eq!(path_label("/get_value/k%2F"), "/get_value/{key}");
+        assert_eq!(path_label("/get_value/"), "unmatched");
     }
 }

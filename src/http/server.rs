@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::body::DeadlineBody;
+use super::body::{self, DeadlineBody};
 use super::conn::{ConnectionGate, GuardedStream, Progress, Unsent};
 use super::fast;
 use super::state::HttpState;
@@ -228,27 +228,38 @@ impl<E: Endpoint<Output = Response> + 'static> hyper::service::Service<hyper::Re
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
         self.progress.begin();
         let progress = self.progress.clone();
+        // A body the answer leaves unread ends the connection (`body::ReadToEnd`).
+        let has_body = !hyper::body::Body::is_end_stream(req.body());
         if let Some(state) = &self.fast {
-            if let Some(resp) = fast::serve(state, &req, self.peer, self.scheme == Scheme::HTTPS) {
+            if let Some(mut resp) =
+                fast::serve(state, &req, self.peer, self.scheme == Scheme::HTTPS)
+            {
+                if has_body {
+                    body::close_connection(&mut resp);
+                }
                 return Answer::Ready(Some(answered(resp.into(), progress)));
             }
         }
-        let has_body = !hyper::body::Body::is_end_stream(req.body());
         let mut req = poem::Request::from((
             req,
             self.local.clone(),
             RemoteAddr(self.peer.into()),
             self.scheme.clone(),
         ));
-        if has_body {
-            let body = DeadlineBody::new(req.take_body().into(), self.body_read_timeout);
+        let read = has_body.then(|| {
+            let (body, read) = DeadlineBody::new(req.take_body().into(), self.body_read_timeout);
             req.set_body(poem::Body::from(BoxBody::new(body)));
-        }
+            read
+        });
         let endpoint = self.endpoint.clone();
         // Boxed so the fast path's future stays small: the framework's is large, and
         // hyper would otherwise move it on every request.
         Answer::Framework(Box::pin(async move {
-            answered(endpoint.get_response(req).await.into(), progress)
+            let mut resp = endpoint.get_response(req).await;
+            if read.is_some_and(|read| !read.is_read()) {
+                body::close_connection(&mut resp);
+            }
+            answered(resp.into(), progress)
         }))
     }
 }

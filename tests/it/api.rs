@@ -339,7 +339,7 @@ async fn legacy_route_keeps_the_old_bodies_and_points_to_v1() {
     let resp = s.get(&format!("/get_value/{}", KEY.to_uppercase())).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/json");
-    assert_eq!(resp.headers()["deprecation"], "true");
+    assert_eq!(resp.headers()["deprecation"], "@1795651200");
     assert_eq!(
         resp.headers()["link"],
         format!("</v1/keys/{KEY}>; rel=\"successor-version\"")
@@ -564,6 +564,255 @@ async fn json_answers_are_byte_for_byte_what_serde_json_writes() {
             ),
             "{storage}"
         );
+        s.stop().await.unwrap();
+    }
+}
+
+/// One request on its own connection (it should say `Connection: close`): status,
+/// headers (names lowercased, in order) and body.
+fn raw(addr: std::net::SocketAddr, request: &str) -> (u16, Vec<(String, String)>, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("a response head");
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers = lines
+        .map(|line| {
+            let (name, value) = line.split_once(':').unwrap();
+            (name.to_ascii_lowercase(), value.trim().to_owned())
+        })
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Issue 25 item 10: a 405's `Allow` lists exactly the methods the path answers.
+/// Every method is sent to every route of both listeners (with the fast path on and
+/// off); the methods not refused with 405 are the path's, and every 405 must list
+/// them. `/docs` and `/openapi.json` answered every method; `POST /get_value/batch`
+/// said `Allow: POST` and the admin's POST routes `Allow: GET, HEAD`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_lists_the_methods_answered() {
+    const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "test.data", sample_lines());
+    for fast in ["true", "false"] {
+        let s = TestServer::start(&data, &["--fast-path", fast]).await;
+        let api = [
+            format!("/v1/keys/{KEY}"),
+            format!("/v1/keys/{KEY}/value"),
+            "/v1/keys/batch".to_owned(),
+            format!("/get_value/{KEY}"),
+            "/get_value/batch".to_owned(),
+            "/openapi.json".to_owned(),
+            "/docs".to_owned(),
+        ];
+        let admin = [
+            "/livez",
+            "/readyz",
+            "/metrics",
+            "/admin/dataset",
+            "/admin/reload",
+            "/admin/cache/purge",
+        ];
+        let targets = api
+            .iter()
+            .map(|p| (s.api, p.clone()))
+            .chain(admin.iter().map(|p| (s.admin, (*p).to_owned())));
+        for (addr, path) in targets {
+            let mut answered = Vec::new();
+            let mut allows = Vec::new();
+            for method in METHODS {
+                let body = format!(r#"{{"keys":["{KEY}"]}}"#);
+                let request = format!(
+                    "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let (status, headers, _) = raw(addr, &request);
+                if status == 405 {
+                    allows.push((method, header(&headers, "allow").unwrap_or("").to_owned()));
+                } else {
+                    answered.push(method);
+                }
+            }
+            let want = answered.join(", ");
+            assert!(!answered.is_empty(), "{path}: no method answered");
+            for (method, allow) in allows {
+                assert_eq!(allow, want, "{method} {path} (fast path {fast})");
+            }
+        }
+        s.stop().await.unwrap();
+    }
+}
+
+/// Issue 25 item 12: RFC 9112 §3.2's `Host` rules, on both listeners and both paths:
+/// an HTTP/1.1 request without `Host`, with two `Host` lines or with one that is no
+/// `host[:port]` is a 400 problem naming the header (they were served); HTTP/1.0 may
+/// leave it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_is_required_once_and_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "test.data", sample_lines());
+    for fast in ["true", "false"] {
+        let s = TestServer::start(&data, &["--fast-path", fast]).await;
+        let targets = [
+            (s.api, format!("/v1/keys/{KEY}")),
+            (s.api, format!("/get_value/{KEY}")),
+            (s.api, "/openapi.json".to_owned()),
+            (s.admin, "/livez".to_owned()),
+        ];
+        for (addr, path) in &targets {
+            for (host_lines, what) in [
+                ("", "missing"),
+                ("Host: x\r\nHost: x\r\n", "sent 2 times"),
+                ("Host: a b\r\n", "not a valid"),
+                ("Host: a/b\r\n", "not a valid"),
+            ] {
+                let request =
+                    format!("GET {path} HTTP/1.1\r\n{host_lines}Connection: close\r\n\r\n");
+                let (status, headers, body) = raw(*addr, &request);
+                assert_eq!(
+                    status, 400,
+                    "{path} {host_lines:?} (fast path {fast}): {body}"
+                );
+                assert_eq!(
+                    header(&headers, "content-type"),
+                    Some("application/problem+json")
+                );
+                let problem: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(problem["type"], "urn:kvserve:problem:invalid-header");
+                let detail = problem["detail"].as_str().unwrap();
+                assert!(
+                    detail.contains("`Host`") && detail.contains(what),
+                    "{detail}"
+                );
+            }
+            for request in [
+                format!("GET {path} HTTP/1.0\r\n\r\n"),
+                format!("GET {path} HTTP/1.1\r\nHost: [::1]:8000\r\nConnection: close\r\n\r\n"),
+            ] {
+                let (status, _, body) = raw(*addr, &request);
+                assert_eq!(status, 200, "{request:?} (fast path {fast}): {body}");
+            }
+        }
+        s.stop().await.unwrap();
+    }
+}
+
+/// Issue 25 item 19: `If-Match` on `/v1` (RFC 9110 §13.1.1, evaluated before
+/// `If-None-Match`, §13.2.2): a tag that is not current, or a weak one, is 412
+/// (it was 200); the current tag (of any coding) and `*` pass; a missing key is 404
+/// whatever the condition (§13.2.1). Both paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_match_that_fails_is_412() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "test.data", sample_lines());
+    for fast in ["true", "false"] {
+        let s = TestServer::start(&data, &["--fast-path", fast]).await;
+        let etag = s.get(&format!("/v1/keys/{KEY}")).await.headers()["etag"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let coded = format!("{}-gz\"", etag.trim_end_matches('"'));
+        for path in [format!("/v1/keys/{KEY}"), format!("/v1/keys/{KEY}/value")] {
+            for method in ["GET", "HEAD"] {
+                let send = |if_match: String, extra: &str| {
+                    raw(
+                        s.api,
+                        &format!(
+                            "{method} {path} HTTP/1.1\r\nHost: x\r\nIf-Match: {if_match}\r\n\
+                             {extra}Connection: close\r\n\r\n"
+                        ),
+                    )
+                };
+                for failing in ["\"0000000000000000\"".to_owned(), format!("W/{etag}")] {
+                    let (status, headers, body) = send(failing.clone(), "");
+                    assert_eq!(status, 412, "{method} {path} If-Match: {failing} ({fast})");
+                    assert_eq!(
+                        header(&headers, "content-type"),
+                        Some("application/problem+json")
+                    );
+                    if method == "GET" {
+                        let problem: Value = serde_json::from_str(&body).unwrap();
+                        assert_eq!(problem["type"], "urn:kvserve:problem:precondition-failed");
+                    }
+                    // If-Match first: a matching If-None-Match does not make it a 304.
+                    let (status, _, _) = send(failing, &format!("If-None-Match: {etag}\r\n"));
+                    assert_eq!(status, 412, "{method} {path} ({fast})");
+                }
+                for passing in [
+                    etag.clone(),
+                    coded.clone(),
+                    "*".to_owned(),
+                    format!("\"x\", {etag}"),
+                ] {
+                    let (status, _, _) = send(passing.clone(), "");
+                    assert_eq!(status, 200, "{method} {path} If-Match: {passing} ({fast})");
+                }
+                let (status, _, _) = send("*".to_owned(), &format!("If-None-Match: {etag}\r\n"));
+                assert_eq!(status, 304, "{method} {path} ({fast})");
+            }
+        }
+        let (status, _, _) = raw(
+            s.api,
+            &format!(
+                "GET /v1/keys/{MISSING} HTTP/1.1\r\nHost: x\r\nIf-Match: \"x\"\r\n\
+                 Connection: close\r\n\r\n"
+            ),
+        );
+        assert_eq!(status, 404);
+        s.stop().await.unwrap();
+    }
+}
+
+/// Issue 25 item 13: `HEAD` gives the same headers as `GET` (docs/API.md), the
+/// `Content-Length: 0` of an empty answer too (it was dropped: an empty value, the
+/// legacy 307), on both paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_has_the_headers_of_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "test.data", sample_lines());
+    for fast in ["true", "false"] {
+        let s = TestServer::start(&data, &["--fast-path", fast]).await;
+        for path in [
+            format!("/v1/keys/{KEY}"),
+            "/v1/keys/11111111-1111-4111-8111-111111111111/value".to_owned(),
+            format!("/v1/keys/{KEY}/value"),
+            format!("/get_value/{KEY}"),
+            format!("/get_value/{KEY}/"),
+            format!("/get_value/{MISSING}"),
+            "/openapi.json".to_owned(),
+            "/docs".to_owned(),
+            "/nope".to_owned(),
+        ] {
+            let headers = |method: &str| {
+                let (status, headers, _) = raw(
+                    s.api,
+                    &format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+                );
+                let mut headers: Vec<_> = headers
+                    .into_iter()
+                    .filter(|(n, _)| n != "date" && n != "x-request-id")
+                    .collect();
+                headers.sort();
+                (status, headers)
+            };
+            assert_eq!(headers("HEAD"), headers("GET"), "{path} (fast path {fast})");
+        }
         s.stop().await.unwrap();
     }
 }

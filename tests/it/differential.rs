@@ -20,11 +20,12 @@
 //! `%2F`, `%00`, lone `%`, escapes that are not UTF-8 among other characters; UUIDs of
 //! other versions than 4, nil and max; random strings; a key whose 2 KiB value is compressed),
 //! `If-None-Match` (absent, current, `W/`, `*`, a list, stale, garbage, two lines, the
-//! `-zst` and `-gz` tags), `Accept-Encoding` (absent, gzip, zstd, both, by q, identity
+//! `-zst` and `-gz` tags; `If-Match` stale, and `*` with a current `If-None-Match`), `Accept-Encoding` (absent, gzip, zstd, both, by q, identity
 //! refused, unsupported only, `*;q=0`, garbage, two lines), `Authorization` (absent, good, bad
 //! signature, expired, wrong scope, not Bearer, lowercase scheme, empty, two headers)
-//! and `X-Request-Id` (absent, usable, unusable). The statuses compared are printed at
-//! the end (`--nocapture`): a run of 256 reaches 200, 304, 400, 401, 403, 404, 405, 421,
+//! `X-Request-Id` (absent, usable, unusable) and `Host` (usual; missing, twice or
+//! invalid, a 400). The statuses compared are printed at
+//! the end (`--nocapture`): a run of 256 reaches 200, 304, 400, 401, 403, 404, 405, 412, 421,
 //! 422, 307 (the legacy trailing slashes) and 429 from each limit (the subject one a few times).
 //!
 //! The rate limits are made exact, not tolerated: the servers trust
@@ -126,6 +127,10 @@ enum Etag {
     /// The current tag of the zstd and of the gzip representation.
     CurrentZstd,
     CurrentGzip,
+    /// `If-Match` with a stale tag (412), and `*` beside a current `If-None-Match`
+    /// (304).
+    IfMatchStale,
+    IfMatchStar,
 }
 
 /// `Accept-Encoding` as clients send it, and odd forms.
@@ -180,6 +185,15 @@ enum Auth {
     TwoHeaders,
 }
 
+/// The `Host` header: as clients send it, or against RFC 9112 §3.2 (a 400).
+#[derive(Debug, Clone, Copy)]
+enum Host {
+    Usual,
+    Missing,
+    Twice,
+    Invalid,
+}
+
 #[derive(Debug, Clone, Copy)]
 enum RequestId {
     Absent,
@@ -209,6 +223,7 @@ struct Req {
     auth: Auth,
     request_id: RequestId,
     accept_encoding: AcceptEncoding,
+    host: Host,
 }
 
 /// What rendering a request needs from the run: the data's ETag and the tokens.
@@ -270,8 +285,14 @@ impl Req {
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
         out.extend_from_slice(&self.target());
-        out.extend_from_slice(b" HTTP/1.1\r\nHost: kvserve.test\r\n");
-        let mut head = String::new();
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut head = match self.host {
+            Host::Usual => "Host: kvserve.test\r\n",
+            Host::Missing => "",
+            Host::Twice => "Host: kvserve.test\r\nHost: kvserve.test\r\n",
+            Host::Invalid => "Host: kvserve test\r\n",
+        }
+        .to_owned();
         let (quoted, tokens) = (ctx.etag.as_str(), &ctx.tokens);
         match self.etag {
             Etag::Absent => {}
@@ -293,6 +314,8 @@ impl Req {
                 let stem = quoted.trim_end_matches('"');
                 head += &format!("If-None-Match: {stem}{suffix}\"\r\n")
             }
+            Etag::IfMatchStale => head += "If-Match: \"0000000000000000\"\r\n",
+            Etag::IfMatchStar => head += &format!("If-Match: *\r\nIf-None-Match: {quoted}\r\n"),
         }
         head += self.accept_encoding.header();
         match self.auth {
@@ -435,6 +458,8 @@ fn req_strategy() -> impl Strategy<Value = Req> {
             Etag::TwoLines,
             Etag::CurrentZstd,
             Etag::CurrentGzip,
+            Etag::IfMatchStale,
+            Etag::IfMatchStar,
         ]),
     ];
     let accept_encoding = prop_oneof![
@@ -471,9 +496,13 @@ fn req_strategy() -> impl Strategy<Value = Req> {
         RequestId::Usable,
         RequestId::Unusable,
     ]);
-    let head = (etag, auth, request_id, accept_encoding);
+    let host = prop_oneof![
+        12 => Just(Host::Usual),
+        1 => proptest::sample::select(vec![Host::Missing, Host::Twice, Host::Invalid]),
+    ];
+    let head = (etag, auth, request_id, accept_encoding, host);
     (method, route, key_strategy(), query, head).prop_map(
-        |(method, route, key, query, (etag, auth, request_id, accept_encoding))| Req {
+        |(method, route, key, query, (etag, auth, request_id, accept_encoding, host))| Req {
             method,
             route,
             key: Wire(key),
@@ -482,6 +511,7 @@ fn req_strategy() -> impl Strategy<Value = Req> {
             auth,
             request_id,
             accept_encoding,
+            host,
         },
     )
 }

@@ -310,3 +310,42 @@ fn refusals_are_counted_under_their_route() {
     }
     stop_both(&mut fast, &mut framework);
 }
+
+/// Issue 25 item 11: a request whose body the answer leaves unread ends its
+/// connection, and the answer says so (`Connection: close`, RFC 9112 §9.6), on both
+/// paths and whatever the body's framing. A GET with a chunked body got
+/// `Connection: close` on the fast path only; a GET with a 200 kB body got neither,
+/// and its connection was closed under the next request.
+#[test]
+fn an_unread_request_body_closes_the_connection_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "f.data", sample_lines());
+    let (mut fast, mut framework) = spawn_both(&data, &[]);
+    let big = "x".repeat(200_000);
+    for p in [&fast, &framework] {
+        for path in [format!("/v1/keys/{KEY}"), "/openapi.json".to_owned()] {
+            for body in [
+                "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_owned(),
+                format!("Content-Length: {}\r\n\r\n{big}", big.len()),
+            ] {
+                let mut stream = TcpStream::connect(p.api).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{body}");
+                stream.write_all(request.as_bytes()).unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    assert_eq!(stream.read(&mut byte).unwrap(), 1, "closed mid-head");
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+                let what = format!("{path} with {}", &body[..20]);
+                assert!(head.starts_with("http/1.1 200"), "{what}: {head}");
+                assert!(head.contains("\r\nconnection: close\r\n"), "{what}: {head}");
+            }
+        }
+    }
+    stop_both(&mut fast, &mut framework);
+}

@@ -263,3 +263,120 @@ async fn unrouted_legacy_paths_are_fastapis_not_found() {
         assert_eq!(got, (200, "application/json".into(), String::new(), want));
     }
 }
+
+/// One request on its own connection: status and the raw response head.
+fn raw(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).unwrap();
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let head = out.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    (head[9..12].parse().unwrap(), head)
+}
+
+/// Issue 25 item 14: `Deprecation` is RFC 9745's sf-date (`@<epoch seconds>`, it was
+/// `true`): the day `/v1`, the successor, was first released, 2026-11-26 UTC.
+#[tokio::test]
+async fn deprecation_is_an_rfc_9745_date() {
+    let dir = tempfile::tempdir().unwrap();
+    for s in servers(dir.path()).await {
+        for path in [
+            format!("/get_value/{KEY}"),
+            format!("/get_value/{KEY}/"),
+            "/get_value/nope".to_owned(),
+        ] {
+            let resp = client().get(s.url(&path)).send().await.unwrap();
+            let value = resp.headers()["deprecation"].to_str().unwrap();
+            let seconds: u64 = value
+                .strip_prefix('@')
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("{path}: `{value}` is no sf-date"));
+            // 2026-11-26T00:00:00Z.
+            assert_eq!(seconds, 1_795_651_200, "{path}");
+        }
+    }
+}
+
+/// Issue 25 item 15: the legacy route's redirect is one route's answer, however the
+/// trailing slash is spelled: `/get_value/K/` (answered before poem's router) was
+/// counted as `route="unmatched"`, `/get_value/K%2F` as `/get_value/{key}`.
+#[tokio::test]
+async fn legacy_redirects_are_labelled_as_the_legacy_route() {
+    let dir = tempfile::tempdir().unwrap();
+    for s in servers(dir.path()).await {
+        for path in [format!("/get_value/{KEY}/"), format!("/get_value/{KEY}%2F")] {
+            assert_eq!(get(&s, &path).await.0, 307, "{path}");
+        }
+        let text = s.metrics_text().await;
+        let series = |route: &str| {
+            series(
+                &text,
+                &format!(
+                    "kvserve_http_requests_total{{method=\"GET\",route=\"{route}\",status=\"307\"}}"
+                ),
+            )
+        };
+        assert_eq!(series("/get_value/{key}"), Some(2.0), "{text}");
+        assert_eq!(series("unmatched"), None, "{text}");
+    }
+}
+
+/// Issue 25 item 19: `If-None-Match: *` on a key that exists is a 304 (RFC 9110
+/// §13.1.2; it was 200), with the route's `Deprecation` and `Link`; a missing key
+/// stays 404, and tags never match (the route sends no `ETag`). `If-Match` with a tag
+/// is 412 for the same reason; `*` passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_preconditions_follow_rfc_9110() {
+    let dir = tempfile::tempdir().unwrap();
+    for s in servers(dir.path()).await {
+        let missing = "6ba7b810-9dad-41d1-80b4-00c04fd430c8";
+        for method in ["GET", "HEAD"] {
+            let send = |key: &str, condition: &str| {
+                raw(
+                    s.api,
+                    &format!(
+                        "{method} /get_value/{key} HTTP/1.1\r\nHost: x\r\n{condition}\r\n\
+                         Connection: close\r\n\r\n"
+                    ),
+                )
+            };
+            let (status, head) = send(KEY, "If-None-Match: *");
+            assert_eq!(status, 304, "{method}: {head}");
+            assert!(head.contains("deprecation: @1795651200"), "{head}");
+            assert!(head.contains("link: </v1/keys/"), "{head}");
+            assert_eq!(send(KEY, "If-None-Match: \"x\"").0, 200, "{method}");
+            assert_eq!(send(missing, "If-None-Match: *").0, 404, "{method}");
+            assert_eq!(send(KEY, "If-Match: \"x\"").0, 412, "{method}");
+            assert_eq!(send(KEY, "If-Match: *").0, 200, "{method}");
+            assert_eq!(send(missing, "If-Match: \"x\"").0, 404, "{method}");
+        }
+    }
+}
+
+/// Issue 25 item 12: with an absolute-form target the redirect names the target's
+/// authority, not the `Host` header's (RFC 9112 §3.2.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_redirect_uses_the_targets_authority() {
+    let dir = tempfile::tempdir().unwrap();
+    for s in servers(dir.path()).await {
+        let (status, head) = raw(
+            s.api,
+            &format!(
+                "GET http://kv.example:8443/get_value/{KEY}/?a=1 HTTP/1.1\r\n\
+                 Host: other.example\r\nConnection: close\r\n\r\n"
+            ),
+        );
+        assert_eq!(status, 307, "{head}");
+        assert!(
+            head.contains(&format!(
+                "location: http://kv.example:8443/get_value/{KEY}?a=1\r\n"
+            )),
+            "{head}"
+        );
+    }
+}
