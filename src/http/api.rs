@@ -278,7 +278,7 @@ pub fn lookup(
     if_none_match: IfNoneMatch<'_>,
     shape: Shape,
 ) -> Lookup {
-    match Uuid::parse_str(raw_key) {
+    match super::key::parse_key(raw_key) {
         Ok(key) => lookup_key(state, key, if_none_match, shape),
         Err(err) => Lookup::Failed(Problem::invalid_key("key", &err)),
     }

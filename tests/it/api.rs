@@ -567,3 +567,88 @@ async fn json_answers_are_byte_for_byte_what_serde_json_writes() {
         s.stop().await.unwrap();
     }
 }
+
+/// `--max-line-bytes` changes the ETag only when it changed which records are served
+/// (issue 25, item 16): lines skipped for another reason, or two limits that skip the
+/// same long record, keep one ETag; a limit that serves that record gets another.
+#[tokio::test]
+async fn max_line_bytes_changes_the_etag_only_when_it_changes_the_answers() {
+    async fn etag(data: &std::path::Path, args: &[&str]) -> String {
+        let s = TestServer::start(data, args).await;
+        let resp = s.get(&format!("/v1/keys/{KEY}")).await;
+        assert_eq!(resp.status(), 200);
+        let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+        s.stop().await.unwrap();
+        etag
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A malformed line, skipped whatever the limit.
+    let bad = write_file(
+        dir.path(),
+        "bad.data",
+        format!("{KEY} {VALUE}\nnot a record\n"),
+    );
+    let skip = |limit: &'static str| ["--skip-invalid", "--max-line-bytes", limit];
+    let default = etag(&bad, &["--skip-invalid"]).await;
+    assert_eq!(etag(&bad, &skip("90")).await, default);
+    assert_eq!(etag(&bad, &skip("200")).await, default);
+
+    // A 150-byte record: skipped under 100 and 120 alike, served under 200.
+    let long = write_file(
+        dir.path(),
+        "long.data",
+        format!("{KEY} {VALUE}\n{KEY2} {}\n", "v".repeat(150 - 37)),
+    );
+    let under_100 = etag(&long, &skip("100")).await;
+    assert_eq!(etag(&long, &skip("120")).await, under_100);
+    assert_ne!(etag(&long, &skip("200")).await, under_100);
+}
+
+/// The `urn:uuid:` prefix of a key is case-insensitive on `/v1` (RFC 8141; docs/API.md:
+/// "any form, any case"), for single keys and batches; the legacy route keeps the old
+/// service's refusal (issue 25, item 18).
+#[tokio::test]
+async fn urn_prefix_in_any_case() {
+    let (_dir, s) = server().await;
+    for form in [
+        format!("URN:UUID:{KEY}"),
+        format!("Urn:Uuid:{}", KEY.to_uppercase()),
+    ] {
+        let resp = s.get(&format!("/v1/keys/{form}")).await;
+        assert_eq!(resp.status(), 200, "{form}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body, json!({"key": KEY, "value": VALUE}));
+        let resp = s.get(&format!("/v1/keys/{form}/value")).await;
+        assert_eq!(resp.text().await.unwrap(), VALUE, "{form}");
+    }
+    let resp = s
+        .client
+        .post(s.url("/v1/keys/batch"))
+        .json(&json!({"keys": [format!("URN:UUID:{KEY}"), KEY]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body, json!({"values": {KEY: VALUE}, "missing": []}));
+    // Still refused where it must be: another prefix, and the legacy route.
+    let resp = s.get(&format!("/v1/keys/URN:UUIX:{KEY}")).await;
+    assert_eq!(resp.status(), 400);
+    let resp = s.get(&format!("/get_value/URN:UUID:{KEY}")).await;
+    assert_eq!(resp.status(), 422);
+}
+
+/// A CRLF line of exactly `--max-line-bytes` loads, as the same line with LF does: the
+/// CR is part of the line end, not of the value (issue 25, item 18).
+#[tokio::test]
+async fn a_crlf_line_of_exactly_the_limit_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let value = "w".repeat(64 - 37);
+    for (name, end) in [("lf.data", "\n"), ("crlf.data", "\r\n")] {
+        let data = write_file(dir.path(), name, format!("{KEY} {value}{end}"));
+        // Waits for readiness: a refused file never gets there.
+        let s = TestServer::start(&data, &["--max-line-bytes", "64"]).await;
+        assert_eq!(s.value_text(KEY).await, value, "{name}");
+        s.stop().await.unwrap();
+    }
+}
