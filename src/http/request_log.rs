@@ -66,7 +66,7 @@ impl Access {
         let (method, client) = (&self.method, &self.client);
         tracing::debug_span!(
             telemetry::REQUEST_SPAN,
-            request_id = %self.id(),
+            request_id = self.id(),
             method = %method,
             path = %path,
             client = %client
@@ -94,7 +94,7 @@ impl Access {
                 route,
                 status = line.status,
                 duration_us = line.duration_us,
-                request_id = %id,
+                request_id = id,
                 client = %self.client,
                 "request"
             );
