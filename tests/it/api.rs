@@ -225,6 +225,48 @@ async fn batch_returns_values_and_missing_with_duplicates_folded() {
     );
 }
 
+/// A batch body naming `keys` twice is refused, naming the member: a proxy that reads
+/// the first and kvserve reading the last would disagree on the keys. Valid JSON in
+/// a member kvserve does not read is ignored, however odd: a number no float holds, a
+/// lone surrogate escape, nesting far deeper than 128 (issue 25, item 17).
+#[tokio::test]
+async fn batch_members_are_unique_and_ignored_ones_may_be_any_json() {
+    let (_dir, s) = server().await;
+    let post = |body: String| {
+        s.client
+            .post(s.url("/v1/keys/batch"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for body in [
+        format!(r#"{{"keys":["{KEY}"],"keys":["{KEY2}"]}}"#),
+        format!(r#"{{"keys":["{KEY}"],"k\u0065ys":["{KEY2}"]}}"#),
+    ] {
+        let p = problem(post(body).await.unwrap(), 400).await;
+        assert_eq!(p["type"], "urn:kvserve:problem:invalid-body", "{p}");
+        assert!(
+            p["detail"]
+                .as_str()
+                .unwrap()
+                .contains("member `keys` appears more than once"),
+            "{p}"
+        );
+    }
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    for odd in ["1e400", r#""\ud800""#, deep.as_str()] {
+        let body = format!(r#"{{"keys":["{KEY}"],"extra":{odd}}}"#);
+        let resp = post(body).await.unwrap();
+        assert_eq!(resp.status(), 200, "{odd:.20}");
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(
+            answer,
+            json!({"values": {KEY: VALUE}, "missing": []}),
+            "{odd:.20}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn bad_batch_bodies_are_problems_naming_the_field() {
     let (_dir, s) = server().await;
