@@ -22,6 +22,7 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 pub mod access;
 pub mod escape;
 pub mod spans;
+pub mod throttle;
 pub mod writer;
 
 /// How log lines are written.
