@@ -536,25 +536,9 @@ fn a_fifo_as_the_data_file_is_refused_at_start_up_and_by_verify() {
 /// "accept failed" was logged every 50 ms (issue 25, item 7).
 #[test]
 fn a_low_open_file_limit_leaves_room_for_probes() {
-    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let data = write_file(dir.path(), "fd.data", sample_lines());
-    let mut command = Command::new(binary());
-    command.args(serve_args(&data, &[]));
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 256,
-                rlim_max: 256,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut p = spawn_command(command);
+    let mut p = spawn_command(with_open_file_limit(&data, 256));
     wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
     let mut idle = Vec::new();
     for _ in 0..300 {
@@ -598,4 +582,41 @@ fn a_low_open_file_limit_leaves_room_for_probes() {
     drop(idle);
     let _ = p.child.kill();
     let _ = p.child.wait();
+}
+
+/// kvserve serving `data`, started with `RLIMIT_NOFILE` soft and hard at `limit`, so it
+/// cannot raise it.
+fn with_open_file_limit(data: &Path, limit: u64) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(binary());
+    command.args(serve_args(data, &[]));
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
+/// An open-file limit too low for a few connections per listener is refused at
+/// start-up with a message naming it, instead of serving until the first flood.
+#[test]
+fn an_open_file_limit_too_low_to_serve_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "fd.data", sample_lines());
+    let out = with_open_file_limit(&data, 40).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the open-file limit (ulimit -n) is 40"),
+        "{stderr}"
+    );
 }
