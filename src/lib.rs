@@ -11,6 +11,7 @@
 pub mod cache;
 pub mod cli;
 pub mod dataset;
+pub mod fdlimit;
 pub mod http;
 pub mod metrics;
 pub mod redact;
@@ -58,6 +59,8 @@ pub enum AppError {
     Auth(#[from] http::auth::AuthConfigError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    FdLimit(#[from] fdlimit::FdLimitError),
     #[error("--subject-rate-limit limits per verified token subject, but no JWT key is configured (--jwt-hs256-secret-file, --jwt-public-key-file, --jwt-jwks-file or KVSERVE_JWT_HS256_SECRET); use --rate-limit to limit per client address")]
     SubjectLimitWithoutAuth,
     #[error("refusing to serve the admin listener on {addr} without authentication: bind it to a loopback address, configure a JWT key or --admin-client-ca, or pass --admin-insecure")]
@@ -80,6 +83,8 @@ pub struct App {
     shutdown_timeout: Duration,
     watch: Option<Duration>,
     connections: ConnectionLimits,
+    /// `--max-connections` of each listener, as the open-file limit leaves room for.
+    budget: fdlimit::Budget,
     tls: tls::Listeners,
 }
 
@@ -92,6 +97,8 @@ impl App {
         let (api, api_addr) = bind("api", &args.addr).await?;
         let (admin, admin_addr) = bind("admin", &args.admin_addr).await?;
         let protect = &args.protect;
+        // With both listeners open, so the descriptors kept out count them.
+        let budget = fdlimit::budget(protect.max_connections)?;
         // A client certificate from --admin-client-ca authenticates too.
         let admin_authenticated = auth.is_some() || args.tls.admin_client_ca.is_some();
         if !admin_addr.ip().is_loopback() && !admin_authenticated {
@@ -150,6 +157,7 @@ impl App {
                     .max_uri_bytes
                     .saturating_add(protect.max_header_bytes),
             },
+            budget,
             tls,
         })
     }
@@ -182,7 +190,11 @@ impl App {
         tracing::info!(api = %self.api_addr, admin = %self.admin_addr, data = %data.display(), "listening");
         let (stop_api_tx, stop_api) = signal_channel::channel(false);
         let (stop_admin_tx, stop_admin) = signal_channel::channel(false);
-        let limits = self.connections;
+        let limits = |max_connections| ConnectionLimits {
+            max_connections,
+            ..self.connections
+        };
+        let (api_limits, admin_limits) = (limits(self.budget.api), limits(self.budget.admin));
         if let Some(limit) = &self.state.rate_limit {
             http::ratelimit::spawn_pruning(limit);
         }
@@ -190,11 +202,11 @@ impl App {
             http::server::Listener {
                 name: "api",
                 socket: self.api,
-                gate: ConnectionGate::new(limits)
+                gate: ConnectionGate::new(api_limits)
                     .counted(
                         self.state
                             .metrics
-                            .connections("api", limits.max_connections),
+                            .connections("api", api_limits.max_connections),
                     )
                     .logging_refusals(self.state.clone()),
                 endpoint: http::api_endpoint(self.state.clone()),
@@ -207,10 +219,10 @@ impl App {
             http::server::Listener {
                 name: "admin",
                 socket: self.admin,
-                gate: ConnectionGate::new(limits).counted(
+                gate: ConnectionGate::new(admin_limits).counted(
                     self.state
                         .metrics
-                        .connections("admin", limits.max_connections),
+                        .connections("admin", admin_limits.max_connections),
                 ),
                 endpoint: http::admin::admin_endpoint(self.state.clone()),
                 fast: None,

@@ -46,6 +46,16 @@ pub enum ReloadError {
     Cancelled,
 }
 
+impl ReloadError {
+    /// The message an HTTP answer gives (see `LoadError::answer_detail`).
+    pub fn answer_detail(&self) -> String {
+        match self {
+            ReloadError::Load(err) => err.answer_detail(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Why a reload path is refused, whatever the path is: the same words whether or not
 /// something exists where it leads, so a refusal tells nothing about files outside.
 const NOT_IN_FOLDER: &str = "it must be the name of a file in the data file's folder (no `/`), \

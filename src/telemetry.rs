@@ -23,6 +23,7 @@ pub mod access;
 pub mod attributes;
 pub mod escape;
 pub mod spans;
+pub mod throttle;
 pub mod writer;
 
 /// How log lines are written.

@@ -364,6 +364,8 @@ pub struct ListenerTls {
     pub acceptor: TlsAcceptor,
     pub resolver: Arc<CertResolver>,
     pub handshake_failures: IntCounter,
+    /// Lets a failed handshake be logged once per interval (`http::server`).
+    pub failure_log: crate::telemetry::throttle::Throttle,
 }
 
 impl ListenerTls {
@@ -397,6 +399,9 @@ impl ListenerTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             resolver,
             handshake_failures: metrics.tls_handshake_failures(listener),
+            failure_log: crate::telemetry::throttle::Throttle::new(
+                crate::telemetry::throttle::FAILURE_LOG_INTERVAL,
+            ),
         })
     }
 }

@@ -68,10 +68,10 @@ fn classify(raw: &[u8], max_line_bytes: usize) -> Line<'_> {
     if std::str::from_utf8(raw).is_err() {
         return Line::Bad(BadLine::InvalidUtf8);
     }
-    if raw.len() > max_line_bytes {
+    let text = raw.strip_suffix(b"\r").unwrap_or(raw);
+    if text.len() > max_line_bytes {
         return Line::Bad(BadLine::TooLong);
     }
-    let text = raw.strip_suffix(b"\r").unwrap_or(raw);
     if text.is_empty() {
         return Line::Blank;
     }
@@ -364,11 +364,11 @@ fn check_parse_line(data: &[u8], max: usize) {
     let text = data.strip_suffix(b"\r").unwrap_or(data);
     let first_space = text.iter().position(|&b| b == b' ');
     let separated = text.get(KEY_LEN) == Some(&b' ');
-    if data.len() > max {
+    if text.len() > max {
         assert_eq!(
             result,
             Err(LineError::TooLong {
-                len: data.len(),
+                len: text.len(),
                 max
             })
         );

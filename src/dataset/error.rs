@@ -100,6 +100,23 @@ pub enum LoadError {
 }
 
 impl LoadError {
+    /// The message an HTTP answer (`POST /admin/reload`'s 422) gives: the same, but a
+    /// malformed line is named by number and reason without its excerpt. A reload may
+    /// name any file in the data file's folder, and the answer must not become a way
+    /// to read the first line of one that is not a data file; the log, which only the
+    /// operator reads, keeps the excerpt.
+    pub fn answer_detail(&self) -> String {
+        match self {
+            LoadError::Malformed {
+                path, line, reason, ..
+            } => format!(
+                "{}:{line}: {reason} (the log has an excerpt of the line)",
+                path.display()
+            ),
+            other => other.to_string(),
+        }
+    }
+
     /// The data file (or its sidecar) at `path` could not be opened. When the file's
     /// folder is missing too, the usual cause is a data volume that is not mounted (the
     /// Kubernetes manifests mount one at /data; the image has no such folder), which

@@ -40,16 +40,19 @@ pub struct Record {
 
 /// Parses one line (without its `\n`). `Ok(None)` is a blank line, which is skipped.
 ///
+/// The limit counts the line without its line end: a CRLF's CR is no more part of
+/// the line than the LF, so a file loads the same whichever line ends it uses.
+///
 /// UTF-8 is not checked here: the loader validates whole chunks at once, which is
 /// several times faster than validating line by line.
 pub fn parse_line(line: &[u8], max_line_bytes: usize) -> Result<Option<Record>, LineError> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.len() > max_line_bytes {
         return Err(LineError::TooLong {
             len: line.len(),
             max: max_line_bytes,
         });
     }
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.is_empty() {
         return Ok(None);
     }
@@ -270,12 +273,18 @@ mod tests {
     }
 
     #[test]
-    fn too_long_counts_the_raw_line() {
+    fn too_long_counts_the_line_without_its_line_end() {
         let line = format!("{KEY} {}", "x".repeat(100));
         assert_eq!(
             parse_line(line.as_bytes(), 50),
             Err(LineError::TooLong { len: 137, max: 50 })
         );
+        let crlf = format!("{line}\r");
+        assert_eq!(
+            parse_line(crlf.as_bytes(), 50),
+            Err(LineError::TooLong { len: 137, max: 50 })
+        );
+        assert!(parse_line(crlf.as_bytes(), 137).unwrap().is_some());
     }
 
     #[test]

@@ -199,19 +199,25 @@ fn load_split(
 /// the other's copy).
 ///
 /// An option is folded in only when it changed something in this load: `--on-duplicate`
-/// when a key was on two lines, `--max-line-bytes` (with `--skip-invalid`, the only
-/// way a line can be skipped) when a line was skipped. Otherwise every line was
-/// served as written whatever the option said, so the ETag stays the file's and
-/// instances whose options differ only where this file does not care keep answering
-/// 304 to each other. `--key-prefixes` is never folded in: it decides which keys are
-/// answered 421, not any value, and a 421 has no ETag.
+/// when a key was on two lines, and `--max-line-bytes` (with `--skip-invalid`) when it
+/// skipped a record, a line that would have been served under a higher limit. The
+/// limit itself is not folded in but the number of records it skipped: the records
+/// over a limit shrink as the limit grows, so for one file that number names exactly
+/// which records were left out, and two limits that leave out the same ones (say 100
+/// and 120 bytes when no line is in between) serve the same values under one ETag.
+/// Lines skipped for another reason are skipped whatever the options say. Otherwise
+/// every line was served as written, so the ETag stays the file's and instances whose
+/// options differ only where this file does not care keep answering 304 to each other.
+/// `--key-prefixes` is never folded in: it decides which keys are answered 421, not
+/// any value, and a 421 has no ETag.
 fn served_etag(file_hash: u128, opts: &LoadOptions, parsed: &Parsed) -> String {
     let duplicates = (parsed.duplicates > 0).then_some(opts.on_duplicate);
-    let skipped = (parsed.skipped > 0).then(|| opts.max_line_bytes.min(MAX_VALUE_LEN));
-    if duplicates.is_none() && skipped.is_none() {
+    let too_long = (parsed.skipped_records > 0).then_some(parsed.skipped_records);
+    if duplicates.is_none() && too_long.is_none() {
         return format!("\"{:016x}\"", file_hash >> 64);
     }
-    let folded = format!("{file_hash:032x} on-duplicate={duplicates:?} skipped-over={skipped:?}");
+    let folded =
+        format!("{file_hash:032x} on-duplicate={duplicates:?} records-too-long={too_long:?}");
     format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(folded.as_bytes()))
 }
 
@@ -281,6 +287,9 @@ struct Parsed {
     /// Phase 1 (parsing into per-shard lists); the rest of `parse` is indexing.
     parse_time: Duration,
     skipped: u64,
+    /// Skipped lines that are records this instance would serve but for
+    /// `--max-line-bytes` (see `served_etag`).
+    skipped_records: u64,
     duplicates: u64,
     foreign: u64,
 }
@@ -302,6 +311,8 @@ struct ChunkResult {
     /// Line start offset and what was wrong with that line.
     first_error: Option<(usize, Failure)>,
     skipped: u64,
+    /// Of `skipped`, the records left out by `--max-line-bytes` alone.
+    skipped_records: u64,
     skipped_samples: Vec<(usize, LineError)>,
     duplicates: u64,
     /// Valid records of keys another shard owns (`--key-prefixes`).
@@ -406,6 +417,7 @@ fn parse(
     let shard_results = index_shards(&shared, &results, threads);
 
     let mut skipped = 0;
+    let mut skipped_records = 0;
     let mut duplicates = 0;
     let mut foreign = 0;
     let mut first_error: Option<(usize, Failure)> = None;
@@ -419,6 +431,7 @@ fn parse(
     };
     for result in results {
         skipped += result.skipped;
+        skipped_records += result.skipped_records;
         foreign += result.foreign;
         samples.extend(result.skipped_samples);
         consider(result.first_error);
@@ -441,6 +454,7 @@ fn parse(
         index,
         parse_time,
         skipped,
+        skipped_records,
         duplicates,
         foreign,
     })
@@ -532,6 +546,9 @@ fn parse_chunk(shared: &Shared<'_>, start: usize, end: usize) -> ChunkResult {
             }
             Err(err) if opts.skip_invalid => {
                 result.skipped += 1;
+                if matches!(err, LineError::TooLong { .. }) && would_serve(line, opts) {
+                    result.skipped_records += 1;
+                }
                 if result.skipped_samples.len() < SKIPPED_SAMPLES {
                     result.skipped_samples.push((line_start, err));
                 }
@@ -563,6 +580,12 @@ fn parse_chunk(shared: &Shared<'_>, start: usize, end: usize) -> ChunkResult {
         .lines_done
         .fetch_add(lines_since_report, Ordering::Relaxed);
     result
+}
+
+/// Whether a line refused as too long is a record this instance would otherwise serve.
+/// Only asked of skipped long lines, so the second parse costs nothing on good files.
+fn would_serve(line: &[u8], opts: &LoadOptions) -> bool {
+    matches!(format::parse_line(line, usize::MAX), Ok(Some(record)) if opts.key_prefixes.owns(record.key))
 }
 
 /// A second line for `key`, whose value starts at `loc`: keeps the value

@@ -88,7 +88,7 @@ async fn reload_dataset(Data(state): Data<&Arc<AppState>>, body: Body) -> Respon
                 ReloadError::Panicked | ReloadError::Spawn(_) => ProblemKind::Internal,
                 ReloadError::Cancelled => ProblemKind::ShuttingDown,
             };
-            Problem::new(kind, err.to_string()).into_response()
+            Problem::new(kind, err.answer_detail()).into_response()
         }
     }
 }

@@ -342,7 +342,7 @@ pub fn lookup(
     conditions: Preconditions<'_>,
     shape: Shape,
 ) -> Lookup {
-    match Uuid::parse_str(raw_key) {
+    match super::key::parse_key(raw_key) {
         Ok(key) => lookup_key(state, key, conditions, shape),
         Err(err) => Lookup::Failed(Problem::invalid_key("key", &err)),
     }

@@ -745,6 +745,7 @@ mod tests {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
+            max_head_bytes: 16 * 1024,
         };
         let progress = Arc::new(Progress::default());
         let admission = ConnectionGate::new(limits)

@@ -71,7 +71,26 @@ impl KeySchema for Version4 {
 impl<S> KeyParam<S> {
     /// Accepts every form the `uuid` crate parses: hyphenated, simple, braced, URN, any case.
     pub fn parse(&self) -> Result<Uuid, uuid::Error> {
-        Uuid::parse_str(&self.0)
+        parse_key(&self.0)
+    }
+}
+
+/// The URN prefix of a UUID (RFC 9562), as the `uuid` crate spells it.
+const URN_PREFIX: &str = "urn:uuid:";
+
+/// A `/v1` key or batch key: every form the `uuid` crate parses, in any case, the
+/// `urn:uuid:` prefix included. The crate takes that prefix in lowercase only, but a
+/// URN's `urn:` and its namespace are case-insensitive (RFC 8141 section 3.1), and
+/// docs/API.md promises any case. (The legacy route keeps the old service's parser,
+/// which refused `URN:UUID:` too.)
+pub fn parse_key(text: &str) -> Result<Uuid, uuid::Error> {
+    match text.get(..URN_PREFIX.len()) {
+        Some(prefix) if prefix != URN_PREFIX && prefix.eq_ignore_ascii_case(URN_PREFIX) => {
+            // Same length, same errors: only the prefix's case changes.
+            let lowered = format!("{URN_PREFIX}{}", &text[URN_PREFIX.len()..]);
+            Uuid::parse_str(&lowered)
+        }
+        _ => Uuid::parse_str(text),
     }
 }
 

@@ -66,7 +66,7 @@ impl Access {
         let (method, client) = (&self.method, &self.client);
         tracing::debug_span!(
             telemetry::REQUEST_SPAN,
-            request_id = %self.id(),
+            request_id = self.id(),
             method = %method,
             path = %path,
             client = %client
@@ -116,7 +116,7 @@ fn log(line: &AccessLine<'_>, span: &Span) {
             route = line.route,
             status = line.status,
             duration_us = line.duration_us,
-            request_id = %line.request_id,
+            request_id = line.request_id,
             client = %Client(line.client),
             "request"
         );

@@ -35,6 +35,7 @@ use super::body::{self, DeadlineBody};
 use super::conn::{ConnectionGate, GuardedStream, Progress, Unsent};
 use super::fast;
 use super::state::HttpState;
+use crate::telemetry::throttle::{bounded, Throttle, FAILURE_LOG_INTERVAL};
 use crate::tls::ListenerTls;
 
 type Body = BoxBody<Bytes, io::Error>;
@@ -43,6 +44,9 @@ type HyperResponse = hyper::Response<Body>;
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again,
 /// so the loop does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Longest error text a failed handshake's log line carries.
+const MAX_ERROR_CHARS: usize = 200;
 
 /// One listener: its socket, connection gate, the poem endpoint for every request,
 /// and, on the API listener, the state the hot routes are answered from.
@@ -65,6 +69,7 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
         let endpoint = Arc::new(self.endpoint);
         let (closing_tx, closing) = watch::channel(false);
         let mut connections = JoinSet::new();
+        let accept_failures = Throttle::new(FAILURE_LOG_INTERVAL);
         tokio::pin!(stop);
         loop {
             let accepted = tokio::select! {
@@ -75,7 +80,14 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
-                    tracing::warn!(listener = self.name, error = %err, "accept failed");
+                    if let Some(left_out) = accept_failures.admit() {
+                        tracing::warn!(
+                            listener = self.name,
+                            error = %err,
+                            not_logged_since_last = left_out,
+                            "accept failed (logged at most once per {FAILURE_LOG_INTERVAL:?})"
+                        );
+                    }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
@@ -124,13 +136,14 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
                                 tracing::debug!(listener, remote = %peer, "connection closed before the TLS handshake ended");
                             }
                             Ok(Err(err)) => {
-                                tls.handshake_failures.inc();
-                                tracing::debug!(listener, remote = %peer, error = %err, "TLS handshake failed");
+                                handshake_failed(&tls, listener, peer, &err.to_string());
                             }
-                            Err(_) => {
-                                tls.handshake_failures.inc();
-                                tracing::debug!(listener, remote = %peer, "TLS handshake not finished within --header-read-timeout");
-                            }
+                            Err(_) => handshake_failed(
+                                &tls,
+                                listener,
+                                peer,
+                                "not finished within --header-read-timeout",
+                            ),
                         }
                     });
                 }
@@ -151,6 +164,22 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
             connections.shutdown().await;
         }
         Ok(())
+    }
+}
+
+/// Counts a failed TLS handshake, and logs it unless one was logged less than
+/// `FAILURE_LOG_INTERVAL` ago: a client can fail handshakes as fast as it connects,
+/// and its error text (a name it sent) is cut short.
+fn handshake_failed(tls: &ListenerTls, listener: &'static str, peer: SocketAddr, error: &str) {
+    tls.handshake_failures.inc();
+    if let Some(left_out) = tls.failure_log.admit() {
+        tracing::info!(
+            listener,
+            remote = %peer,
+            error = %bounded(error, MAX_ERROR_CHARS),
+            not_logged_since_last = left_out,
+            "TLS handshake failed (logged at most once per {FAILURE_LOG_INTERVAL:?}; kvserve_tls_handshake_failures_total counts all)"
+        );
     }
 }
 

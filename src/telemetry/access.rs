@@ -104,8 +104,10 @@ fn format(out: &mut Vec<u8>, json: bool, now: SystemTime, line: &AccessLine<'_>)
         decimal(out, u64::from(line.status));
         out.extend_from_slice(b" duration_us=");
         decimal(out, line.duration_us);
+        // Quoted like the route: the caller chose it, and unquoted a `"x"client=…`
+        // would read as a second `client=` field to a logfmt parser.
         out.extend_from_slice(b" request_id=");
-        out.extend_from_slice(line.request_id.as_bytes());
+        debug_str(out, line.request_id);
         out.extend_from_slice(b" client=");
         client(out, line.client);
         out.push(b'\n');
@@ -297,7 +299,7 @@ mod tests {
                 route = line.route,
                 status = line.status,
                 duration_us = line.duration_us,
-                request_id = %line.request_id,
+                request_id = line.request_id,
                 client = %client,
                 "request"
             );
@@ -330,6 +332,7 @@ mod tests {
             "a\"b\\c",
             "x",
             "{}[]<>'`~!@#$%^&*()=+|;:,.?/",
+            "\"x\"client=6.6.6.6",
         ];
         let clients = [
             Some("127.0.0.1:36862".parse().unwrap()),
@@ -350,8 +353,8 @@ mod tests {
                         let line = AccessLine {
                             method,
                             route,
-                            status: [200, 404, 405, 429][i],
-                            duration_us: [0, 9, 310, u64::MAX][i],
+                            status: [200, 404, 405, 429, 200][i],
+                            duration_us: [0, 9, 310, u64::MAX, 1][i],
                             request_id: id,
                             client,
                         };

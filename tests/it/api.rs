@@ -225,6 +225,48 @@ async fn batch_returns_values_and_missing_with_duplicates_folded() {
     );
 }
 
+/// A batch body naming `keys` twice is refused, naming the member: a proxy that reads
+/// the first and kvserve reading the last would disagree on the keys. Valid JSON in
+/// a member kvserve does not read is ignored, however odd: a number no float holds, a
+/// lone surrogate escape, nesting far deeper than 128 (issue 25, item 17).
+#[tokio::test]
+async fn batch_members_are_unique_and_ignored_ones_may_be_any_json() {
+    let (_dir, s) = server().await;
+    let post = |body: String| {
+        s.client
+            .post(s.url("/v1/keys/batch"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for body in [
+        format!(r#"{{"keys":["{KEY}"],"keys":["{KEY2}"]}}"#),
+        format!(r#"{{"keys":["{KEY}"],"k\u0065ys":["{KEY2}"]}}"#),
+    ] {
+        let p = problem(post(body).await.unwrap(), 400).await;
+        assert_eq!(p["type"], "urn:kvserve:problem:invalid-body", "{p}");
+        assert!(
+            p["detail"]
+                .as_str()
+                .unwrap()
+                .contains("member `keys` appears more than once"),
+            "{p}"
+        );
+    }
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    for odd in ["1e400", r#""\ud800""#, deep.as_str()] {
+        let body = format!(r#"{{"keys":["{KEY}"],"extra":{odd}}}"#);
+        let resp = post(body).await.unwrap();
+        assert_eq!(resp.status(), 200, "{odd:.20}");
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(
+            answer,
+            json!({"values": {KEY: VALUE}, "missing": []}),
+            "{odd:.20}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn bad_batch_bodies_are_problems_naming_the_field() {
     let (_dir, s) = server().await;
@@ -813,6 +855,91 @@ async fn head_has_the_headers_of_get() {
             };
             assert_eq!(headers("HEAD"), headers("GET"), "{path} (fast path {fast})");
         }
+        s.stop().await.unwrap();
+    }
+}
+
+/// `--max-line-bytes` changes the ETag only when it changed which records are served
+/// (issue 25, item 16): lines skipped for another reason, or two limits that skip the
+/// same long record, keep one ETag; a limit that serves that record gets another.
+#[tokio::test]
+async fn max_line_bytes_changes_the_etag_only_when_it_changes_the_answers() {
+    async fn etag(data: &std::path::Path, args: &[&str]) -> String {
+        let s = TestServer::start(data, args).await;
+        let resp = s.get(&format!("/v1/keys/{KEY}")).await;
+        assert_eq!(resp.status(), 200);
+        let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+        s.stop().await.unwrap();
+        etag
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A malformed line, skipped whatever the limit.
+    let bad = write_file(
+        dir.path(),
+        "bad.data",
+        format!("{KEY} {VALUE}\nnot a record\n"),
+    );
+    let skip = |limit: &'static str| ["--skip-invalid", "--max-line-bytes", limit];
+    let default = etag(&bad, &["--skip-invalid"]).await;
+    assert_eq!(etag(&bad, &skip("90")).await, default);
+    assert_eq!(etag(&bad, &skip("200")).await, default);
+
+    // A 150-byte record: skipped under 100 and 120 alike, served under 200.
+    let long = write_file(
+        dir.path(),
+        "long.data",
+        format!("{KEY} {VALUE}\n{KEY2} {}\n", "v".repeat(150 - 37)),
+    );
+    let under_100 = etag(&long, &skip("100")).await;
+    assert_eq!(etag(&long, &skip("120")).await, under_100);
+    assert_ne!(etag(&long, &skip("200")).await, under_100);
+}
+
+/// The `urn:uuid:` prefix of a key is case-insensitive on `/v1` (RFC 8141; docs/API.md:
+/// "any form, any case"), for single keys and batches; the legacy route keeps the old
+/// service's refusal (issue 25, item 18).
+#[tokio::test]
+async fn urn_prefix_in_any_case() {
+    let (_dir, s) = server().await;
+    for form in [
+        format!("URN:UUID:{KEY}"),
+        format!("Urn:Uuid:{}", KEY.to_uppercase()),
+    ] {
+        let resp = s.get(&format!("/v1/keys/{form}")).await;
+        assert_eq!(resp.status(), 200, "{form}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body, json!({"key": KEY, "value": VALUE}));
+        let resp = s.get(&format!("/v1/keys/{form}/value")).await;
+        assert_eq!(resp.text().await.unwrap(), VALUE, "{form}");
+    }
+    let resp = s
+        .client
+        .post(s.url("/v1/keys/batch"))
+        .json(&json!({"keys": [format!("URN:UUID:{KEY}"), KEY]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body, json!({"values": {KEY: VALUE}, "missing": []}));
+    // Still refused where it must be: another prefix, and the legacy route.
+    let resp = s.get(&format!("/v1/keys/URN:UUIX:{KEY}")).await;
+    assert_eq!(resp.status(), 400);
+    let resp = s.get(&format!("/get_value/URN:UUID:{KEY}")).await;
+    assert_eq!(resp.status(), 422);
+}
+
+/// A CRLF line of exactly `--max-line-bytes` loads, as the same line with LF does: the
+/// CR is part of the line end, not of the value (issue 25, item 18).
+#[tokio::test]
+async fn a_crlf_line_of_exactly_the_limit_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let value = "w".repeat(64 - 37);
+    for (name, end) in [("lf.data", "\n"), ("crlf.data", "\r\n")] {
+        let data = write_file(dir.path(), name, format!("{KEY} {value}{end}"));
+        // Waits for readiness: a refused file never gets there.
+        let s = TestServer::start(&data, &["--max-line-bytes", "64"]).await;
+        assert_eq!(s.value_text(KEY).await, value, "{name}");
         s.stop().await.unwrap();
     }
 }

@@ -527,3 +527,96 @@ fn a_fifo_as_the_data_file_is_refused_at_start_up_and_by_verify() {
         }
     }
 }
+
+/// Under a low open-file limit (`ulimit -n 256`, soft and hard), 300 idle API
+/// connections must not take the descriptors the admin listener needs: kvserve lowers
+/// the API listener's `--max-connections` to fit the limit, keeping a reserve, says so
+/// in the log, and `/livez` keeps answering; failed accepts are logged at most once per
+/// interval. Before, the API listener took every descriptor, `/livez` timed out and
+/// "accept failed" was logged every 50 ms (issue 25, item 7).
+#[test]
+fn a_low_open_file_limit_leaves_room_for_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "fd.data", sample_lines());
+    let mut p = spawn_command(with_open_file_limit(&data, 256));
+    wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(TcpStream::connect(p.api).unwrap());
+    }
+    // Give the server time to accept (or refuse) every one of them.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    assert_eq!(http_status(p.admin, "/livez"), Some(200), "/livez");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let text = {
+        let mut stream = TcpStream::connect(p.admin).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut text).unwrap();
+        text
+    };
+    let api_limit = series(&text, "kvserve_http_connections_limit{listener=\"api\"}").unwrap();
+    let admin_limit = series(&text, "kvserve_http_connections_limit{listener=\"admin\"}").unwrap();
+    assert!(
+        api_limit + admin_limit < 256.0 && admin_limit >= 8.0,
+        "api {api_limit}, admin {admin_limit}"
+    );
+    let log = p.log();
+    assert!(
+        log.contains("lowered to fit"),
+        "no warning about the limit:\n{log}"
+    );
+    let accept_failures = log.matches("accept failed").count();
+    assert!(
+        accept_failures <= 1,
+        "{accept_failures} accept failures logged"
+    );
+    drop(idle);
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+}
+
+/// kvserve serving `data`, started with `RLIMIT_NOFILE` soft and hard at `limit`, so it
+/// cannot raise it.
+fn with_open_file_limit(data: &Path, limit: u64) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(binary());
+    command.args(serve_args(data, &[]));
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
+/// An open-file limit too low for a few connections per listener is refused at
+/// start-up with a message naming it, instead of serving until the first flood.
+#[test]
+fn an_open_file_limit_too_low_to_serve_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_file(dir.path(), "fd.data", sample_lines());
+    let out = with_open_file_limit(&data, 40).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the open-file limit (ulimit -n) is 40"),
+        "{stderr}"
+    );
+}

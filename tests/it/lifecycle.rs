@@ -270,8 +270,33 @@ fn the_last_log_lines_before_a_sigterm_are_written() {
     let log = p.log();
     for n in 0..200 {
         assert!(
-            log.contains(&format!("request_id=last-words-{n} ")),
+            log.contains(&format!("request_id=\"last-words-{n}\" ")),
             "access line {n} missing from:\n{log}"
         );
     }
+}
+
+/// The caller's `X-Request-Id` is quoted in the text access line, so an id such as
+/// `"x"client=6.6.6.6` cannot plant a second `client=` field for a logfmt parser
+/// (issue 25, item 20).
+#[test]
+fn a_request_id_cannot_plant_a_log_field() {
+    let (_dir, _, mut p) = ready_sample_binary("t.data", &[]);
+    let mut conn = TcpStream::connect(p.api).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!(
+        "GET /v1/keys/{KEY} HTTP/1.1\r\nHost: x\r\nX-Request-Id: \"x\"client=6.6.6.6\r\n\r\n"
+    );
+    conn.write_all(request.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut conn).unwrap().unwrap().0, 200);
+    wait_until("the access line", || p.log().contains("6.6.6.6"));
+    let log = p.log();
+    let line = log.lines().find(|l| l.contains("6.6.6.6")).unwrap();
+    assert!(
+        line.contains(r#" request_id="\"x\"client=6.6.6.6" client=127.0.0.1:"#),
+        "{line}"
+    );
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
 }

@@ -185,6 +185,23 @@ async fn a_good_reload_swaps_the_data_and_purges_the_cache() {
     s.stop().await.unwrap();
 }
 
+/// A reload naming another file of the data folder (a credential, a config) gets a
+/// 422 that names the line and the reason but quotes nothing of it (issue 25, item 20).
+#[tokio::test]
+async fn a_reload_of_another_file_quotes_none_of_it() {
+    let (dir, _, s) = TestServer::with_sample_file("q.data", &[]).await;
+    write_file(dir.path(), "secret.txt", "password=TOP-SECRET-VALUE\n");
+    let resp = admin_post(&s, "/admin/reload", Some(json!({"path": "secret.txt"}))).await;
+    let body = problem(resp, 422).await;
+    let text = body.to_string();
+    assert!(!text.contains("TOP-SECRET"), "content quoted: {text}");
+    assert!(!text.contains("password"), "content quoted: {text}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("secret.txt:1:"), "{detail}");
+    assert_eq!(s.value_text(KEY).await, VALUE, "the old dataset stays");
+    s.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_corrupt_reload_keeps_the_old_data_and_says_why() {
     let (dir, _, s) = TestServer::with_sample_file("c.data", &[]).await;

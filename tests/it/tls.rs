@@ -650,3 +650,83 @@ fn bad_tls_configuration_is_a_start_up_error_naming_flag_and_file() {
         }
     }
 }
+
+/// A TLS record holding a ClientHello whose SNI extension names `host`, which need
+/// not be a valid DNS name (rustls's client refuses to send one).
+fn client_hello_with_sni(host: &[u8]) -> Vec<u8> {
+    fn u16_len(out: &mut Vec<u8>, len: usize) {
+        out.extend_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+    }
+    let mut sni = Vec::new();
+    u16_len(&mut sni, host.len() + 3);
+    sni.push(0); // host_name
+    u16_len(&mut sni, host.len());
+    sni.extend_from_slice(host);
+    let mut extensions = Vec::new();
+    for (kind, body) in [
+        (0x0000u16, sni),
+        (0x000a, vec![0, 4, 0x00, 0x1d, 0x00, 0x17]), // x25519, secp256r1
+        (0x000d, vec![0, 6, 0x08, 0x04, 0x04, 0x03, 0x04, 0x01]),
+        (0x002b, vec![4, 0x03, 0x04, 0x03, 0x03]), // TLS 1.3, 1.2
+    ] {
+        extensions.extend_from_slice(&kind.to_be_bytes());
+        u16_len(&mut extensions, body.len());
+        extensions.extend_from_slice(&body);
+    }
+    let mut hello = vec![0x03, 0x03];
+    hello.extend_from_slice(&[7; 32]); // random
+    hello.push(0); // no session id
+    hello.extend_from_slice(&[0, 6, 0x13, 0x01, 0xc0, 0x2b, 0xc0, 0x2f]);
+    hello.extend_from_slice(&[1, 0]); // null compression
+    u16_len(&mut hello, extensions.len());
+    hello.extend_from_slice(&extensions);
+    let mut handshake = vec![1];
+    handshake.extend_from_slice(&u32::try_from(hello.len()).unwrap().to_be_bytes()[1..]);
+    handshake.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x01];
+    u16_len(&mut record, handshake.len());
+    record.extend_from_slice(&handshake);
+    record
+}
+
+/// Handshakes that name an invalid SNI host cost a bounded, aggregated log: rustls
+/// logged each whole name (up to 64 KiB) at WARN, 200 handshakes 12 MB; now at most
+/// one short line per interval says how many failed (issue 25, item 8).
+#[test]
+fn failed_handshakes_are_logged_bounded_and_aggregated() {
+    let pki = Pki::new();
+    let (cert, key) = pki.pair("server", &pki.server("kvserve api", HOSTS, false));
+    let (_dir, mut p) = serve_tls(&pki, &["--tls-cert", &cert, "--tls-key", &key]);
+    let before = p.log().len();
+    let host = "bad!name".repeat(1_500); // 12,000 bytes
+    let hello = client_hello_with_sni(host.as_bytes());
+    for _ in 0..30 {
+        let mut tcp = TcpStream::connect(p.api).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        tcp.write_all(&hello).unwrap();
+        tcp.shutdown(std::net::Shutdown::Write).unwrap();
+        // Until the server has answered (an alert) and closed.
+        let _ = tcp.read_to_end(&mut Vec::new());
+    }
+    // Still serving.
+    let config = client_config(&pki.ca_pem(), None);
+    assert_eq!(
+        get(p.api, &config, &format!("/v1/keys/{KEY}")).unwrap().0,
+        200
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let log = p.log();
+    let written = &log[before..];
+    assert!(
+        !written.contains("bad!namebad!namebad!name"),
+        "the name was logged: {} bytes of log",
+        written.len()
+    );
+    assert!(
+        written.len() < 8_000,
+        "{} bytes of log for 30 handshakes",
+        written.len()
+    );
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+}
