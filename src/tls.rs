@@ -5,7 +5,8 @@
 //! rustls with the ring provider (it builds with the C compiler alone; aws-lc-rs needs
 //! cmake), TLS 1.2 and 1.3, HTTP/1.1 only (ALPN `http/1.1`), as the server speaks no
 //! HTTP/2. The handshake runs under the connection's request-head deadline
-//! (`http::server`), so a client that never finishes it does not hold a slot.
+//! (`http::server`), so a client that never finishes it does not hold a slot, and may
+//! read at most [`MAX_HANDSHAKE_BYTES`] ([`HandshakeCap`]), so it holds little memory.
 //!
 //! The certificate is reloadable without dropping connections: each listener's
 //! [`CertResolver`] hands rustls the pair held in an `ArcSwap`, and a reload (SIGHUP,
@@ -471,5 +472,104 @@ impl Listeners {
 pub fn reload_all(resolvers: &[Arc<CertResolver>], trigger: &str) {
     for resolver in resolvers {
         let _ = resolver.reload(trigger);
+    }
+}
+
+/// The most a client may send before its TLS handshake ends: a ClientHello (a few KiB
+/// even with post-quantum key shares) and, on the admin listener with
+/// `--admin-client-ca`, its certificate chain (rarely over 10 KiB). rustls buffers a
+/// handshake message of up to 64 KiB while it arrives, so without this cap a client
+/// that starts a handshake and never ends it held about 70 KiB until the deadline.
+pub const MAX_HANDSHAKE_BYTES: usize = 32 * 1024;
+
+/// A connection's stream beneath TLS that refuses to read more than
+/// [`MAX_HANDSHAKE_BYTES`] until the handshake has ended ([`HandshakeCap::lift`]), so an
+/// unfinished handshake holds at most that much; after it, a plain pass-through.
+pub struct HandshakeCap<S> {
+    inner: S,
+    /// Bytes the handshake may still read; `None` once it has ended.
+    left: Option<usize>,
+}
+
+impl<S> HandshakeCap<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            left: Some(MAX_HANDSHAKE_BYTES),
+        }
+    }
+
+    /// The handshake has ended: no cap from now on.
+    pub fn lift(&mut self) {
+        self.left = None;
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HandshakeCap<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let Some(left) = this.left else {
+            return std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
+        if left == 0 {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the client sent more than {MAX_HANDSHAKE_BYTES} bytes before its TLS handshake ended"),
+            )));
+        }
+        // Read into at most `left` bytes of the caller's buffer.
+        let mut limited = buf.take(left);
+        let result = std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut limited);
+        let read = limited.filled().len();
+        // SAFETY: `read` bytes of the buffer's unfilled part were just initialised by
+        // the inner read through `limited`, which borrows that same memory.
+        unsafe { buf.assume_init(read) };
+        buf.advance(read);
+        this.left = Some(left - read);
+        result
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HandshakeCap<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

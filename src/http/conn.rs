@@ -645,9 +645,9 @@ impl Unsent for TcpStream {
 
 /// TLS: the TCP stream beneath (records rustls still holds are not counted: they
 /// leave as soon as the kernel takes them, which a write then reports).
-impl Unsent for tokio_rustls::server::TlsStream<TcpStream> {
+impl Unsent for tokio_rustls::server::TlsStream<crate::tls::HandshakeCap<TcpStream>> {
     fn unsent(&self) -> Option<usize> {
-        self.get_ref().0.unsent()
+        self.get_ref().0.get_ref().unsent()
     }
 }
 

@@ -36,7 +36,7 @@ use super::conn::{ConnectionGate, GuardedStream, Progress, Unsent};
 use super::fast;
 use super::state::HttpState;
 use crate::telemetry::throttle::{bounded, Throttle, FAILURE_LOG_INTERVAL};
-use crate::tls::ListenerTls;
+use crate::tls::{HandshakeCap, ListenerTls};
 
 type Body = BoxBody<Bytes, io::Error>;
 type HyperResponse = hyper::Response<Body>;
@@ -123,9 +123,11 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
                     connections.spawn(async move {
                         // Under the first request head's deadline: a client that never
                         // finishes the handshake does not hold its slot for longer.
-                        let handshake = tls.acceptor.accept(stream);
+                        // Capped too: an unfinished handshake holds little (tls.rs).
+                        let handshake = tls.acceptor.accept(HandshakeCap::new(stream));
                         match tokio::time::timeout_at(admission.deadline(), handshake).await {
-                            Ok(Ok(stream)) => {
+                            Ok(Ok(mut stream)) => {
+                                stream.get_mut().0.lift();
                                 let stream = admission.guard(stream, progress, peer);
                                 drive(stream, service, closing, buffer).await;
                             }

@@ -730,3 +730,57 @@ fn failed_handshakes_are_logged_bounded_and_aggregated() {
     let _ = p.child.kill();
     let _ = p.child.wait();
 }
+
+/// A handshake may read at most `tls::MAX_HANDSHAKE_BYTES` (32 KiB) before it ends: a
+/// client that starts a ClientHello of 60,000 bytes and sends 48 KiB of it is refused
+/// and closed at once, instead of being buffered (about 70 KiB in rustls) until the
+/// head deadline.
+#[test]
+fn an_oversized_unfinished_handshake_is_refused_at_the_cap() {
+    let pki = Pki::new();
+    let (cert, key) = pki.pair("server", &pki.server("kvserve api", HOSTS, false));
+    let (_dir, mut p) = serve_tls(
+        &pki,
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--header-read-timeout",
+            "60s",
+        ],
+    );
+    let mut tcp = TcpStream::connect(p.api).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Three full handshake records: a ClientHello header announcing 60,000 bytes, then
+    // filler; the message is never finished.
+    let mut sent = Vec::new();
+    for record in 0..3 {
+        let mut payload = vec![0x42u8; 16_384];
+        if record == 0 {
+            payload[..4].copy_from_slice(&[1, 0x00, 0xea, 0x60]);
+        }
+        sent.extend_from_slice(&[0x16, 0x03, 0x01, 0x40, 0x00]);
+        sent.extend_from_slice(&payload);
+    }
+    let _ = tcp.write_all(&sent);
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = match tcp.read_to_end(&mut rest) {
+        Ok(_) => true,
+        Err(err) => err.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(
+        closed,
+        "the connection stayed open {:?} after 48 KiB of an unfinished handshake",
+        started.elapsed()
+    );
+    common::wait_until("the refusal counted", || handshake_failures(&p) >= 1.0);
+    let config = client_config(&pki.ca_pem(), None);
+    assert_eq!(
+        get(p.api, &config, &format!("/v1/keys/{KEY}")).unwrap().0,
+        200
+    );
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+}
