@@ -146,10 +146,11 @@ pub fn admin_endpoint(state: Arc<HttpState>) -> impl Endpoint<Output = Response>
     routes.around(move |routes, req| {
         let state = state.clone();
         async move {
-            let mut resp = match pipeline::authenticate(&state, &Head::of(&req), ADMIN) {
-                Ok(_) => routes.call(req).await?,
-                Err(refusal) => *refusal,
-            };
+            let mut resp =
+                match pipeline::authenticate(&state, &Head::of(&req, &state.clients), ADMIN) {
+                    Ok(_) => routes.call(req).await?,
+                    Err(refusal) => *refusal,
+                };
             pipeline::nosniff(&mut resp);
             Ok(resp)
         }

@@ -8,7 +8,6 @@
 //! colours: the default) is formatted by `telemetry::access`, the same bytes tracing
 //! would write, at a fraction of the cost.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -17,6 +16,7 @@ use poem::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use poem::Response;
 use tracing::Span;
 
+use super::client::ClientAddr;
 use crate::telemetry::{self, access, access::AccessLine};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -36,7 +36,7 @@ pub struct Access {
 
 impl Access {
     /// Starts the clock and settles the request id: the caller's, if usable.
-    pub fn begin(headers: &HeaderMap, method: &Method, client: Option<SocketAddr>) -> Self {
+    pub fn begin(headers: &HeaderMap, method: &Method, client: Option<ClientAddr>) -> Self {
         let id = headers
             .get(&REQUEST_ID)
             .filter(|v| usable_id(v.as_bytes()))
@@ -83,7 +83,7 @@ impl Access {
             status: resp.status().as_u16(),
             duration_us: self.started.elapsed().as_micros() as u64,
             request_id: id,
-            client: self.client.0,
+            client: self.client.0.map(|c| (c.ip(), c.port())),
         };
         // Written by hand when plain; through tracing when a span or colours go with it.
         if !access::write(&line, !span.is_disabled()) {
@@ -103,8 +103,9 @@ impl Access {
     }
 }
 
-/// The peer address, formatted only if a log line or span asks for it.
-struct Client(Option<SocketAddr>);
+/// The resolved client address (`ip:port` for the peer, the bare address from
+/// `X-Forwarded-For`), formatted only if a log line or span asks for it.
+struct Client(Option<ClientAddr>);
 
 impl std::fmt::Display for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

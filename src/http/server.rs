@@ -34,6 +34,7 @@ use tokio::task::JoinSet;
 use super::body::DeadlineBody;
 use super::conn::{ConnectionGate, GuardedStream, Progress};
 use super::fast;
+use super::peers::{PeerConnections, PeerSlot};
 use super::state::HttpState;
 use crate::tls::ListenerTls;
 
@@ -54,6 +55,10 @@ pub struct Listener<E> {
     pub fast: Option<Arc<HttpState>>,
     /// TLS on this listener (`--tls-cert`, `--admin-tls-cert`), or plain TCP.
     pub tls: Option<Arc<ListenerTls>>,
+    /// The API listener's connections per address (`--max-connections-per-address`).
+    pub peers: Option<Arc<PeerConnections>>,
+    /// `kvserve_http_connections_refused_total{listener, reason="max_connections"}`.
+    pub refused: prometheus::IntCounter,
 }
 
 impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
@@ -80,7 +85,15 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
                     continue;
                 }
             };
+            let held = match &self.peers {
+                Some(peers) => match peers.admit(peer.ip()) {
+                    Some(held) => Some(held),
+                    None => continue,
+                },
+                None => None,
+            };
             let Some(admission) = self.gate.admit() else {
+                self.refused.inc();
                 tracing::warn!(listener = self.name, remote = %peer, limit = self.gate.limit(), "connection refused: --max-connections reached");
                 continue;
             };
@@ -90,6 +103,7 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
                 fast: self.fast.clone(),
                 local: local.clone(),
                 peer,
+                _held: held,
                 progress: progress.clone(),
                 body_read_timeout: self.gate.body_read_timeout(),
                 scheme: if self.tls.is_some() {
@@ -195,6 +209,8 @@ struct ConnectionService<E> {
     fast: Option<Arc<HttpState>>,
     local: LocalAddr,
     peer: SocketAddr,
+    /// The connection's place in its address's count, given back when it ends.
+    _held: Option<PeerSlot>,
     /// Tells the connection's deadlines where each request begins and ends.
     progress: Arc<Progress>,
     body_read_timeout: Duration,

@@ -24,6 +24,7 @@ mod fuzz_checks;
 
 mod api;
 mod architecture;
+mod clients;
 mod compression;
 mod differential;
 mod docs;
