@@ -240,8 +240,9 @@ impl AuthArgs {
 pub struct ProtectArgs {
     /// Requests per second per client address (off when unset), checked before
     /// authentication: requests without a valid token count too, and a refused one
-    /// costs no signature check. The address is the peer's, or the first
-    /// `X-Forwarded-For` entry with `--trust-forwarded-for`.
+    /// costs no signature check. The address is the peer's, or behind trusted proxies
+    /// (`--trusted-proxies`, `--forwarded-hops`) the `X-Forwarded-For` entry they add;
+    /// IPv6 clients are counted by their `--ipv6-prefix` network.
     #[arg(long, env = "KVSERVE_RATE_LIMIT", value_name = "N")]
     pub rate_limit: Option<std::num::NonZeroU32>,
 
@@ -270,10 +271,44 @@ pub struct ProtectArgs {
     )]
     pub subject_rate_limit_burst: Option<std::num::NonZeroU32>,
 
-    /// Take the client address from the first `X-Forwarded-For` entry. Only behind a
-    /// proxy that sets it: anyone can forge the header.
-    #[arg(long, env = "KVSERVE_TRUST_FORWARDED_FOR")]
+    /// Proxies in front of kvserve (addresses or CIDR ranges, comma-separated): from a
+    /// peer in the list, the client is the right-most `X-Forwarded-For` entry not in
+    /// the list; from any other peer the header is ignored. Their connections are not
+    /// capped by `--max-connections-per-address`.
+    #[arg(
+        long,
+        env = "KVSERVE_TRUSTED_PROXIES",
+        value_name = "CIDR,...",
+        value_delimiter = ',',
+        conflicts_with = "forwarded_hops"
+    )]
+    pub trusted_proxies: Vec<crate::http::cidr::Cidr>,
+
+    /// Number of proxies in front of kvserve that append to `X-Forwarded-For`, when
+    /// their addresses are not known: the client is the N-th entry from the right,
+    /// whoever the peer is. Only when no client can reach kvserve but through them.
+    #[arg(long, env = "KVSERVE_FORWARDED_HOPS", value_name = "N")]
+    pub forwarded_hops: Option<std::num::NonZeroUsize>,
+
+    /// Deprecated: the same as `--forwarded-hops 1` (it used to take the first entry,
+    /// which the client writes).
+    #[arg(
+        long,
+        env = "KVSERVE_TRUST_FORWARDED_FOR",
+        conflicts_with_all = ["trusted_proxies", "forwarded_hops"]
+    )]
     pub trust_forwarded_for: bool,
+
+    /// Leading bits of an IPv6 client address that name one client for the rate and
+    /// connection limits (one host or subscriber commonly holds a /64); logs and spans
+    /// show the whole address.
+    #[arg(
+        long,
+        env = "KVSERVE_IPV6_PREFIX",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u8).range(1..=128)
+    )]
+    pub ipv6_prefix: u8,
 
     /// Concurrent API requests; more get 503 at once (off when unset).
     #[arg(long, env = "KVSERVE_MAX_IN_FLIGHT", value_name = "N")]
@@ -301,6 +336,12 @@ pub struct ProtectArgs {
     #[arg(long, env = "KVSERVE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
+    /// Open API connections from one address (an IPv6 client's `--ipv6-prefix`
+    /// network); more are closed at once. Default: a tenth of `--max-connections` (at
+    /// least 1); 0: no cap. `--trusted-proxies` are not capped.
+    #[arg(long, env = "KVSERVE_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N")]
+    pub max_connections_per_address: Option<usize>,
+
     /// Longest request target (path and query) accepted; longer gets 414.
     #[arg(long, env = "KVSERVE_MAX_URI_BYTES", default_value = "16KiB", value_parser = parse_size)]
     pub max_uri_bytes: usize,
@@ -326,6 +367,32 @@ pub struct ProtectArgs {
     /// JWT key or `--admin-client-ca`).
     #[arg(long, env = "KVSERVE_ADMIN_INSECURE")]
     pub admin_insecure: bool,
+}
+
+impl ProtectArgs {
+    /// How a request's client address is found: `--trusted-proxies`,
+    /// `--forwarded-hops` (or the deprecated `--trust-forwarded-for`, one hop), and
+    /// `--ipv6-prefix`.
+    pub fn clients(&self) -> crate::http::client::ClientResolver {
+        use crate::http::client::{ClientResolver, Trust};
+        let trust = if !self.trusted_proxies.is_empty() {
+            Trust::Proxies(self.trusted_proxies.clone())
+        } else if let Some(hops) = self.forwarded_hops {
+            Trust::Hops(hops)
+        } else if self.trust_forwarded_for {
+            Trust::Hops(std::num::NonZeroUsize::MIN)
+        } else {
+            Trust::Peer
+        };
+        ClientResolver::new(trust, self.ipv6_prefix)
+    }
+
+    /// `--max-connections-per-address`, or its default: a tenth of
+    /// `--max-connections`, at least 1.
+    pub fn connections_per_address(&self) -> usize {
+        self.max_connections_per_address
+            .unwrap_or((self.max_connections / 10).max(1))
+    }
 }
 
 /// TLS on the listeners, for direct exposure: without a mesh or an ingress that

@@ -135,11 +135,14 @@ impl App {
             protect
                 .subject_rate_limit
                 .map(|n| spec(n, protect.subject_rate_limit_burst)),
-            protect.trust_forwarded_for,
         );
+        if protect.trust_forwarded_for {
+            tracing::warn!("--trust-forwarded-for (KVSERVE_TRUST_FORWARDED_FOR) is deprecated: it now means --forwarded-hops 1 (the right-most X-Forwarded-For entry, the one the proxy in front added); name the proxies with --trusted-proxies instead");
+        }
         let app = AppState::new(Cache::new(args.cache_capacity()), reloader)?;
         let tls = tls::Listeners::new(&args.tls.config(), &app.metrics)?;
-        let state = HttpState::new(Arc::new(app), settings, auth, rate_limit)?;
+        let state = HttpState::new(Arc::new(app), settings, auth, rate_limit)?
+            .with_clients(protect.clients(), protect.connections_per_address());
         Ok(Self {
             api,
             admin,
@@ -212,6 +215,11 @@ impl App {
                 endpoint: http::api_endpoint(self.state.clone()),
                 fast: Some(self.state.clone()),
                 tls: self.tls.api.clone(),
+                peers: Some(self.state.peers.clone()),
+                refused: self
+                    .state
+                    .metrics
+                    .connections_refused("api", "max_connections"),
             }
             .serve(stopped(stop_api), self.shutdown_timeout),
         );
@@ -227,6 +235,11 @@ impl App {
                 endpoint: http::admin::admin_endpoint(self.state.clone()),
                 fast: None,
                 tls: self.tls.admin.clone(),
+                peers: None,
+                refused: self
+                    .state
+                    .metrics
+                    .connections_refused("admin", "max_connections"),
             }
             .serve(stopped(stop_admin), self.shutdown_timeout),
         );

@@ -21,7 +21,8 @@ pub struct Setting {
 
 /// Every `serve` flag and global flag, in `--help` order, from `matches` (the
 /// top-level matches; a `serve` subcommand's are looked up in them), plus the settings
-/// that come from elsewhere: the LRU size the storage mode chose and an HS256 secret
+/// that come from elsewhere: the LRU size the storage mode chose, the per-address
+/// connection cap `--max-connections` chose, and an HS256 secret
 /// given in the environment (named, never shown).
 pub fn effective(matches: &ArgMatches, args: &ServeArgs) -> Vec<Setting> {
     let serve = match matches.subcommand() {
@@ -65,6 +66,15 @@ pub fn effective(matches: &ArgMatches, args: &ServeArgs) -> Vec<Setting> {
         if lru.value == "unset" {
             lru.value = args.cache_capacity().to_string();
             lru.source = "default for --storage".to_owned();
+        }
+    }
+    if let Some(cap) = settings
+        .iter_mut()
+        .find(|s| s.name == "max-connections-per-address")
+    {
+        if cap.value == "unset" {
+            cap.value = args.protect.connections_per_address().to_string();
+            cap.source = "default for --max-connections".to_owned();
         }
     }
     if std::env::var_os("KVSERVE_JWT_HS256_SECRET").is_some_and(|s| !s.is_empty()) {

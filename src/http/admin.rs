@@ -157,7 +157,7 @@ pub fn admin_endpoint(state: Arc<HttpState>) -> impl Endpoint<Output = Response>
     routes.around(move |routes, req| {
         let state = state.clone();
         async move {
-            let head = Head::of(&req);
+            let head = Head::of(&req, &state.clients);
             let checked = host::check(head.version, head.headers)
                 .map_err(|problem| Box::new(problem.into_response()))
                 .and_then(|()| pipeline::authenticate(&state, &head, ADMIN));

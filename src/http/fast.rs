@@ -54,7 +54,7 @@ pub fn serve<B>(
         uri: req.uri(),
         version: req.version(),
         headers: req.headers(),
-        peer: Some(peer),
+        client: state.clients.resolve(req.headers(), Some(peer)),
         secure,
     };
     let exchange = pipeline::begin(state, &head);

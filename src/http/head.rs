@@ -2,11 +2,11 @@
 //! (the fast path) or poem's. Its own room so that the pipeline and the parts it calls
 //! (`http::trace`) read the same thing without importing each other.
 
-use std::net::SocketAddr;
-
 use poem::http::uri::Scheme;
 use poem::http::{HeaderMap, Method, Uri, Version};
 use poem::Request;
+
+use super::client::{ClientAddr, ClientResolver};
 
 /// What admission reads of a request: its head and who sent it.
 pub struct Head<'a> {
@@ -14,19 +14,22 @@ pub struct Head<'a> {
     pub uri: &'a Uri,
     pub version: Version,
     pub headers: &'a HeaderMap,
-    pub peer: Option<SocketAddr>,
+    /// Who sent it, resolved once (`http::client`): what the rate limits, the access
+    /// log and the span all name. The raw peer is deliberately not here.
+    pub client: Option<ClientAddr>,
     /// Whether the request came over TLS (`https`).
     pub secure: bool,
 }
 
 impl<'a> Head<'a> {
-    pub fn of(req: &'a Request) -> Self {
+    pub fn of(req: &'a Request, clients: &ClientResolver) -> Self {
+        let peer = req.remote_addr().as_socket_addr().copied();
         Self {
             method: req.method(),
             uri: req.uri(),
             version: req.version(),
             headers: req.headers(),
-            peer: req.remote_addr().as_socket_addr().copied(),
+            client: clients.resolve(req.headers(), peer),
             secure: req.scheme() == &Scheme::HTTPS,
         }
     }

@@ -46,6 +46,7 @@ pub struct HttpMetrics {
     rate_limited_subject: IntCounter,
     connections_open: IntGaugeVec,
     connections_limit: IntGaugeVec,
+    connections_refused: IntCounterVec,
 }
 
 impl HttpMetrics {
@@ -109,7 +110,17 @@ impl HttpMetrics {
             &["listener"],
         )
         .map_err(err("kvserve_http_connections_limit"))?;
-        let collectors: [(&'static str, Box<dyn prometheus::core::Collector>); 7] = [
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "kvserve_http_connections_refused_total",
+                "Connections closed at accept, by listener and reason (max_connections: the \
+                 listener is full; per_address: the address holds \
+                 --max-connections-per-address)",
+            ),
+            &["listener", "reason"],
+        )
+        .map_err(err("kvserve_http_connections_refused_total"))?;
+        let collectors: [(&'static str, Box<dyn prometheus::core::Collector>); 8] = [
             ("kvserve_http_requests_total", Box::new(requests.clone())),
             (
                 "kvserve_http_request_duration_seconds",
@@ -132,6 +143,10 @@ impl HttpMetrics {
                 "kvserve_http_connections_limit",
                 Box::new(connections_limit.clone()),
             ),
+            (
+                "kvserve_http_connections_refused_total",
+                Box::new(connections_refused.clone()),
+            ),
         ];
         for (name, collector) in collectors {
             registry.register(collector).map_err(err(name))?;
@@ -146,7 +161,15 @@ impl HttpMetrics {
             auth_failures,
             connections_open,
             connections_limit,
+            connections_refused,
         })
+    }
+
+    /// `kvserve_http_connections_refused_total{listener, reason}`: created at start, so
+    /// the series exists at 0 before the first refusal.
+    pub fn connections_refused(&self, listener: &str, reason: &str) -> IntCounter {
+        self.connections_refused
+            .with_label_values(&[listener, reason])
     }
 
     /// Exports `limit` as `kvserve_http_connections_limit{listener}` and returns the

@@ -63,7 +63,7 @@ pub struct Exchange {
 
 /// Step 1, for every request.
 pub fn begin(state: &HttpState, head: &Head<'_>) -> Exchange {
-    let access = Access::begin(head.headers, head.method, head.peer);
+    let access = Access::begin(head.headers, head.method, head.client);
     let span = access.span(head.uri.path());
     let trace = RequestTrace::start(head, access.id());
     Exchange {
@@ -92,7 +92,7 @@ pub struct Admission {
 pub fn admit(state: &HttpState, head: &Head<'_>, policy: Policy) -> Result<Admission, Refusal> {
     host::check(head.version, head.headers).map_err(|problem| Box::new(problem.into_response()))?;
     let permit = state.limits.admit(head.uri, head.headers)?;
-    let peer = head.peer.map(|addr| addr.ip());
+    let client = head.client.as_ref();
     let Some(limits) = &state.rate_limit else {
         return Ok(Admission {
             _permit: permit,
@@ -105,8 +105,11 @@ pub fn admit(state: &HttpState, head: &Head<'_>, policy: Policy) -> Result<Admis
         Box::new(limits.refusal(refused, standings))
     };
     let mut standings = Standings::default();
-    if let Err(refusal) = limits.check_peer(&mut standings, head.headers, peer) {
-        return Err(refused(refusal, &standings));
+    if let Err(refusal) = limits.check_peer(&mut standings, client) {
+        let mut refusal = refused(refusal, &standings);
+        let burst = limits.peer_burst().unwrap_or(0);
+        state.peers.shed_refused(client, burst, &mut refusal);
+        return Err(refusal);
     }
     let principal = match authenticate(state, head, policy) {
         Ok(principal) => principal,
@@ -115,7 +118,7 @@ pub fn admit(state: &HttpState, head: &Head<'_>, policy: Policy) -> Result<Admis
             return Err(refusal);
         }
     };
-    let subject = limits.check_subject(&mut standings, principal.as_ref(), head.headers, peer);
+    let subject = limits.check_subject(&mut standings, principal.as_ref(), client);
     if let Err(refusal) = subject {
         return Err(refused(refusal, &standings));
     }
@@ -231,7 +234,7 @@ pub async fn through_framework<E: Endpoint<Output = Response>>(
 ) -> poem::Result<Response> {
     let method = req.method().clone();
     let before_routing = routes::path_label(req.uri().path());
-    let head = Head::of(&req);
+    let head = Head::of(&req, &state.clients);
     let accept = Accept::of(head.headers);
     let exchange = begin(&state, &head);
     let admitted = exchange.span.in_scope(|| admit(&state, &head, API));

@@ -3,8 +3,9 @@
 //! 1. **peer** (`--rate-limit N`, `--rate-limit-burst B`): per client address, before
 //!    authentication, so requests with no token or a bad signature are limited before
 //!    any signature is checked (a bad RS256 token costs ~17× the CPU of a request
-//!    without one). The address is the peer's, or with `--trust-forwarded-for` the first
-//!    `X-Forwarded-For` entry (only behind a proxy that sets it: anyone can forge it).
+//!    without one). The address is the request's resolved client (`http::client`: the
+//!    peer, or behind trusted proxies the `X-Forwarded-For` entry they vouch for), an
+//!    IPv6 client counted by its `--ipv6-prefix` network.
 //! 2. **subject** (`--subject-rate-limit`, `--subject-rate-limit-burst`): per verified
 //!    token `sub`, after authentication (a token without `sub` is keyed by its address).
 //!
@@ -35,6 +36,7 @@ use poem::http::{header, HeaderMap, HeaderName, HeaderValue};
 use poem::{IntoResponse, Response};
 
 use super::auth::Principal;
+use super::client::ClientAddr;
 use super::problem::{Problem, ProblemKind};
 
 /// How often idle client state is dropped.
@@ -175,6 +177,11 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
     }
 }
 
+/// The key a client is limited under; all clients of unknown address share one.
+fn key(client: Option<&ClientAddr>) -> IpAddr {
+    client.map_or(IpAddr::from([0, 0, 0, 0]), ClientAddr::key)
+}
+
 fn ceil_secs(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
@@ -198,18 +205,13 @@ impl Standings {
 pub struct RateLimits {
     peer: Option<KeyedLimit<IpAddr>>,
     subject: Option<KeyedLimit<SubjectKey>>,
-    trust_forwarded_for: bool,
     /// Every configured policy, as one `RateLimit-Policy` value.
     policy: HeaderValue,
 }
 
 impl RateLimits {
     /// `None` when neither limit is set.
-    pub fn new(
-        peer: Option<LimitSpec>,
-        subject: Option<LimitSpec>,
-        trust_forwarded_for: bool,
-    ) -> Option<Self> {
+    pub fn new(peer: Option<LimitSpec>, subject: Option<LimitSpec>) -> Option<Self> {
         if peer.is_none() && subject.is_none() {
             return None;
         }
@@ -224,7 +226,6 @@ impl RateLimits {
         Some(Self {
             peer,
             subject,
-            trust_forwarded_for,
             policy: HeaderValue::from_str(&policies.join(", "))
                 .unwrap_or(HeaderValue::from_static("")),
         })
@@ -248,33 +249,21 @@ impl RateLimits {
         }
     }
 
-    /// The client address: the peer's, or the first `X-Forwarded-For` entry if trusted.
-    fn address(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> IpAddr {
-        if self.trust_forwarded_for {
-            let forwarded = headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .and_then(|first| first.trim().parse::<IpAddr>().ok());
-            if let Some(ip) = forwarded {
-                return ip;
-            }
-        }
-        peer.unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    /// The burst of the per-address limit, if it is on.
+    pub fn peer_burst(&self) -> Option<u32> {
+        self.peer.as_ref().map(|limit| limit.burst)
     }
 
     /// The per-address limit; call before authentication. A no-op when it is off.
     pub fn check_peer(
         &self,
         standings: &mut Standings,
-        headers: &HeaderMap,
-        peer: Option<IpAddr>,
+        client: Option<&ClientAddr>,
     ) -> Result<(), Refused> {
         let Some(limit) = &self.peer else {
             return Ok(());
         };
-        let address = self.address(headers, peer);
-        limit.check(&address, standings, "from this address")
+        limit.check(&key(client), standings, "from this address")
     }
 
     /// The per-subject limit; call after authentication with its principal. A no-op
@@ -283,15 +272,14 @@ impl RateLimits {
         &self,
         standings: &mut Standings,
         principal: Option<&Principal>,
-        headers: &HeaderMap,
-        peer: Option<IpAddr>,
+        client: Option<&ClientAddr>,
     ) -> Result<(), Refused> {
         let (Some(limit), Some(principal)) = (&self.subject, principal) else {
             return Ok(());
         };
         let key = match &principal.subject {
             Some(subject) => SubjectKey::Subject(subject.clone()),
-            None => SubjectKey::Address(self.address(headers, peer)),
+            None => SubjectKey::Address(key(client)),
         };
         limit.check(&key, standings, "for this token's subject")
     }
@@ -365,14 +353,14 @@ mod tests {
         assert_eq!(policy(2, 5), "\"peer\";q=5;w=3");
         // Faster than one window of a second: conservative, never more than allowed.
         assert_eq!(policy(1000, 100), "\"peer\";q=100;w=1");
-        let both = RateLimits::new(Some(spec(100, 200)), Some(spec(2, 4)), false).unwrap();
+        let both = RateLimits::new(Some(spec(100, 200)), Some(spec(2, 4))).unwrap();
         assert_eq!(both.policy, "\"peer\";q=200;w=2, \"subject\";q=4;w=2");
-        assert!(RateLimits::new(None, None, false).is_none());
+        assert!(RateLimits::new(None, None).is_none());
     }
 
     #[test]
     fn the_limit_closest_to_refusal_comes_first() {
-        let limits = RateLimits::new(Some(spec(10, 10)), Some(spec(1, 3)), false).unwrap();
+        let limits = RateLimits::new(Some(spec(10, 10)), Some(spec(1, 3))).unwrap();
         let mut standings = Standings::default();
         let stand = |kind, remaining, full_in| Standing {
             kind,

@@ -8,7 +8,7 @@
 //! colours: the default) is formatted by `telemetry::access`, the same bytes tracing
 //! would write, at a fraction of the cost.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -17,6 +17,7 @@ use poem::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use poem::Response;
 use tracing::Span;
 
+use super::client::ClientAddr;
 use crate::telemetry::{self, access, access::AccessLine};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -36,7 +37,7 @@ pub struct Access {
 
 impl Access {
     /// Starts the clock and settles the request id: the caller's, if usable.
-    pub fn begin(headers: &HeaderMap, method: &Method, client: Option<SocketAddr>) -> Self {
+    pub fn begin(headers: &HeaderMap, method: &Method, client: Option<ClientAddr>) -> Self {
         let id = headers
             .get(&REQUEST_ID)
             .filter(|v| usable_id(v.as_bytes()))
@@ -46,7 +47,7 @@ impl Access {
             started: Instant::now(),
             id,
             method: method.clone(),
-            client: Client(client),
+            client: Client(client.map(|c| (c.ip(), c.port()))),
         }
     }
 
@@ -99,7 +100,7 @@ pub fn unparsed(status: u16, began: Instant, client: SocketAddr) -> HeaderValue 
         status,
         duration_us: began.elapsed().as_micros() as u64,
         request_id: id.to_str().unwrap_or_default(),
-        client: Some(client),
+        client: Some((client.ip(), Some(client.port()))),
     };
     log(&line, &Span::none());
     id
@@ -123,13 +124,15 @@ fn log(line: &AccessLine<'_>, span: &Span) {
     }
 }
 
-/// The peer address, formatted only if a log line or span asks for it.
-struct Client(Option<SocketAddr>);
+/// The resolved client address (`ip:port` for the peer, the bare address from
+/// `X-Forwarded-For`), formatted only if a log line or span asks for it.
+struct Client(Option<(IpAddr, Option<u16>)>);
 
 impl std::fmt::Display for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            Some(addr) => addr.fmt(f),
+            Some((ip, Some(port))) => SocketAddr::new(ip, port).fmt(f),
+            Some((ip, None)) => ip.fmt(f),
             None => f.write_str("-"),
         }
     }

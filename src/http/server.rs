@@ -34,6 +34,7 @@ use tokio::task::JoinSet;
 use super::body::{self, DeadlineBody};
 use super::conn::{ConnectionGate, GuardedStream, Progress, Unsent};
 use super::fast;
+use super::peers::{PeerConnections, PeerSlot};
 use super::state::HttpState;
 use crate::telemetry::throttle::{bounded, Throttle, FAILURE_LOG_INTERVAL};
 use crate::tls::{HandshakeCap, ListenerTls};
@@ -58,6 +59,10 @@ pub struct Listener<E> {
     pub fast: Option<Arc<HttpState>>,
     /// TLS on this listener (`--tls-cert`, `--admin-tls-cert`), or plain TCP.
     pub tls: Option<Arc<ListenerTls>>,
+    /// The API listener's connections per address (`--max-connections-per-address`).
+    pub peers: Option<Arc<PeerConnections>>,
+    /// `kvserve_http_connections_refused_total{listener, reason="max_connections"}`.
+    pub refused: prometheus::IntCounter,
 }
 
 impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
@@ -70,6 +75,7 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
         let (closing_tx, closing) = watch::channel(false);
         let mut connections = JoinSet::new();
         let accept_failures = Throttle::new(FAILURE_LOG_INTERVAL);
+        let refusals = Throttle::new(FAILURE_LOG_INTERVAL);
         tokio::pin!(stop);
         loop {
             let accepted = tokio::select! {
@@ -92,8 +98,24 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
                     continue;
                 }
             };
+            let held = match &self.peers {
+                Some(peers) => match peers.admit(peer.ip()) {
+                    Some(held) => Some(held),
+                    None => continue,
+                },
+                None => None,
+            };
             let Some(admission) = self.gate.admit() else {
-                tracing::warn!(listener = self.name, remote = %peer, limit = self.gate.limit(), "connection refused: --max-connections reached");
+                self.refused.inc();
+                if let Some(left_out) = refusals.admit() {
+                    tracing::warn!(
+                        listener = self.name,
+                        remote = %peer,
+                        limit = self.gate.limit(),
+                        not_logged_since_last = left_out,
+                        "connection refused: --max-connections reached (logged at most once per {FAILURE_LOG_INTERVAL:?})"
+                    );
+                }
                 continue;
             };
             let progress = Arc::new(Progress::default());
@@ -102,6 +124,7 @@ impl<E: Endpoint<Output = Response> + 'static> Listener<E> {
                 fast: self.fast.clone(),
                 local: local.clone(),
                 peer,
+                _held: held,
                 progress: progress.clone(),
                 body_read_timeout: self.gate.body_read_timeout(),
                 scheme: if self.tls.is_some() {
@@ -242,6 +265,8 @@ struct ConnectionService<E> {
     fast: Option<Arc<HttpState>>,
     local: LocalAddr,
     peer: SocketAddr,
+    /// The connection's place in its address's count, given back when it ends.
+    _held: Option<PeerSlot>,
     /// Tells the connection's deadlines where each request begins and ends.
     progress: Arc<Progress>,
     body_read_timeout: Duration,

@@ -8,9 +8,11 @@ use poem::http::HeaderValue;
 
 use super::auth::Authenticator;
 use super::budget::AnswerBudget;
+use super::client::ClientResolver;
 use super::encoding::Compression;
 use super::limits::{LimitSettings, RequestLimits};
 use super::metrics::HttpMetrics;
+use super::peers::PeerConnections;
 use super::ratelimit::RateLimits;
 use crate::metrics::MetricsError;
 use crate::state::AppState;
@@ -62,6 +64,10 @@ pub struct HttpState {
     pub limits: RequestLimits,
     /// The bytes unsent answers may hold (`--max-unsent-bytes`).
     pub budget: AnswerBudget,
+    /// How a request's client address is found (`--trusted-proxies`, ...).
+    pub clients: ClientResolver,
+    /// The API listener's connections per address (`--max-connections-per-address`).
+    pub peers: Arc<PeerConnections>,
 }
 
 impl HttpState {
@@ -71,14 +77,33 @@ impl HttpState {
         auth: Option<Authenticator>,
         rate_limit: Option<RateLimits>,
     ) -> Result<Self, MetricsError> {
+        let metrics = HttpMetrics::new(app.metrics.registry())?;
+        let clients = ClientResolver::default();
         Ok(Self {
-            metrics: HttpMetrics::new(app.metrics.registry())?,
             budget: AnswerBudget::new(settings.max_unsent_bytes, app.metrics.registry())?,
+            peers: Arc::new(PeerConnections::new(
+                0,
+                clients.clone(),
+                metrics.connections_refused("api", "per_address"),
+            )),
+            clients,
+            metrics,
             limits: RequestLimits::new(settings.limits.clone()),
             app,
             settings,
             auth,
             rate_limit: rate_limit.map(Arc::new),
         })
+    }
+
+    /// Client addresses resolved by `clients`, and at most `per_address` connections
+    /// from one address (0: no cap). Without it: the peer, uncapped.
+    pub fn with_clients(self, clients: ClientResolver, per_address: usize) -> Self {
+        let refused = self.metrics.connections_refused("api", "per_address");
+        Self {
+            peers: Arc::new(PeerConnections::new(per_address, clients.clone(), refused)),
+            clients,
+            ..self
+        }
     }
 }

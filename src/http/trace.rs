@@ -141,9 +141,12 @@ fn request_attributes(head: &Head<'_>, method: Option<&str>, request_id: &str) -
         attributes.push(KeyValue::new("server.address", text(&host)));
         attributes.push(KeyValue::new("server.port", port));
     }
-    if let Some(peer) = head.peer {
-        attributes.push(KeyValue::new("client.address", peer.ip().to_string()));
-        attributes.push(KeyValue::new("client.port", i64::from(peer.port())));
+    // The resolved client (`http::client`); its port only when it is the peer.
+    if let Some(client) = head.client {
+        attributes.push(KeyValue::new("client.address", client.ip().to_string()));
+        if let Some(port) = client.port() {
+            attributes.push(KeyValue::new("client.port", i64::from(port)));
+        }
     }
     if let Some(agent) = head.headers.get(header::USER_AGENT) {
         let agent = cut_lossy(agent.as_bytes(), limit);

@@ -13,7 +13,7 @@
 use std::cell::RefCell;
 use std::fmt::Display;
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -29,7 +29,9 @@ pub struct AccessLine<'a> {
     pub status: u16,
     pub duration_us: u64,
     pub request_id: &'a str,
-    pub client: Option<SocketAddr>,
+    /// The client's address, and the port when it is the peer's (`ip:port`; the bare
+    /// address when it came from `X-Forwarded-For`).
+    pub client: Option<(IpAddr, Option<u16>)>,
 }
 
 struct Sink {
@@ -220,9 +222,10 @@ fn json_str(out: &mut Vec<u8>, text: &str) {
     }
 }
 
-fn client(out: &mut Vec<u8>, client: Option<SocketAddr>) {
+fn client(out: &mut Vec<u8>, client: Option<(IpAddr, Option<u16>)>) {
     match client {
-        Some(addr) => display(out, addr),
+        Some((ip, Some(port))) => display(out, SocketAddr::new(ip, port)),
+        Some((ip, None)) => display(out, ip),
         None => out.push(b'-'),
     }
 }
@@ -308,12 +311,13 @@ mod tests {
         bytes
     }
 
-    struct ClientText(Option<SocketAddr>);
+    struct ClientText(Option<(IpAddr, Option<u16>)>);
 
     impl Display for ClientText {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             match self.0 {
-                Some(addr) => addr.fmt(f),
+                Some((ip, Some(port))) => SocketAddr::new(ip, port).fmt(f),
+                Some((ip, None)) => ip.fmt(f),
                 None => f.write_str("-"),
             }
         }
@@ -334,10 +338,16 @@ mod tests {
             "{}[]<>'`~!@#$%^&*()=+|;:,.?/",
             "\"x\"client=6.6.6.6",
         ];
+        let peer = |text: &str| {
+            let addr: SocketAddr = text.parse().unwrap();
+            Some((addr.ip(), Some(addr.port())))
+        };
         let clients = [
-            Some("127.0.0.1:36862".parse().unwrap()),
-            Some("[::1]:8000".parse().unwrap()),
-            Some("[fe80::1%2]:1".parse().unwrap()),
+            peer("127.0.0.1:36862"),
+            peer("[::1]:8000"),
+            peer("[fe80::1%2]:1"),
+            Some(("2001:db8::7".parse().unwrap(), None)),
+            Some(("203.0.113.7".parse().unwrap(), None)),
             None,
         ];
         let now = UNIX_EPOCH + Duration::new(1_796_067_444, 921_007_123);

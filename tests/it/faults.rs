@@ -379,6 +379,8 @@ fn ten_thousand_idle_connections_stay_bounded_and_requests_are_answered() {
         &[
             "--max-connections",
             "10100",
+            "--max-connections-per-address",
+            "0",
             "--header-read-timeout",
             "120s",
         ],

@@ -209,9 +209,11 @@ fn a_stalled_log_reader_drops_lines_but_never_blocks_a_request() {
     let path = write_file(dir.path(), "t.data", sample_lines());
     let mut command = Command::new(binary());
     // A small buffer fills fast; the 64 KiB pipe behind it fills after a few hundred
-    // access lines.
+    // access lines. Not smaller: the start-up lines before "listening" (about 6.5 KB,
+    // one per setting) must fit even when the log thread is slow to run, or the line
+    // the test waits for is the one dropped.
     command
-        .env("KVSERVE_LOG_BUFFER", "4KiB")
+        .env("KVSERVE_LOG_BUFFER", "16KiB")
         .args(serve_args(&path, &[]));
     let (mut p, _stderr_never_read) = spawn_command_undrained(command);
     wait_until("ready", || http_status(p.admin, "/readyz") == Some(200));

@@ -25,6 +25,7 @@ mod fuzz_checks;
 mod api;
 mod architecture;
 mod budgets;
+mod clients;
 mod compression;
 mod differential;
 mod docs;

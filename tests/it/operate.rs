@@ -1068,6 +1068,8 @@ fn start_up_logs_each_setting_on_its_own_and_no_secret() {
         "setting name=max-batch value=7 source=flag".to_owned(),
         "setting name=rate-limit value=50 source=env KVSERVE_RATE_LIMIT".to_owned(),
         "setting name=cache-capacity value=0 source=default for --storage".to_owned(),
+        "setting name=max-connections-per-address value=1000 source=default for --max-connections"
+            .to_owned(),
         "setting name=storage value=memory source=default".to_owned(),
         "setting name=request-timeout value=unset source=default".to_owned(),
         "setting name=log-level value=info source=default".to_owned(),

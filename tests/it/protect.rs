@@ -1424,6 +1424,9 @@ async fn blank_lines_do_not_hold_connections_and_probes_answer_during_a_flood() 
     let (_dir, s) = TestServer::with_sample(&[
         "--max-connections",
         "20",
+        // One address fills the listener here.
+        "--max-connections-per-address",
+        "0",
         "--header-read-timeout",
         "1s",
         "--idle-timeout",
@@ -1745,7 +1748,13 @@ async fn trickled_bodies_get_408_on_both_listeners() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_max_connections_are_closed() {
-    let (_dir, s) = TestServer::with_sample(&["--max-connections", "2"]).await;
+    let (_dir, s) = TestServer::with_sample(&[
+        "--max-connections",
+        "2",
+        "--max-connections-per-address",
+        "0",
+    ])
+    .await;
     let api = s.api;
     let ok = tokio::task::spawn_blocking(move || {
         let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(api).unwrap()).collect();
@@ -1772,7 +1781,13 @@ async fn connections_beyond_max_connections_are_closed() {
 /// the open connections by the limit, both from /metrics, per listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_connections_and_their_limit_are_exported() {
-    let (_dir, s) = TestServer::with_sample(&["--max-connections", "7"]).await;
+    let (_dir, s) = TestServer::with_sample(&[
+        "--max-connections",
+        "7",
+        "--max-connections-per-address",
+        "0",
+    ])
+    .await;
     let text = s.metrics_text().await;
     for listener in ["api", "admin"] {
         let limit = format!("kvserve_http_connections_limit{{listener=\"{listener}\"}}");

@@ -473,6 +473,54 @@ fn request_spans_follow_the_http_conventions_on_both_paths() {
     );
 }
 
+/// Behind a trusted proxy the span's `client.address` is the resolved client, the
+/// `X-Forwarded-For` entry the proxy added (and no `client.port`: that was the proxy's),
+/// on both paths; a direct request's is the peer's, with its port.
+#[test]
+fn the_span_names_the_resolved_client() {
+    for path in [&[][..], &["--fast-path", "false"][..]] {
+        let args: Vec<&str> = ["--trusted-proxies", "127.0.0.1"]
+            .iter()
+            .chain(path)
+            .copied()
+            .collect();
+        let exported = exported(&args, &[], |p| {
+            let client = reqwest::blocking::Client::new();
+            for (id, forwarded) in [("proxied", Some("6.6.6.6, 203.0.113.7")), ("direct", None)] {
+                let mut req = client
+                    .get(format!("http://{}/v1/keys/{KEY}", p.api))
+                    .header("x-request-id", id);
+                if let Some(forwarded) = forwarded {
+                    req = req.header("x-forwarded-for", forwarded);
+                }
+                assert_eq!(req.send().unwrap().status(), 200);
+            }
+        });
+        let requests = exported.requests();
+        let by_id = |id: &str| {
+            requests
+                .iter()
+                .find(|s| string_attr(&s.attributes, "kvserve.request_id") == Some(id))
+                .map(|s| s.attributes.clone())
+                .unwrap_or_else(|| panic!("{path:?}: no span for {id}"))
+        };
+        let proxied = by_id("proxied");
+        assert_eq!(
+            string_attr(&proxied, "client.address"),
+            Some("203.0.113.7"),
+            "{path:?}"
+        );
+        assert_eq!(int_attr(&proxied, "client.port"), None, "{path:?}");
+        let direct = by_id("direct");
+        assert_eq!(
+            string_attr(&direct, "client.address"),
+            Some("127.0.0.1"),
+            "{path:?}"
+        );
+        assert!(int_attr(&direct, "client.port").is_some(), "{path:?}");
+    }
+}
+
 /// An unsampled request gets no span and no `traceresponse`: the caller said
 /// "not sampled" under the default parent-based sampler.
 #[test]
