@@ -91,7 +91,7 @@ async function main() {
   const legacy = await legacyGetValue({ client, path: { key } });
   seen('legacyGetValue', legacy.response, 200);
   check(legacy.data?.value === value, 'legacy value');
-  check(legacy.response.headers.get('Deprecation') === 'true', 'Deprecation');
+  check(legacy.response.headers.get('Deprecation') === '@1795651200', 'Deprecation');
   const gone = await legacyGetValue({ client, path: { key: missing } });
   seen('legacyGetValue', gone.response, 404);
   check((gone.error as LegacyNotFound).detail === 'Key not found', 'legacy 404 body');
@@ -101,7 +101,7 @@ async function main() {
   check(detail.loc.join('/') === 'path/key' && detail.input === 'not-a-uuid', 'legacy 422 body');
   const legacyHead = await legacyHeadValue({ client, path: { key } });
   seen('legacyHeadValue', legacyHead.response, 200);
-  check(legacyHead.response.headers.get('Deprecation') === 'true', 'HEAD Deprecation');
+  check(legacyHead.response.headers.get('Deprecation') === '@1795651200', 'HEAD Deprecation');
   seen('legacyHeadValue', (await legacyHeadValue({ client, path: { key: missing } })).response, 404);
 
   // 429 from the rate-limited server, after 200s that carry the RateLimit fields.

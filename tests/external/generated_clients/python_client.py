@@ -78,14 +78,14 @@ def run(generated: Path, package: str, cfg: dict) -> list[tuple[str, int]]:
     # The legacy route: the old service's bodies, typed.
     legacy = call("legacyGetValue", "legacy_get_value", 200, key=key)
     assert isinstance(legacy.parsed, models.KeyValue) and legacy.parsed.value == value
-    assert legacy.headers["Deprecation"] == "true" and "successor-version" in legacy.headers["Link"]
+    assert legacy.headers["Deprecation"] == "@1795651200" and "successor-version" in legacy.headers["Link"]
     gone = call("legacyGetValue", "legacy_get_value", 404, key=missing)
     assert isinstance(gone.parsed, models.LegacyNotFound) and gone.parsed.detail == "Key not found"
     bad = call("legacyGetValue", "legacy_get_value", 422, key="not-a-uuid")
     assert isinstance(bad.parsed, models.LegacyValidationError), bad.parsed
     assert bad.parsed.detail[0].loc == ["path", "key"] and bad.parsed.detail[0].input_ == "not-a-uuid"
     head = call("legacyHeadValue", "legacy_head_value", 200, key=key)
-    assert head.parsed is None and head.headers["Deprecation"] == "true"
+    assert head.parsed is None and head.headers["Deprecation"] == "@1795651200"
     assert call("legacyHeadValue", "legacy_head_value", 404, key=missing).parsed is None
 
     # 429 from the rate-limited server: 200s carry the RateLimit fields, then a typed
