@@ -101,9 +101,18 @@ impl AnswerBudget {
             &["reason"],
         )
         .map_err(err("kvserve_http_answers_refused_total"))?;
+        let limit_gauge = IntGauge::new(
+            "kvserve_http_unsent_bytes_limit",
+            "--max-unsent-bytes: the bytes unsent API answers may hold together",
+        )
+        .map_err(err("kvserve_http_unsent_bytes_limit"))?;
+        limit_gauge.set(gauge_value(limit));
         registry
             .register(Box::new(gauge.clone()))
             .map_err(err("kvserve_http_unsent_bytes"))?;
+        registry
+            .register(Box::new(limit_gauge))
+            .map_err(err("kvserve_http_unsent_bytes_limit"))?;
         registry
             .register(Box::new(refused.clone()))
             .map_err(err("kvserve_http_answers_refused_total"))?;
