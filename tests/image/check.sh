@@ -27,6 +27,10 @@
 # of older builds once storage/ grows past KVSERVE_IMAGE_CACHE_MAX_MIB (default 6144):
 # the next build then starts from the base images again.
 #
+# The binary is built with the cargo profile `image-check` (Cargo.toml: no optimiser;
+# the check proves the image's wiring, not its speed): CARGO_PROFILE=release
+# tests/image/check.sh builds the image exactly as it ships.
+#
 # Usage: tests/image/check.sh  (as root, or through sudo; run by `./runner.sh image`)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -123,10 +127,11 @@ runtime=$(base_image runtime "$(recipe_key "${runtime_recipe[@]}")" \
   --env PATH=$path --user 65532:65532 --workingdir /home/nonroot -- "${runtime_recipe[@]}")
 
 ############################ build ############################
-step "buildah bud (Dockerfile unchanged; BUILDER_IMAGE=$builder RUNTIME_IMAGE=$runtime; log: $CACHE/build.log)"
+step "buildah bud (Dockerfile unchanged; BUILDER_IMAGE=$builder RUNTIME_IMAGE=$runtime CARGO_PROFILE=${CARGO_PROFILE:-image-check}; log: $CACHE/build.log)"
 old_id=$(bah inspect --type image --format '{{.FromImageID}}' "$IMAGE" 2>/dev/null || true)
 bah bud --quiet --pull=never --layers --isolation chroot \
   --build-arg BUILDER_IMAGE="$builder" --build-arg RUNTIME_IMAGE="$runtime" \
+  --build-arg CARGO_PROFILE="${CARGO_PROFILE:-image-check}" \
   --volume "$ca:/etc/ssl/certs/ca-certificates.crt:ro" \
   -f Dockerfile -t "$IMAGE" . >"$CACHE/build.log" 2>&1 || {
   tail -40 "$CACHE/build.log" >&2
