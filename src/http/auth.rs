@@ -167,6 +167,18 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
+    /// Every `reason`, for the metric that creates each series at 0 up front (so a
+    /// dashboard or alert sees a reason before its first failure). Kept complete by
+    /// the test `every_reason_is_listed`.
+    pub const REASONS: [&'static str; 5] = [
+        "missing_token",
+        "duplicate_header",
+        "invalid_token",
+        "expired",
+        "insufficient_scope",
+    ];
+
+    /// The `reason` label of `kvserve_auth_failures_total`.
     pub fn reason(&self) -> &'static str {
         match self {
             AuthFailure::Missing => "missing_token",
@@ -570,6 +582,19 @@ impl<'a> ApiExtractor<'a> for BearerAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_reason_is_listed() {
+        let failures = [
+            AuthFailure::Missing,
+            AuthFailure::DuplicateHeader,
+            AuthFailure::Invalid(String::new()),
+            AuthFailure::Expired,
+            AuthFailure::InsufficientScope("kv:read"),
+        ];
+        let reasons: Vec<_> = failures.iter().map(AuthFailure::reason).collect();
+        assert_eq!(reasons, AuthFailure::REASONS);
+    }
 
     #[test]
     fn descriptions_cannot_break_the_header() {

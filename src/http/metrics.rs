@@ -15,6 +15,7 @@ use prometheus::{
     Registry,
 };
 
+use super::auth::AuthFailure;
 use super::ratelimit::LimitKind;
 use crate::metrics::MetricsError;
 
@@ -23,15 +24,6 @@ use crate::metrics::MetricsError;
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5,
-];
-
-/// Reasons an auth failure is counted under; created up front so every series exists
-/// (at 0) before the first failure, which keeps dashboards and alerts simple.
-pub const AUTH_FAILURE_REASONS: &[&str] = &[
-    "missing_token",
-    "invalid_token",
-    "expired",
-    "insufficient_scope",
 ];
 
 pub struct HttpMetrics {
@@ -82,7 +74,7 @@ impl HttpMetrics {
             &["reason"],
         )
         .map_err(err("kvserve_auth_failures_total"))?;
-        for reason in AUTH_FAILURE_REASONS {
+        for reason in AuthFailure::REASONS {
             auth_failures.with_label_values(&[reason]);
         }
         let rate_limited = IntCounterVec::new(

@@ -2153,3 +2153,23 @@ async fn a_steady_slow_reader_draining_the_kernel_buffer_is_not_idle() {
     );
     s.stop().await.unwrap();
 }
+
+/// Every reason an authentication failure is counted under exists at 0 before the
+/// first failure, so dashboards and alerts see each one (`duplicate_header` was
+/// missing: its series appeared only with the first such request).
+#[tokio::test]
+async fn every_auth_failure_reason_is_exported_before_any_failure() {
+    let (_dir, s) = hs256_server(&[]).await;
+    let text = s.metrics_text().await;
+    for reason in [
+        "missing_token",
+        "duplicate_header",
+        "invalid_token",
+        "expired",
+        "insufficient_scope",
+    ] {
+        let name = format!("kvserve_auth_failures_total{{reason=\"{reason}\"}}");
+        assert_eq!(series(&text, &name), Some(0.0), "{name}");
+    }
+    s.stop().await.unwrap();
+}
