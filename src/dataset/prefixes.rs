@@ -20,10 +20,6 @@ impl Default for KeyPrefixes {
 impl KeyPrefixes {
     pub const ALL: Self = KeyPrefixes(u16::MAX);
 
-    pub fn is_all(self) -> bool {
-        self == Self::ALL
-    }
-
     /// Whether the key's first hex digit (its top four bits) is owned.
     pub fn owns(self, key: u128) -> bool {
         self.0 & (1 << (key >> 124)) != 0

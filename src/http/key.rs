@@ -68,13 +68,6 @@ impl KeySchema for Version4 {
     }
 }
 
-impl<S> KeyParam<S> {
-    /// Accepts every form the `uuid` crate parses: hyphenated, simple, braced, URN, any case.
-    pub fn parse(&self) -> Result<Uuid, uuid::Error> {
-        parse_key(&self.0)
-    }
-}
-
 /// The URN prefix of a UUID (RFC 9562), as the `uuid` crate spells it.
 const URN_PREFIX: &str = "urn:uuid:";
 

@@ -84,8 +84,6 @@ pub struct Admission {
     /// The `--max-in-flight` slot.
     _permit: Option<OwnedSemaphorePermit>,
     standings: Option<Standings>,
-    /// The verified token's principal; `None` with auth off or on an open path.
-    pub principal: Option<Principal>,
 }
 
 /// Step 2: the checks, cheapest and least trusting first. `Err` is the refusal to send.
@@ -94,10 +92,10 @@ pub fn admit(state: &HttpState, head: &Head<'_>, policy: Policy) -> Result<Admis
     let permit = state.limits.admit(head.uri, head.headers)?;
     let client = head.client.as_ref();
     let Some(limits) = &state.rate_limit else {
+        authenticate(state, head, policy)?;
         return Ok(Admission {
             _permit: permit,
             standings: None,
-            principal: authenticate(state, head, policy)?,
         });
     };
     let refused = |refused: Refused, standings: &Standings| {
@@ -125,7 +123,6 @@ pub fn admit(state: &HttpState, head: &Head<'_>, policy: Policy) -> Result<Admis
     Ok(Admission {
         _permit: permit,
         standings: Some(standings),
-        principal,
     })
 }
 
@@ -230,7 +227,7 @@ pub fn nosniff(resp: &mut Response) {
 pub async fn through_framework<E: Endpoint<Output = Response>>(
     state: Arc<HttpState>,
     routes: Arc<E>,
-    mut req: Request,
+    req: Request,
 ) -> poem::Result<Response> {
     let method = req.method().clone();
     let before_routing = routes::path_label(req.uri().path());
@@ -240,10 +237,7 @@ pub async fn through_framework<E: Endpoint<Output = Response>>(
     let admitted = exchange.span.in_scope(|| admit(&state, &head, API));
     let resp = match admitted {
         Err(refusal) => *refusal,
-        Ok(mut admission) => {
-            if let Some(principal) = admission.principal.take() {
-                req.set_data(principal);
-            }
+        Ok(admission) => {
             let answer = async {
                 routes
                     .call(req)

@@ -8,9 +8,10 @@
 //! `x-request-id` when the request sent no usable one (the server then makes one up);
 //! each must still be present once on both sides.
 //!
-//! Four configurations: auth off; HS256 auth; a shard (`--key-prefixes 0-7`); HS256
+//! Six configurations: auth off; HS256 auth; a shard (`--key-prefixes 0-7`); HS256
 //! auth with both rate limits low enough to be hit (`--rate-limit 1
-//! --rate-limit-burst 3 --subject-rate-limit 1 --subject-rate-limit-burst 2`). The
+//! --rate-limit-burst 3 --subject-rate-limit 1 --subject-rate-limit-burst 2`); HS256
+//! auth with traces on, every request sampled, and with none sampled. The
 //! generator (`req_strategy`) covers methods (GET, HEAD, POST, DELETE, OPTIONS, PUT,
 //! PATCH), the three hot routes and their near misses (`/v1/keys/`, `/v1/keys`,
 //! `/v1/keys/batch`, `/v1/keys/{k}/value/x`, `/get_value/`, `/get_value`, trailing
@@ -36,13 +37,13 @@
 //! `Retry-After` are the same on both; a sequence that took longer (a stalled machine)
 //! is sent again as a new client instead of being compared.
 //!
-//! `PROPTEST_CASES=N` runs N cases per configuration (default 256: about 4 s for all
-//! four in a debug build; 2000 take about 20 s). A failure is shrunk and names the
+//! `PROPTEST_CASES=N` runs N cases per configuration (default 256: a few seconds each
+//! in a debug build; 2000 take about 20 s). A failure is shrunk and names the
 //! request (escaped bytes) and what differs: status line, each header only one side
 //! sent, the two bodies.
 //!
 //! Proved able to fail (plants not committed): an `x-plant: 1` header added to the
-//! fast path's answer in `fast::serve` failed all four configurations, shrunk to
+//! fast path's answer in `fast::serve` failed the four configurations of the time, shrunk to
 //! `GET /v1/keys/{KEY}` with "header only in fast: x-plant: 1"; a changed byte in the
 //! reference answer (`max-age=61` in the `Cache-Control` answered inside poem) failed
 //! all four with the two `cache-control` values side by side; the last body byte of the
@@ -912,7 +913,8 @@ fn rate_limited() {
             "1",
             "--subject-rate-limit-burst",
             "2",
-            "--trust-forwarded-for",
+            "--forwarded-hops",
+            "1",
         ],
         &[],
         1..=5,
