@@ -9,7 +9,7 @@
 #                          it (serves as uid 65532 from the /data volume, read-only root,
 #                          refuses to start without its data); tests/image/check.sh says how.
 #                          Needs root (sudo otherwise); its cache is target/image-cache/.
-#                          `test` runs it too, in the background beside `cargo test`.
+#                          `test` runs it too, in the background from the start.
 #
 # Everything it installs comes from the package registries: Rust crates (cargo),
 # Debian packages (apt-get), Python packages (pip, into target/pyenv) and npm packages
@@ -106,6 +106,12 @@ report() {
 run_tests() {
   setup_system
   mkdir -p target
+  # First, as the longest step: its base images and in-container build need nothing
+  # the other steps make, and on two cores its I/O-bound half (mmdebstrap) overlaps
+  # with the compiler's work.
+  log "container image build and check (tests/image), in the background (log: target/image.log)"
+  tests/image/check.sh > target/image.log 2>&1 &
+  local image=$! image_status=0
   log "pip and npm tools, in the background (log: target/setup-tools.log)"
   setup_tools > target/setup-tools.log 2>&1 &
   local tools=$! lint=0 tools_status=0
@@ -118,7 +124,7 @@ run_tests() {
   wait "$tools" || tools_status=$?
   log "pip and npm tools done"
   report "installing the test tools" "$tools_status" target/setup-tools.log
-  ((lint == 0)) || exit "$lint"
+  ((lint == 0)) || { kill "$image" 2>/dev/null || true; exit "$lint"; }
 
   log "cargo test --no-run (build every test target and target/debug/kvserve)"
   cargo test --all-targets --no-run --quiet
@@ -126,9 +132,6 @@ run_tests() {
   PATH="$PWD/$PYENV/bin:$PATH" "$PYENV/bin/python" tests/external/run.py --jobs 4 target/debug/kvserve \
     > target/external.log 2>&1 &
   local external=$! tests=0 external_status=0
-  log "container image build and check (tests/image), in the background (log: target/image.log)"
-  tests/image/check.sh > target/image.log 2>&1 &
-  local image=$! image_status=0
   # Four test threads on two cores: the slowest tests wait on deadlines and idle
   # timers (keep-alive, slow readers), not on the CPU, so more of them overlap.
   log "cargo test (RUST_TEST_THREADS=${RUST_TEST_THREADS:-4})"
