@@ -183,7 +183,7 @@ fn escaper(c: &mut Criterion, ascii: &[u8]) {
         group.bench_function(format!("{name}/kvserve"), |b| {
             b.iter(|| {
                 out.clear();
-                kvserve::http::key::escape_json(&mut out, black_box(text.as_bytes()));
+                kvserve::json::escape_json(&mut out, black_box(text.as_bytes()));
                 black_box(out.len())
             })
         });

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod dataset;
 pub mod fdlimit;
 pub mod http;
+pub mod json;
 pub mod metrics;
 pub mod redact;
 pub mod reload;

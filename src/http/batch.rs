@@ -15,10 +15,11 @@ use poem_openapi::types::{Example, Type};
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions, Object};
 use uuid::Uuid;
 
-use super::key::{escape_json, EXAMPLE_KEY};
+use super::key::EXAMPLE_KEY;
 use super::problem::{Problem, ProblemError, ProblemKind};
 use super::state::HttpState;
 use crate::dataset::Dataset;
+use crate::json::escape_json;
 use crate::state::AppState;
 
 /// The request body of a batch lookup.

@@ -201,25 +201,9 @@ fn debug_str(out: &mut Vec<u8>, text: &str) {
     }
 }
 
-/// A string as serde_json escapes it: `"`, `\` and control characters.
+/// A string as serde_json escapes it (`crate::json`, the answers' escaper).
 fn json_str(out: &mut Vec<u8>, text: &str) {
-    for &b in text.as_bytes() {
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            0..=0x1f => {
-                out.extend_from_slice(b"\\u00");
-                out.push(b"0123456789abcdef"[usize::from(b >> 4)]);
-                out.push(b"0123456789abcdef"[usize::from(b & 0xf)]);
-            }
-            _ => out.push(b),
-        }
-    }
+    crate::json::escape_json(out, text.as_bytes());
 }
 
 fn client(out: &mut Vec<u8>, client: Option<(IpAddr, Option<u16>)>) {
