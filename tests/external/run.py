@@ -222,7 +222,7 @@ def mint(binary: str, scope: str = "kv:read") -> str:
 
 
 # Against the document each server serves at /openapi.json: with auth on it is
-# openapi/openapi.json (tests/it/openapi.rs checks), with auth off the same without the
+# openapi/openapi.json (tests/it/spec.rs checks), with auth off the same without the
 # security requirements. One worker: CPython 3.11's parser is not thread-safe for the AST
 # walks hypothesis does when several workers describe strategies at once.
 # 412 is an expected answer to a valid conditional request (the file says why).

@@ -308,3 +308,29 @@ fn paths_are_expanded_and_resolved() {
         ]
     );
 }
+
+/// `cargo test --test it api::` runs the `api` module alone only if no other module's
+/// name ends in `api` (a filter matches anywhere in a test's path: `openapi::` was
+/// selected too, before that module became `spec`).
+#[test]
+fn a_module_filter_selects_one_module() {
+    let main =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/main.rs"))
+            .unwrap();
+    let names: Vec<&str> = main
+        .lines()
+        .filter_map(|line| line.strip_prefix("mod ")?.strip_suffix(';'))
+        .collect();
+    assert!(
+        names.len() > 10,
+        "modules read from tests/it/main.rs: {names:?}"
+    );
+    for a in &names {
+        for b in &names {
+            assert!(
+                a == b || !a.ends_with(b),
+                "`cargo test --test it {b}::` would also run the tests of `{a}`"
+            );
+        }
+    }
+}

@@ -13,7 +13,9 @@
 //! process (`common::spawn_binary_with_env`), as `traces` does for its OTLP exporter.
 //!
 //! Run one module with `cargo test --test it protect::`, one test with
-//! `cargo test --test it protect::every_answer_says_nosniff`.
+//! `cargo test --test it protect::every_answer_says_nosniff`. A filter matches anywhere
+//! in a test's path, so no module name ends with another's (`spec`, not `openapi`, which
+//! `api::` would select too; `architecture::a_module_filter_selects_one_module`).
 
 mod common;
 
@@ -35,10 +37,10 @@ mod fuzz_seeds;
 mod legacy;
 mod lifecycle;
 mod loading;
-mod openapi;
 mod operate;
 mod properties;
 mod protect;
 mod shard;
+mod spec;
 mod tls;
 mod traces;

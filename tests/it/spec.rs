@@ -10,7 +10,7 @@ fn spec() -> Value {
 }
 
 /// Fails when the code changed the API but `openapi/openapi.json` was not regenerated.
-/// `KVSERVE_UPDATE_OPENAPI=1 cargo test --test it openapi::` rewrites it.
+/// `KVSERVE_UPDATE_OPENAPI=1 cargo test --test it spec::` rewrites it.
 #[test]
 fn checked_in_spec_is_up_to_date() {
     let generated = format!("{}\n", kvserve::http::openapi_json());
@@ -20,7 +20,7 @@ fn checked_in_spec_is_up_to_date() {
     let checked_in = std::fs::read_to_string(CHECKED_IN).unwrap_or_default();
     assert!(
         checked_in == generated,
-        "openapi/openapi.json is out of date: run `KVSERVE_UPDATE_OPENAPI=1 cargo test --test it openapi::` and commit it"
+        "openapi/openapi.json is out of date: run `KVSERVE_UPDATE_OPENAPI=1 cargo test --test it spec::` and commit it"
     );
 }
 
