@@ -277,7 +277,9 @@ pub fn remote_context(headers: &poem::http::HeaderMap) -> opentelemetry::Context
 mod tests {
     use super::*;
 
-    fn env<'a>(pairs: &'a [(&str, &str)]) -> impl Fn(&str) -> Option<String> + 'a {
+    /// The environment as a list of pairs, for the functions that read variables
+    /// through a closure (also `attributes`' tests).
+    pub(crate) fn env<'a>(pairs: &'a [(&str, &str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| {
             pairs
                 .iter()

@@ -97,14 +97,7 @@ fn limit_text(text: &mut StringValue, limit: usize) {
 mod tests {
     use super::*;
 
-    fn env<'a>(pairs: &'a [(&str, &str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| (*v).to_owned())
-        }
-    }
+    use crate::telemetry::tests::env;
 
     #[test]
     fn the_span_variable_wins_over_the_general_one() {

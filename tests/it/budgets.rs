@@ -131,6 +131,11 @@ async fn unread_answers_are_bounded_by_the_unsent_budget() {
     );
     let server = TestServer::start(&data, &["--max-unsent-bytes", "17MiB"]).await;
     let request = batch_request(&keys);
+    let ask_all = || async {
+        let body = serde_json::json!({ "keys": keys });
+        let url = server.url("/v1/keys/batch");
+        server.client.post(url).json(&body).send().await.unwrap()
+    };
     let first = never_reading(server.api, &request).await;
     let second = never_reading(server.api, &request).await;
     let held = |holds: fn(f64) -> bool| {
@@ -160,13 +165,7 @@ async fn unread_answers_are_bounded_by_the_unsent_budget() {
         "two unread answers are charged"
     );
 
-    let refused = server
-        .client
-        .post(server.url("/v1/keys/batch"))
-        .json(&serde_json::json!({ "keys": keys }))
-        .send()
-        .await
-        .unwrap();
+    let refused = ask_all().await;
     assert_eq!(refused.headers()["retry-after"], "1");
     let body = common::problem(refused, 503).await;
     assert_eq!(body["type"], "urn:kvserve:problem:overloaded");
@@ -193,13 +192,7 @@ async fn unread_answers_are_bounded_by_the_unsent_budget() {
         held(|bytes| bytes == 0.0).await,
         "gone clients release their answers"
     );
-    let served = server
-        .client
-        .post(server.url("/v1/keys/batch"))
-        .json(&serde_json::json!({ "keys": keys }))
-        .send()
-        .await
-        .unwrap();
+    let served = ask_all().await;
     assert_eq!(served.status(), 200);
     assert!(served.bytes().await.unwrap().len() > 8_000_000);
     server.stop().await.unwrap();
